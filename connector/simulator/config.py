@@ -1,0 +1,86 @@
+"""Settings of the Omnisend API simulator: limits, latencies, time scale and faults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+CURRENT_VERSION = "2026-03-15"
+# Versions Omnisend has published and retired; a request pinned to one of them gets 410.
+RETIRED_VERSIONS = frozenset({"v3", "v4", "v5", "2025-06-15", "2025-10-01"})
+# The real window is one minute; a time scale shrinks it, but never below 5 s so that a
+# whole-second `retryAfter` still tells the client something useful.
+REAL_WINDOW_S = 60.0
+MIN_WINDOW_S = 5.0
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected faults. Each decision is drawn from one RNG seeded with `seed`, so the same
+    sequence of requests meets the same faults on every run."""
+
+    seed: int = 0
+    error_rate: float = 0.0  # share of API requests answered 500/502/503
+    item_error_rate: float = 0.0  # share of batch items answered 503/429/408
+    latency_s: float = 0.0  # fixed extra latency per response (real seconds, not scaled)
+    spike_rate: float = 0.0  # share of responses that get `spike_s` more
+    spike_s: float = 0.0
+    drop_rate: float = 0.0  # share of requests whose connection is closed without an answer
+    outage_start_s: float | None = None  # seconds after start (or after a reset of faults)
+    outage_duration_s: float = 0.0
+    tag_reorder: bool = False  # apply queued tag operations out of order
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate", "item_error_rate", "spike_rate", "drop_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        for name in ("latency_s", "spike_s", "outage_duration_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    def updated(self, changes: dict[str, Any]) -> Faults:
+        """A copy with `changes` applied; unknown names are refused."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"unknown fault settings: {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulated Omnisend behaves. Durations are in real-API seconds and are multiplied
+    by `time_scale`; rate limits are per window."""
+
+    api_keys: dict[str, str] = field(default_factory=lambda: {"test-key": "brand-1"})
+    requests_per_window: int = 400  # every endpoint of one brand together
+    tag_requests_per_window: int = 60  # POST and DELETE /contacts/tags together
+    time_scale: float = 1.0
+    batch_latency_s: float = 1.0  # from accepted to inProgress
+    item_latency_s: float = 0.01  # per batch item while inProgress
+    tag_delay_s: float = 0.5  # from 202 to the tags being visible
+    stop_after_item_errors: int = 50  # a batch with more failed items than this is `stopped`
+    unlimited: bool = False  # no rate limits at all (CPU benchmarks)
+    faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        if not self.api_keys:
+            raise ValueError("at least one API key is needed")
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        if self.window_s < MIN_WINDOW_S:
+            raise ValueError(
+                f"time_scale {self.time_scale} shrinks the rate-limit window below "
+                f"{MIN_WINDOW_S:.0f} s; use at least {MIN_WINDOW_S / REAL_WINDOW_S:.4f}"
+            )
+        if self.requests_per_window < 1 or self.tag_requests_per_window < 1:
+            raise ValueError("rate limits must be at least 1 request per window")
+
+    @property
+    def window_s(self) -> float:
+        return REAL_WINDOW_S * self.time_scale
+
+    def scaled(self, seconds: float) -> float:
+        return seconds * self.time_scale

@@ -1,0 +1,1 @@
+"""Shared fixtures. The Omnisend simulator fixtures come from the `connector.testing` plugin."""

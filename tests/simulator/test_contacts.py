@@ -1,0 +1,174 @@
+"""Contacts: upsert by exact email, PATCH, GET and listing."""
+
+from __future__ import annotations
+
+import re
+
+from tests.simulator.conftest import Sim, contact
+
+
+def test_post_creates_then_updates(sim: Sim) -> None:
+    first = sim.api.post("/contacts", json=contact("ann@example.com", firstName="Ann"))
+    assert first.status_code == 201
+    assert re.fullmatch(r"[0-9a-f]{24}", first.json()["id"])
+    again = sim.api.post("/contacts", json=contact("ann@example.com", lastName="Lee"))
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["firstName"] == "Ann"  # fields not sent are kept
+    assert again.json()["lastName"] == "Lee"
+
+
+def test_email_match_is_case_sensitive(sim: Sim) -> None:
+    sim.api.post("/contacts", json=contact("ann@example.com"))
+    r = sim.api.post("/contacts", json=contact("Ann@example.com"))
+    assert r.status_code == 201
+    assert set(sim.contacts()) == {"ann@example.com", "Ann@example.com"}
+
+
+def test_tags_in_post_replace_existing_tags(sim: Sim) -> None:
+    sim.api.post("/contacts", json=contact("t@example.com", tags=["vip", "source: shop"]))
+    r = sim.api.post("/contacts", json=contact("t@example.com", tags=["segment: new"]))
+    assert r.json()["tags"] == ["segment: new"]
+    kept = sim.api.post("/contacts", json=contact("t@example.com", firstName="T"))
+    assert kept.json()["tags"] == ["segment: new"]  # no tags key: tags untouched
+
+
+def test_custom_properties_replace(sim: Sim) -> None:
+    sim.api.post("/contacts", json=contact("c@example.com", customProperties={"a": 1, "b": 2}))
+    r = sim.api.post("/contacts", json=contact("c@example.com", customProperties={"c": 3}))
+    assert r.json()["customProperties"] == {"c": 3}
+
+
+def test_invalid_identifiers_list_every_error(sim: Sim) -> None:
+    body = {
+        "identifiers": [{"type": "email", "id": "not-an-email"}, {"type": "fax", "id": "1"}],
+        "gender": "x",
+    }
+    r = sim.api.post("/contacts", json=body)
+    assert r.status_code == 400
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert {"identifiers[0].id", "identifiers[1].type", "gender"} <= fields
+
+
+def test_missing_identifiers_is_400(sim: Sim) -> None:
+    r = sim.api.post("/contacts", json={"firstName": "Nobody"})
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["field"] == "identifiers"
+
+
+def test_bad_json_is_400(sim: Sim) -> None:
+    r = sim.api.post("/contacts", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+
+
+def test_send_welcome_message_defaults_to_true_and_is_recorded(sim: Sim) -> None:
+    sim.api.post("/contacts", json=contact("w@example.com"))
+    quiet = {"identifiers": [{"type": "email", "id": "q@example.com", "sendWelcomeMessage": False}]}
+    sim.api.post("/contacts", json=quiet)
+    state = sim.contacts()
+    assert state["w@example.com"]["welcomeMessages"] == 1
+    assert state["q@example.com"]["welcomeMessages"] == 0
+
+
+def _with_status(email: str, status: str, changed: str) -> dict[str, object]:
+    channel = {"status": status, "statusChangedAt": changed}
+    return {"identifiers": [{"type": "email", "id": email, "channels": {"email": channel}}]}
+
+
+def test_older_channel_status_is_ignored(sim: Sim) -> None:
+    sim.api.post(
+        "/contacts", json=_with_status("s@example.com", "unsubscribed", "2026-05-02T00:00:00Z")
+    )
+    older = sim.api.post(
+        "/contacts", json=_with_status("s@example.com", "subscribed", "2026-05-01T00:00:00Z")
+    )
+    assert older.json()["status"] == "unsubscribed"
+    newer = sim.api.post(
+        "/contacts", json=_with_status("s@example.com", "subscribed", "2026-05-03T00:00:00Z")
+    )
+    assert newer.json()["status"] == "subscribed"
+
+
+def test_country_code_wins_and_name_derives_code(sim: Sim) -> None:
+    r = sim.api.post("/contacts", json=contact("k@example.com", country="Germany"))
+    assert r.json()["countryCode"] == "DE"
+    r = sim.api.post(
+        "/contacts", json=contact("k@example.com", country="Germany", countryCode="fr")
+    )
+    assert r.json()["countryCode"] == "FR"
+
+
+def test_get_by_id(sim: Sim) -> None:
+    created = sim.api.post("/contacts", json=contact("g@example.com")).json()
+    assert sim.api.get(f"/contacts/{created['id']}").json()["email"] == "g@example.com"
+    assert sim.api.get("/contacts/" + "0" * 24).status_code == 404
+    assert sim.api.get("/contacts/not-an-id").status_code == 400
+
+
+def test_list_filters_by_email_and_tag(sim: Sim) -> None:
+    sim.api.post("/contacts", json=contact("a@example.com", tags=["x"]))
+    sim.api.post("/contacts", json=contact("b@example.com", tags=["y"]))
+    by_email = sim.api.get("/contacts", params={"email": "b@example.com"}).json()["contacts"]
+    assert [c["email"] for c in by_email] == ["b@example.com"]
+    by_tag = sim.api.get("/contacts", params={"tag": "x"}).json()["contacts"]
+    assert [c["email"] for c in by_tag] == ["a@example.com"]
+    none = sim.api.get("/contacts", params={"email": "zzz@example.com"}).json()
+    assert none["contacts"] == []
+
+
+def test_list_pages_with_cursors(sim: Sim) -> None:
+    emails = {f"p{i}@example.com" for i in range(7)}
+    for email in sorted(emails):
+        sim.clock.advance(1)
+        sim.api.post("/contacts", json=contact(email))
+    seen: list[str] = []
+    params: dict[str, str] = {"limit": "3"}
+    while True:
+        page = sim.api.get("/contacts", params=params).json()
+        seen += [c["email"] for c in page["contacts"]]
+        if not page["paging"]["hasMore"]:
+            break
+        params = {"limit": "3", "after": page["paging"]["cursors"]["after"]}
+    assert len(seen) == 7
+    assert set(seen) == emails
+    assert seen[0] == "p6@example.com"  # newest first by default
+
+
+def test_list_rejects_bad_limit_and_filter_combinations(sim: Sim) -> None:
+    assert sim.api.get("/contacts", params={"limit": "251"}).status_code == 400
+    assert sim.api.get("/contacts", params={"limit": "0"}).status_code == 400
+    both = sim.api.get("/contacts", params={"tag": "x", "status": "subscribed"})
+    assert both.status_code == 400
+    since = sim.api.get(
+        "/contacts", params={"updatedAtFrom": "2026-01-01T00:00:00Z", "email": "a@b.co"}
+    )
+    assert since.status_code == 400
+
+
+def test_patch_by_email(sim: Sim) -> None:
+    sim.api.post("/contacts", json=contact("p@example.com", firstName="P", lastName="Q"))
+    r = sim.api.patch("/contacts", params={"email": "p@example.com"}, json={"firstName": "R"})
+    assert r.status_code == 200
+    assert (r.json()["firstName"], r.json()["lastName"]) == ("R", "Q")
+    missing = sim.api.patch(
+        "/contacts", params={"email": "none@example.com"}, json={"firstName": "x"}
+    )
+    assert missing.status_code == 404
+
+
+def test_patch_with_taken_identifier_is_409(sim: Sim) -> None:
+    a = sim.api.post("/contacts", json=contact("a@example.com")).json()
+    sim.api.post("/contacts", json=contact("b@example.com"))
+    r = sim.api.patch(f"/contacts/{a['id']}", json=contact("b@example.com"))
+    assert r.status_code == 409
+    by_email = sim.api.patch(
+        "/contacts", params={"email": "a@example.com"}, json=contact("b@example.com")
+    )
+    assert by_email.status_code == 409
+    assert sim.contacts()["a@example.com"]["identifiers"] == [
+        {"type": "email", "id": "a@example.com", "channels": {}}
+    ]
+
+
+def test_patch_by_id_unknown_is_404(sim: Sim) -> None:
+    assert sim.api.patch("/contacts/" + "a" * 24, json={"firstName": "x"}).status_code == 404
