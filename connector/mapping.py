@@ -1,0 +1,155 @@
+"""Profile attributes → Omnisend contact fields, email normalisation and validation.
+
+Pure functions over data: the pipeline calls `Mapper.map` for every decoded event.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from connector.errors import ConfigError, InvalidRecord
+from connector.events import ContactChange, Position, SegmentChange
+
+# Omnisend contact field ← profile attribute, the bulk export's optional fields.
+DEFAULT_FIELD_MAP: dict[str, str] = {
+    "firstName": "first_name",
+    "lastName": "last_name",
+    "address": "address",
+    "country": "country",
+    "state": "state",
+    "city": "city",
+    "postalCode": "postal_code",
+}
+CONTACT_FIELDS = frozenset({*DEFAULT_FIELD_MAP, "countryCode", "birthdate", "gender"})
+DEFAULT_TAG_TEMPLATE = "segment: {segment_name}"
+_TEMPLATE_FIELDS = frozenset({"segment_name", "segment_id"})
+CHANNEL_STATUSES = frozenset({"subscribed", "nonSubscribed", "unsubscribed"})
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*\.[A-Za-z]{{2,63}}$")
+MAX_EMAIL_LENGTH = 254
+# An event from further in the future than this is a producer bug, not clock skew.
+MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+
+
+def check_tag_template(template: str) -> str:
+    """Refuse templates with placeholders other than {segment_name} and {segment_id}."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ConfigError(f"TAG_TEMPLATE {template!r} is not a valid template: {exc}") from exc
+    unknown = names - _TEMPLATE_FIELDS
+    if unknown or not template.strip():
+        raise ConfigError(
+            f"TAG_TEMPLATE {template!r} may only use {{segment_name}} and {{segment_id}}, "
+            f"not {sorted(unknown)}"
+        )
+    return template
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """How a profile becomes an Omnisend contact."""
+
+    email_attribute: str = "email"
+    fields: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELD_MAP))
+    preserve_email_case: bool = False
+    tag_template: str = DEFAULT_TAG_TEMPLATE
+    # Off by default: the connector never touches subscriptions unless told which attribute
+    # holds an authoritative email status.
+    email_status_attribute: str | None = None
+
+    def __post_init__(self) -> None:
+        check_tag_template(self.tag_template)
+        unknown = set(self.fields) - CONTACT_FIELDS
+        if unknown:
+            raise ConfigError(f"FIELD_MAP names unknown Omnisend fields {sorted(unknown)}; "
+                              f"known: {sorted(CONTACT_FIELDS)}")
+
+
+def normalise_email(raw: str, preserve_case: bool) -> str:
+    email = raw.strip()
+    return email if preserve_case else email.lower()
+
+
+def is_valid_email(email: str) -> bool:
+    return len(email) <= MAX_EMAIL_LENGTH and EMAIL_RE.match(email) is not None
+
+
+class Mapper:
+    """Validates a decoded event and maps it to a `ContactChange`."""
+
+    def __init__(self, mapping: Mapping) -> None:
+        self.mapping = mapping
+
+    def map(self, change: SegmentChange, position: Position, size: int, now_ms: int) -> ContactChange:
+        """Raises `InvalidRecord` (stage `validate`) for events Omnisend cannot take."""
+        _check_event(change, now_ms)
+        email = self._email(change.profile)
+        return ContactChange(
+            position=position,
+            event_id=change.event_id,
+            occurred_at_ms=change.occurred_at_ms,
+            email=email,
+            tag=self.tag(change),
+            entered=change.entered,
+            fields=self.contact_fields(change) if change.entered else {},
+            size=size,
+        )
+
+    def tag(self, change: SegmentChange) -> str:
+        return self.mapping.tag_template.format(
+            segment_name=change.segment_name, segment_id=change.segment_id
+        )
+
+    def _email(self, profile: dict[str, str]) -> str:
+        raw = profile.get(self.mapping.email_attribute)
+        if raw is None or not raw.strip():
+            raise InvalidRecord("missing_email", "validate", f"no {self.mapping.email_attribute!r} attribute")
+        email = normalise_email(raw, self.mapping.preserve_email_case)
+        if not is_valid_email(email):
+            # The address itself is personal data: say what is wrong, not what it is.
+            raise InvalidRecord("invalid_email", "validate", f"not a valid address ({len(email)} characters)")
+        return email
+
+    def contact_fields(self, change: SegmentChange) -> dict[str, Any]:
+        """The Omnisend contact fields of an ENTERED event (no identifiers, never tags)."""
+        out: dict[str, Any] = {}
+        for target, attribute in self.mapping.fields.items():
+            value = change.profile.get(attribute)
+            if value is None or not value.strip():
+                continue
+            value = value.strip()
+            if target == "country" and len(value) == 2 and value.isalpha():
+                out["countryCode"] = value.upper()  # a two-letter value is an ISO code
+            else:
+                out[target] = value
+        status_attr = self.mapping.email_status_attribute
+        if status_attr and (status := change.profile.get(status_attr)) in CHANNEL_STATUSES:
+            changed = datetime.fromtimestamp(change.occurred_at_ms / 1000, UTC)
+            out["_emailStatus"] = {"status": status, "statusChangedAt": changed.isoformat().replace("+00:00", "Z")}
+        return out
+
+
+def _check_event(change: SegmentChange, now_ms: int) -> None:
+    if change.occurred_at_ms <= 0 or change.occurred_at_ms > now_ms + MAX_FUTURE_SKEW_MS:
+        raise InvalidRecord("invalid_timestamp", "validate", f"occurred_at {change.occurred_at_ms} is out of range")
+    for name in ("event_id", "segment_id", "segment_name"):
+        if not getattr(change, name).strip():
+            raise InvalidRecord("invalid_event", "validate", f"{name} is empty")
+
+
+def contact_request(email: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The ContactRequest body of an upsert: never `tags` (they would replace the contact's tags),
+    always `sendWelcomeMessage: false`, a channel status only when configured."""
+    identifier: dict[str, Any] = {"type": "email", "id": email, "sendWelcomeMessage": False}
+    body = {k: v for k, v in fields.items() if not k.startswith("_")}
+    if "_emailStatus" in fields:
+        identifier["channels"] = {"email": fields["_emailStatus"]}
+    body["identifiers"] = [identifier]
+    return body

@@ -1,0 +1,89 @@
+"""Per-partition done-tracking: which offset may be committed.
+
+A record is *done* when Omnisend accepted its change, it was skipped, or its DLQ copy was
+delivered. The commit position of a partition is the lowest offset not yet done (or one past the
+last tracked offset when all are done): committing it never skips an unfinished record.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+TopicPartition = tuple[str, int]
+
+
+class PartitionOffsets:
+    """Offsets of one partition in the order consumed (increasing)."""
+
+    __slots__ = ("_done", "_last", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self._last: int | None = None
+
+    def track(self, offset: int) -> None:
+        if self._last is not None and offset <= self._last:
+            raise ValueError(f"offset {offset} tracked after {self._last}: offsets must increase")
+        self._pending.append(offset)
+        self._last = offset
+
+    def done(self, offset: int) -> None:
+        self._done.add(offset)
+        # Drop the done prefix now, so memory is bounded by unfinished work, not by history.
+        while self._pending and self._pending[0] in self._done:
+            self._done.discard(self._pending.popleft())
+
+    def position(self) -> int | None:
+        """The offset to commit: the first unfinished one, or one past the last tracked."""
+        if self._pending:
+            return self._pending[0]
+        return None if self._last is None else self._last + 1
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._pending)
+
+
+class OffsetTracker:
+    """Done-tracking for every assigned partition, and what has been committed."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def track(self, tp: TopicPartition, offset: int) -> None:
+        self._partitions.setdefault(tp, PartitionOffsets()).track(offset)
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        partition = self._partitions.get(tp)
+        if partition is not None:  # a revoked partition's late completion is dropped
+            partition.done(offset)
+
+    def to_commit(self) -> dict[TopicPartition, int]:
+        """Positions that moved forward since the last commit; never backwards."""
+        out = {}
+        for tp, partition in self._partitions.items():
+            position = partition.position()
+            if position is not None and position > self._committed.get(tp, -1):
+                out[tp] = position
+        return out
+
+    def committed(self, positions: dict[TopicPartition, int]) -> None:
+        for tp, position in positions.items():
+            self._committed[tp] = max(position, self._committed.get(tp, -1))
+
+    def forget(self, tps: list[TopicPartition]) -> None:
+        """Drop the state of revoked partitions."""
+        for tp in tps:
+            self._partitions.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    def unfinished(self, tp: TopicPartition | None = None) -> int:
+        if tp is not None:
+            partition = self._partitions.get(tp)
+            return 0 if partition is None else partition.unfinished
+        return sum(p.unfinished for p in self._partitions.values())
+
+    def partitions(self) -> list[TopicPartition]:
+        return list(self._partitions)

@@ -1,0 +1,129 @@
+"""Decoding both value formats, schema evolution, and every way bad bytes are refused."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from typing import Any
+
+import fastavro
+import httpx
+import pytest
+
+from connector.codec import (
+    ConfluentDecoder,
+    PlainAvroDecoder,
+    RegistryClient,
+    bundled_schema_json,
+    encode_confluent,
+    encode_plain,
+)
+from connector.errors import InvalidRecord, Retriable
+from tests.events import event
+
+
+class Schemas:
+    def __init__(self, schemas: dict[int, Any]) -> None:
+        self.schemas = {i: fastavro.parse_schema(s) for i, s in schemas.items()}
+
+    def writer_schema(self, schema_id: int) -> Any:
+        if schema_id not in self.schemas:
+            raise InvalidRecord("unknown_schema_id", "decode", str(schema_id))
+        return self.schemas[schema_id]
+
+
+def evolved_added_field() -> dict[str, Any]:
+    schema = copy.deepcopy(bundled_schema_json())
+    schema["fields"].append({"name": "source", "type": "string", "default": "cdp"})
+    return schema
+
+
+def reason(decode: Any, value: bytes) -> str:
+    with pytest.raises(InvalidRecord) as info:
+        decode(value)
+    return info.value.reason
+
+
+def test_plain_avro_round_trip() -> None:
+    e = event(first_name="Ann", occurred_at=1_700_000_000_123)
+    change = PlainAvroDecoder().decode(encode_plain(e))
+    assert change.occurred_at_ms == 1_700_000_000_123
+    assert change.entered
+    assert change.profile == {"email": "ann@example.com", "first_name": "Ann"}
+
+
+def test_confluent_round_trip_with_evolved_writer() -> None:
+    writer = evolved_added_field()
+    record = {**event(change="EXITED"), "source": "crm"}
+    value = encode_confluent(record, 7, fastavro.parse_schema(writer))
+    change = ConfluentDecoder(Schemas({7: writer})).decode(value)
+    assert not change.entered
+    assert change.event_id == record["event_id"]
+
+
+def test_writer_without_optional_profile_uses_reader_default() -> None:
+    writer = copy.deepcopy(bundled_schema_json())
+    writer["fields"] = [f for f in writer["fields"] if f["name"] != "profile"]
+    record = {k: v for k, v in event().items() if k != "profile"}
+    value = encode_confluent(record, 3, fastavro.parse_schema(writer))
+    assert ConfluentDecoder(Schemas({3: writer})).decode(value).profile == {}
+
+
+def test_bad_inputs_have_their_reasons() -> None:
+    plain = PlainAvroDecoder().decode
+    good = encode_plain(event())
+    assert reason(plain, good[: len(good) // 2]) == "malformed_avro"
+    assert reason(plain, good + b"\x00\x01") == "trailing_bytes"
+    assert reason(plain, b"") == "malformed_avro"
+    bad_utf8 = good.replace(b"ann@example.com", b"ann@exampl\xff.com")
+    assert reason(plain, bad_utf8) == "malformed_avro"
+    confluent = ConfluentDecoder(Schemas({1: bundled_schema_json()})).decode
+    assert reason(confluent, b"\x01\x00\x00\x00\x01" + good) == "invalid_magic_byte"
+    assert reason(confluent, b"\x00\x00") == "invalid_magic_byte"
+    assert reason(confluent, b"\x00\x00\x00\x00\x09" + good) == "unknown_schema_id"
+
+
+def test_unknown_enum_symbol_and_other_schema_are_refused() -> None:
+    writer = copy.deepcopy(bundled_schema_json())
+    writer["fields"][4]["type"]["symbols"] = ["ENTERED", "EXITED", "PAUSED"]
+    value = encode_confluent({**event(), "change": "PAUSED"}, 2, fastavro.parse_schema(writer))
+    assert reason(ConfluentDecoder(Schemas({2: writer})).decode, value) == "schema_incompatible"
+    other = {"type": "record", "name": "Order", "fields": [{"name": "id", "type": "long"}]}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(other), {"id": 5})
+    value = b"\x00\x00\x00\x00\x05" + buf.getvalue()
+    assert reason(ConfluentDecoder(Schemas({5: other})).decode, value) == "schema_incompatible"
+
+
+def registry(handler: Any) -> RegistryClient:
+    return RegistryClient(httpx.Client(transport=httpx.MockTransport(handler)), "http://sr")
+
+
+def test_registry_caches_and_maps_404_to_invalid_and_5xx_to_retriable() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("/1"):
+            return httpx.Response(200, json={"schema": json.dumps(bundled_schema_json())})
+        if request.url.path.endswith("/2"):
+            return httpx.Response(404, json={"error_code": 40403})
+        return httpx.Response(503)
+
+    client = registry(handler)
+    client.writer_schema(1)
+    client.writer_schema(1)
+    assert calls == ["/schemas/ids/1"]
+    with pytest.raises(InvalidRecord, match="unknown_schema_id"):
+        client.writer_schema(2)
+    with pytest.raises(Retriable):
+        client.writer_schema(3)
+
+
+def test_unreachable_registry_is_retriable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(Retriable, match="unreachable"):
+        registry(handler).writer_schema(1)

@@ -1,0 +1,84 @@
+"""Profile attributes to Omnisend fields, email rules, tags and the upsert body."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.codec import PlainAvroDecoder, encode_plain
+from connector.errors import ConfigError, InvalidRecord
+from connector.events import Position
+from connector.mapping import Mapper, Mapping, contact_request
+from tests.events import event
+
+NOW = 1_800_000_000_000
+POS = Position("t", 0, 0)
+
+
+def mapped(mapping: Mapping | None = None, **kwargs: object) -> object:
+    change = PlainAvroDecoder().decode(encode_plain(event(**kwargs)))  # type: ignore[arg-type]
+    return Mapper(mapping or Mapping()).map(change, POS, 1, NOW)
+
+
+def test_default_mapping_and_two_letter_country() -> None:
+    c = mapped(first_name="Ann", last_name="Lee", country="lt", city="Vilnius", postal_code="01100",
+               occurred_at=NOW - 1000)
+    assert c.fields == {"firstName": "Ann", "lastName": "Lee", "countryCode": "LT",  # type: ignore[attr-defined]
+                        "city": "Vilnius", "postalCode": "01100"}
+    assert c.tag == "segment: VIP"  # type: ignore[attr-defined]
+
+
+def test_country_name_stays_a_name() -> None:
+    assert mapped(country="Lithuania", occurred_at=NOW).fields == {"country": "Lithuania"}  # type: ignore[attr-defined]
+
+
+def test_email_is_trimmed_and_lower_cased_unless_configured() -> None:
+    assert mapped(email="  Ann@Example.COM ", occurred_at=NOW).email == "ann@example.com"  # type: ignore[attr-defined]
+    keep = Mapping(preserve_email_case=True)
+    assert mapped(keep, email=" Ann@Example.COM", occurred_at=NOW).email == "Ann@Example.COM"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"email": None}, "missing_email"),
+        ({"email": "   "}, "missing_email"),
+        ({"email": "not-an-email"}, "invalid_email"),
+        ({"email": "a@b"}, "invalid_email"),
+        ({"email": "a b@example.com"}, "invalid_email"),
+        ({"occurred_at": 0}, "invalid_timestamp"),
+        ({"occurred_at": NOW + 2 * 24 * 3600 * 1000}, "invalid_timestamp"),
+        ({"event_id": " ", "occurred_at": NOW}, "invalid_event"),
+    ],
+)
+def test_invalid_events(kwargs: dict[str, object], reason: str) -> None:
+    kwargs.setdefault("occurred_at", NOW)
+    with pytest.raises(InvalidRecord) as info:
+        mapped(**kwargs)
+    assert info.value.reason == reason
+    assert "example.com" not in info.value.detail  # no personal data in the reason
+
+
+def test_exited_carries_no_fields() -> None:
+    assert mapped(change="EXITED", first_name="Ann", occurred_at=NOW).fields == {}  # type: ignore[attr-defined]
+
+
+def test_tag_template_with_segment_id() -> None:
+    c = mapped(Mapping(tag_template="cdp:{segment_id}"), occurred_at=NOW)
+    assert c.tag == "cdp:seg-1"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="TAG_TEMPLATE"):
+        Mapping(tag_template="{profile_id}")
+
+
+def test_upsert_body_never_has_tags_and_never_welcomes() -> None:
+    body = contact_request("a@example.com", {"firstName": "A"})
+    assert body == {"firstName": "A", "identifiers": [
+        {"type": "email", "id": "a@example.com", "sendWelcomeMessage": False}]}
+
+
+def test_channel_status_only_when_configured() -> None:
+    plain = mapped(occurred_at=NOW, email_status="subscribed")
+    assert "channels" not in contact_request("a@example.com", plain.fields)["identifiers"][0]  # type: ignore[attr-defined]
+    configured = mapped(Mapping(email_status_attribute="email_status"), occurred_at=NOW,
+                        email_status="unsubscribed")
+    ident = contact_request("a@example.com", configured.fields)["identifiers"][0]  # type: ignore[attr-defined]
+    assert ident["channels"]["email"]["status"] == "unsubscribed"

@@ -1,0 +1,77 @@
+"""Offset bookkeeping: the commit position never passes an unfinished record."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from connector.offsets import OffsetTracker, PartitionOffsets
+
+TP = ("t", 0)
+
+
+def test_position_is_first_unfinished() -> None:
+    p = PartitionOffsets()
+    for offset in (5, 6, 7, 9):
+        p.track(offset)
+    p.done(6)
+    assert p.position() == 5
+    p.done(5)
+    assert p.position() == 7
+    p.done(7)
+    p.done(9)
+    assert p.position() == 10
+    assert p.unfinished == 0
+
+
+def test_offsets_must_increase() -> None:
+    p = PartitionOffsets()
+    p.track(3)
+    with pytest.raises(ValueError, match="must increase"):
+        p.track(3)
+
+
+def test_commits_never_go_backwards_and_repeat_only_on_progress() -> None:
+    t = OffsetTracker()
+    t.track(TP, 0)
+    t.track(TP, 1)
+    t.done(TP, 0)
+    assert t.to_commit() == {TP: 1}
+    t.committed({TP: 1})
+    assert t.to_commit() == {}
+    t.done(TP, 1)
+    assert t.to_commit() == {TP: 2}
+
+
+def test_revoked_partition_is_forgotten_and_late_completions_ignored() -> None:
+    t = OffsetTracker()
+    t.track(TP, 0)
+    t.forget([TP])
+    t.done(TP, 0)
+    assert t.to_commit() == {}
+    assert t.unfinished() == 0
+
+
+@given(st.integers(min_value=1, max_value=60).flatmap(
+    lambda n: st.tuples(st.just(n), st.permutations(list(range(n))))
+))
+def test_committed_offset_never_passes_an_unfinished_message(case: tuple[int, list[int]]) -> None:
+    n, completion_order = case
+    tracker = OffsetTracker()
+    offsets = [10 + 2 * i for i in range(n)]  # gaps, as after compaction or transactions
+    for offset in offsets:
+        tracker.track(TP, offset)
+    finished: set[int] = set()
+    last = -1
+    for index in completion_order:
+        tracker.done(TP, offsets[index])
+        finished.add(offsets[index])
+        commit = tracker.to_commit().get(TP)
+        if commit is None:
+            continue
+        assert commit >= last
+        assert all(o in finished for o in offsets if o < commit)
+        tracker.committed({TP: commit})
+        last = commit
+    assert tracker.to_commit().get(TP, last) == offsets[-1] + 1
