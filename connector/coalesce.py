@@ -248,6 +248,17 @@ class Coalescer:
             newer.tickets.append(ticket)
         return newer
 
+    def untake_upserts(self, intents: list[UpsertIntent]) -> None:
+        """Put upserts back, unsent (no budget after all), at the front of the line."""
+        for intent in reversed(intents):
+            self.upserts_in_flight.pop(intent.email)
+            newer = self.upserts.get(intent.email)
+            if newer is None:
+                self.upserts[intent.email] = intent
+                self.upserts.move_to_end(intent.email, last=False)
+            else:
+                newer.tickets.extend(intent.tickets)
+
     def _release_adds(self, email: str, now: float) -> None:
         if email in self.upserts:
             return
@@ -297,6 +308,15 @@ class Coalescer:
                 self._maybe_ready(intent, now)
             else:
                 newer.tickets.extend(intent.tickets)
+
+    def tags_failed(self, intents: list[TagIntent], reason: str, detail: str) -> None:
+        """Omnisend refused a tag call: its records fail; what waited behind it may go."""
+        for intent in intents:
+            del self.tags_in_flight[intent.key]
+            self._fail(intent.tickets, reason, detail)
+            waiting = self.tags.get(intent.key)
+            if waiting is not None:
+                self._maybe_ready(waiting, 0.0)
 
     # ---- fates ---------------------------------------------------------------------------------
 

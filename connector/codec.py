@@ -110,7 +110,11 @@ class ConfluentDecoder:
 
     def decode(self, value: bytes) -> SegmentChange:
         if len(value) < 5 or value[0] != 0:
-            raise InvalidRecord("invalid_magic_byte", "decode", "value does not start with magic byte 0 and a schema id")
+            raise InvalidRecord(
+                "invalid_magic_byte",
+                "decode",
+                "value does not start with magic byte 0 and a schema id",
+            )
         (schema_id,) = struct.unpack_from(">I", value, 1)
         writer = self._schemas.writer_schema(schema_id)
         return _to_change(_read(value, 5, writer, self._reader))
@@ -148,7 +152,9 @@ class RegistryClient:
         try:
             return json.loads(response.json()["schema"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidRecord("unknown_schema_id", "decode", f"schema id {schema_id} is not Avro") from exc
+            raise InvalidRecord(
+                "unknown_schema_id", "decode", f"schema id {schema_id} is not Avro"
+            ) from exc
 
 
 def encode_plain(record: dict[str, Any]) -> bytes:

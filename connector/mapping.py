@@ -68,8 +68,10 @@ class Mapping:
         check_tag_template(self.tag_template)
         unknown = set(self.fields) - CONTACT_FIELDS
         if unknown:
-            raise ConfigError(f"FIELD_MAP names unknown Omnisend fields {sorted(unknown)}; "
-                              f"known: {sorted(CONTACT_FIELDS)}")
+            raise ConfigError(
+                f"FIELD_MAP names unknown Omnisend fields {sorted(unknown)}; "
+                f"known: {sorted(CONTACT_FIELDS)}"
+            )
 
 
 def normalise_email(raw: str, preserve_case: bool) -> str:
@@ -87,7 +89,9 @@ class Mapper:
     def __init__(self, mapping: Mapping) -> None:
         self.mapping = mapping
 
-    def map(self, change: SegmentChange, position: Position, size: int, now_ms: int) -> ContactChange:
+    def map(
+        self, change: SegmentChange, position: Position, size: int, now_ms: int
+    ) -> ContactChange:
         """Raises `InvalidRecord` (stage `validate`) for events Omnisend cannot take."""
         _check_event(change, now_ms)
         email = self._email(change.profile)
@@ -110,11 +114,15 @@ class Mapper:
     def _email(self, profile: dict[str, str]) -> str:
         raw = profile.get(self.mapping.email_attribute)
         if raw is None or not raw.strip():
-            raise InvalidRecord("missing_email", "validate", f"no {self.mapping.email_attribute!r} attribute")
+            raise InvalidRecord(
+                "missing_email", "validate", f"no {self.mapping.email_attribute!r} attribute"
+            )
         email = normalise_email(raw, self.mapping.preserve_email_case)
         if not is_valid_email(email):
             # The address itself is personal data: say what is wrong, not what it is.
-            raise InvalidRecord("invalid_email", "validate", f"not a valid address ({len(email)} characters)")
+            raise InvalidRecord(
+                "invalid_email", "validate", f"not a valid address ({len(email)} characters)"
+            )
         return email
 
     def contact_fields(self, change: SegmentChange) -> dict[str, Any]:
@@ -132,13 +140,18 @@ class Mapper:
         status_attr = self.mapping.email_status_attribute
         if status_attr and (status := change.profile.get(status_attr)) in CHANNEL_STATUSES:
             changed = datetime.fromtimestamp(change.occurred_at_ms / 1000, UTC)
-            out["_emailStatus"] = {"status": status, "statusChangedAt": changed.isoformat().replace("+00:00", "Z")}
+            out["_emailStatus"] = {
+                "status": status,
+                "statusChangedAt": changed.isoformat().replace("+00:00", "Z"),
+            }
         return out
 
 
 def _check_event(change: SegmentChange, now_ms: int) -> None:
     if change.occurred_at_ms <= 0 or change.occurred_at_ms > now_ms + MAX_FUTURE_SKEW_MS:
-        raise InvalidRecord("invalid_timestamp", "validate", f"occurred_at {change.occurred_at_ms} is out of range")
+        raise InvalidRecord(
+            "invalid_timestamp", "validate", f"occurred_at {change.occurred_at_ms} is out of range"
+        )
     for name in ("event_id", "segment_id", "segment_name"):
         if not getattr(change, name).strip():
             raise InvalidRecord("invalid_event", "validate", f"{name} is empty")

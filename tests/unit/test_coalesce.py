@@ -12,9 +12,13 @@ from connector.coalesce import Coalescer, Outcome
 from connector.events import ContactChange, Position
 
 
-def change(offset: int, email: str, tag: str, entered: bool, at: int, name: str = "A") -> ContactChange:
+def change(
+    offset: int, email: str, tag: str, entered: bool, at: int, name: str = "A"
+) -> ContactChange:
     fields = {"firstName": name} if entered else {}
-    return ContactChange(Position("t", 0, offset), f"e{offset}", at, email, tag, entered, fields, 10)
+    return ContactChange(
+        Position("t", 0, offset), f"e{offset}", at, email, tag, entered, fields, 10
+    )
 
 
 class Omnisend:
@@ -31,15 +35,17 @@ class Omnisend:
                 self.tags.setdefault(intent.email, set())
                 c.upsert_accepted(intent.email, now)
             for group, _, _ in list(c.ready_groups()):
-                intents = c.take_tags(group, 250, now)
-                for intent in intents:
-                    if intent.email in self.contacts:  # unknown emails are ignored
-                        (self.tags[intent.email].add if intent.add else self.tags[intent.email].discard)(intent.tag)
-                c.tags_accepted(intents, now)
+                tag_intents = c.take_tags(group, 250, now)
+                for t in tag_intents:
+                    if t.email in self.contacts:  # unknown emails are ignored
+                        (self.tags[t.email].add if t.add else self.tags[t.email].discard)(t.tag)
+                c.tags_accepted(tag_intents, now)
             now += 1
 
 
-def one_by_one(events: list[ContactChange]) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
+def one_by_one(
+    events: list[ContactChange],
+) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
     contacts: dict[str, dict[str, Any]] = {}
     fields_at: dict[str, int] = {}
     tags: dict[str, set[str]] = {}
@@ -71,7 +77,10 @@ event_st = st.tuples(
 @settings(max_examples=300)
 @given(st.lists(event_st, min_size=1, max_size=40))
 def test_coalesced_output_equals_applying_events_one_by_one(spec: list[tuple[Any, ...]]) -> None:
-    events = [change(i, email, tag, entered, at, name) for i, (email, tag, entered, at, name, _) in enumerate(spec)]
+    events = [
+        change(i, email, tag, entered, at, name)
+        for i, (email, tag, entered, at, name, _) in enumerate(spec)
+    ]
     c, omnisend, outcomes = Coalescer(), Omnisend(), []
     for event, (*_, drain) in zip(events, spec, strict=True):
         c.add(event, now=0.0)
@@ -118,7 +127,8 @@ def test_failed_upsert_fails_its_waiting_adds_with_the_reason() -> None:
     c.upsert_failed(upsert.email, "rejected_by_omnisend", "bad field", 0)
     outcomes = sorted(c.drain_outcomes(), key=lambda o: o.position.offset)
     assert [(o.position.offset, o.reason) for o in outcomes] == [
-        (0, "rejected_by_omnisend"), (1, "rejected_by_omnisend")
+        (0, "rejected_by_omnisend"),
+        (1, "rejected_by_omnisend"),
     ]
     assert c.idle
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from connector.codec import PlainAvroDecoder, encode_plain
 from connector.errors import ConfigError, InvalidRecord
-from connector.events import Position
+from connector.events import ContactChange, Position
 from connector.mapping import Mapper, Mapping, contact_request
 from tests.events import event
 
@@ -14,27 +16,38 @@ NOW = 1_800_000_000_000
 POS = Position("t", 0, 0)
 
 
-def mapped(mapping: Mapping | None = None, **kwargs: object) -> object:
-    change = PlainAvroDecoder().decode(encode_plain(event(**kwargs)))  # type: ignore[arg-type]
+def mapped(mapping: Mapping | None = None, **kwargs: Any) -> ContactChange:
+    change = PlainAvroDecoder().decode(encode_plain(event(**kwargs)))
     return Mapper(mapping or Mapping()).map(change, POS, 1, NOW)
 
 
 def test_default_mapping_and_two_letter_country() -> None:
-    c = mapped(first_name="Ann", last_name="Lee", country="lt", city="Vilnius", postal_code="01100",
-               occurred_at=NOW - 1000)
-    assert c.fields == {"firstName": "Ann", "lastName": "Lee", "countryCode": "LT",  # type: ignore[attr-defined]
-                        "city": "Vilnius", "postalCode": "01100"}
-    assert c.tag == "segment: VIP"  # type: ignore[attr-defined]
+    c = mapped(
+        first_name="Ann",
+        last_name="Lee",
+        country="lt",
+        city="Vilnius",
+        postal_code="01100",
+        occurred_at=NOW - 1000,
+    )
+    assert c.fields == {
+        "firstName": "Ann",
+        "lastName": "Lee",
+        "countryCode": "LT",
+        "city": "Vilnius",
+        "postalCode": "01100",
+    }
+    assert c.tag == "segment: VIP"
 
 
 def test_country_name_stays_a_name() -> None:
-    assert mapped(country="Lithuania", occurred_at=NOW).fields == {"country": "Lithuania"}  # type: ignore[attr-defined]
+    assert mapped(country="Lithuania", occurred_at=NOW).fields == {"country": "Lithuania"}
 
 
 def test_email_is_trimmed_and_lower_cased_unless_configured() -> None:
-    assert mapped(email="  Ann@Example.COM ", occurred_at=NOW).email == "ann@example.com"  # type: ignore[attr-defined]
+    assert mapped(email="  Ann@Example.COM ", occurred_at=NOW).email == "ann@example.com"
     keep = Mapping(preserve_email_case=True)
-    assert mapped(keep, email=" Ann@Example.COM", occurred_at=NOW).email == "Ann@Example.COM"  # type: ignore[attr-defined]
+    assert mapped(keep, email=" Ann@Example.COM", occurred_at=NOW).email == "Ann@Example.COM"
 
 
 @pytest.mark.parametrize(
@@ -50,7 +63,7 @@ def test_email_is_trimmed_and_lower_cased_unless_configured() -> None:
         ({"event_id": " ", "occurred_at": NOW}, "invalid_event"),
     ],
 )
-def test_invalid_events(kwargs: dict[str, object], reason: str) -> None:
+def test_invalid_events(kwargs: dict[str, Any], reason: str) -> None:
     kwargs.setdefault("occurred_at", NOW)
     with pytest.raises(InvalidRecord) as info:
         mapped(**kwargs)
@@ -59,26 +72,29 @@ def test_invalid_events(kwargs: dict[str, object], reason: str) -> None:
 
 
 def test_exited_carries_no_fields() -> None:
-    assert mapped(change="EXITED", first_name="Ann", occurred_at=NOW).fields == {}  # type: ignore[attr-defined]
+    assert mapped(change="EXITED", first_name="Ann", occurred_at=NOW).fields == {}
 
 
 def test_tag_template_with_segment_id() -> None:
     c = mapped(Mapping(tag_template="cdp:{segment_id}"), occurred_at=NOW)
-    assert c.tag == "cdp:seg-1"  # type: ignore[attr-defined]
+    assert c.tag == "cdp:seg-1"
     with pytest.raises(ConfigError, match="TAG_TEMPLATE"):
         Mapping(tag_template="{profile_id}")
 
 
 def test_upsert_body_never_has_tags_and_never_welcomes() -> None:
     body = contact_request("a@example.com", {"firstName": "A"})
-    assert body == {"firstName": "A", "identifiers": [
-        {"type": "email", "id": "a@example.com", "sendWelcomeMessage": False}]}
+    assert body == {
+        "firstName": "A",
+        "identifiers": [{"type": "email", "id": "a@example.com", "sendWelcomeMessage": False}],
+    }
 
 
 def test_channel_status_only_when_configured() -> None:
     plain = mapped(occurred_at=NOW, email_status="subscribed")
-    assert "channels" not in contact_request("a@example.com", plain.fields)["identifiers"][0]  # type: ignore[attr-defined]
-    configured = mapped(Mapping(email_status_attribute="email_status"), occurred_at=NOW,
-                        email_status="unsubscribed")
-    ident = contact_request("a@example.com", configured.fields)["identifiers"][0]  # type: ignore[attr-defined]
+    assert "channels" not in contact_request("a@example.com", plain.fields)["identifiers"][0]
+    configured = mapped(
+        Mapping(email_status_attribute="email_status"), occurred_at=NOW, email_status="unsubscribed"
+    )
+    ident = contact_request("a@example.com", configured.fields)["identifiers"][0]
     assert ident["channels"]["email"]["status"] == "unsubscribed"

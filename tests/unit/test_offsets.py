@@ -53,9 +53,11 @@ def test_revoked_partition_is_forgotten_and_late_completions_ignored() -> None:
     assert t.unfinished() == 0
 
 
-@given(st.integers(min_value=1, max_value=60).flatmap(
-    lambda n: st.tuples(st.just(n), st.permutations(list(range(n))))
-))
+@given(
+    st.integers(min_value=1, max_value=60).flatmap(
+        lambda n: st.tuples(st.just(n), st.permutations(list(range(n))))
+    )
+)
 def test_committed_offset_never_passes_an_unfinished_message(case: tuple[int, list[int]]) -> None:
     n, completion_order = case
     tracker = OffsetTracker()

@@ -1,0 +1,112 @@
+"""Every Prometheus metric of the connector, in one place.
+
+Names follow `omnisend_connector_<what>_<unit>`; label sets are closed (reasons come from
+`reasons.REASONS`, endpoints from `omnisend.client.ENDPOINTS`). Every metric that concerns an
+Omnisend connection carries the `connection` label. The registry is injected so tests can use a
+fresh one.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+NAMESPACE = "omnisend_connector"
+
+
+class Metrics:
+    """The connector's metrics, registered in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        ns, r = NAMESPACE, registry
+        self.events_consumed = Counter(
+            "events_consumed", "Kafka records consumed.", ["topic"], namespace=ns, registry=r
+        )
+        self.events_skipped = Counter(
+            "events_skipped",
+            "Records that needed no Omnisend call: duplicate, stale, tombstone.",
+            ["connection", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.invalid_records = Counter(
+            "invalid_records",
+            "Records refused while decoding or validating, by reason.",
+            ["stage", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.dlq_records = Counter(
+            "dlq_records",
+            "Records delivered to the dead-letter topic, by reason.",
+            ["connection", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.contacts_upserted = Counter(
+            "contacts_upserted",
+            "Contacts Omnisend confirmed as created or updated.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
+        self.tags_changed = Counter(
+            "tag_changes",
+            "Contact-tag changes Omnisend accepted, by operation (add, remove).",
+            ["connection", "operation"],
+            namespace=ns,
+            registry=r,
+        )
+        self.requests = Counter(
+            "omnisend_requests",
+            "Omnisend API requests by endpoint and HTTP status ('error' when no answer came).",
+            ["connection", "endpoint", "status"],
+            namespace=ns,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "omnisend_request_duration_seconds",
+            "Omnisend API request latency.",
+            ["connection", "endpoint"],
+            namespace=ns,
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.rate_limited = Counter(
+            "omnisend_rate_limited",
+            "429 answers from Omnisend.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
+        self.offsets_committed = Counter(
+            "offset_commits",
+            "Successful offset commits.",
+            namespace=ns,
+            registry=r,
+        )
+        self.last_commit = Gauge(
+            "last_commit_timestamp_seconds",
+            "Unix time of the last successful offset commit.",
+            namespace=ns,
+            registry=r,
+        )
+        self.in_flight_records = Gauge(
+            "in_flight_records",
+            "Consumed records whose fate is not known yet.",
+            namespace=ns,
+            registry=r,
+        )
+        self.in_flight_bytes = Gauge(
+            "in_flight_bytes",
+            "Bytes of the records in flight.",
+            namespace=ns,
+            registry=r,
+        )
+        self.paused_partitions = Gauge(
+            "paused_partitions",
+            "Assigned partitions paused for backpressure.",
+            namespace=ns,
+            registry=r,
+        )
+        self.build = Info("build", "Version of the running connector.", namespace=ns, registry=r)

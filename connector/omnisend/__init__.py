@@ -1,0 +1,1 @@
+"""The Omnisend side: HTTP client, rate budget and the sink that drives them."""

@@ -1,0 +1,121 @@
+"""The brand's request budget, counted the way Omnisend counts: a sliding window per brand for
+every request, and a stricter one for `/contacts/tags` (tag calls count in both).
+
+The budget belongs to the brand, not the process: each replica of a consumer group uses `share`
+of it (the share of partitions it owns), and `headroom` leaves room for the brand's other
+integrations. After a 429 the effective rate drops and recovers window by window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+# Omnisend's published limits per brand and minute.
+REQUESTS_PER_MINUTE = 400
+TAG_REQUESTS_PER_MINUTE = 60
+# After a 429 the rate is cut to this fraction and grows back by RECOVERY_STEP each clean window:
+# a multiplicative decrease, additive increase, like TCP, so replicas that overshoot converge.
+BACKOFF_FACTOR = 0.7
+RECOVERY_STEP = 0.1
+MIN_FACTOR = 0.2
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    requests_per_window: int = REQUESTS_PER_MINUTE
+    tag_requests_per_window: int = TAG_REQUESTS_PER_MINUTE
+    window_s: float = 60.0
+    headroom: float = 0.9  # use at most this share of the brand's limits
+
+    def __post_init__(self) -> None:
+        if not 0 < self.headroom <= 1:
+            raise ValueError("headroom must be in (0, 1]")
+        if self.window_s <= 0:
+            raise ValueError("window_s must be positive")
+
+
+class _Window:
+    """Send times of the requests still inside the window."""
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+
+    def count(self, now: float, window_s: float) -> int:
+        horizon = now - window_s
+        while self.times and self.times[0] <= horizon:
+            self.times.popleft()
+        return len(self.times)
+
+    def wait(self, now: float, window_s: float, limit: int) -> float:
+        if self.count(now, window_s) < limit:
+            return 0.0
+        return self.times[-limit] + window_s - now
+
+
+class Budget:
+    """Not thread-safe: the sink's event loop owns it."""
+
+    def __init__(self, config: BudgetConfig, share: float = 1.0) -> None:
+        self.config = config
+        self.share = share
+        self._others, self._tags = _Window(), _Window()
+        self._factor = 1.0
+        self._blocked_until = 0.0
+        self._last_429 = -math.inf
+        self._last_recovery = 0.0
+        self.waits = 0  # times a request had to wait for the budget
+
+    # Omnisend counts a request when it arrives; we count it when we send it, a little earlier.
+    # Stretching the window by this margin keeps the two from disagreeing at its edge.
+    @property
+    def _window(self) -> float:
+        return self.config.window_s * 1.01
+
+    def limits(self) -> tuple[int, int]:
+        """(every request, tag calls) allowed per window now."""
+        scale = self.config.headroom * self.share * self._factor
+        all_limit = max(1, math.floor(self.config.requests_per_window * scale))
+        tag_limit = max(1, math.floor(self.config.tag_requests_per_window * scale))
+        return all_limit, min(tag_limit, all_limit)
+
+    def try_acquire(self, now: float, tag_call: bool) -> float:
+        """Count one request and return 0, or return the seconds to wait (nothing counted).
+
+        Tag calls, which bound a sync, have their window reserved: other requests may use only
+        `all - tags` of it. Both together then never exceed `all`."""
+        self._recover(now)
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        all_limit, tag_limit = self.limits()
+        if tag_call:
+            window, limit = self._tags, tag_limit
+        else:
+            window, limit = self._others, max(1, all_limit - tag_limit)
+        wait = window.wait(now, self._window, limit)
+        if wait > 0:
+            self.waits += 1
+            return wait
+        window.times.append(now)
+        return 0.0
+
+    def rate_limited(self, now: float, retry_after_s: float | None) -> None:
+        """A 429: stop until `retryAfter` and slow down."""
+        self._blocked_until = max(
+            self._blocked_until, now + (retry_after_s or self.config.window_s / 10)
+        )
+        if now - self._last_429 > 1.0:  # one cut per burst of 429s
+            self._factor = round(max(MIN_FACTOR, self._factor * BACKOFF_FACTOR), 6)
+        self._last_429 = now
+        self._last_recovery = now
+
+    def _recover(self, now: float) -> None:
+        if self._factor < 1.0 and now - self._last_recovery >= self.config.window_s:
+            self._factor = round(min(1.0, self._factor + RECOVERY_STEP), 6)
+            self._last_recovery = now
+
+    def used(self, now: float) -> tuple[int, int]:
+        """(every request, tag calls) counted in the window now."""
+        tags = self._tags.count(now, self._window)
+        return self._others.count(now, self._window) + tags, tags

@@ -1,0 +1,495 @@
+"""The Omnisend sink: turns changes into batch upserts and tag calls, as fast as the brand's
+budget allows, and reports each record's fate.
+
+It runs its own asyncio loop in a thread, so many requests are in flight at once while the Kafka
+loop keeps polling. The Kafka side talks to it through three thread-safe calls: `submit` (new
+changes), `take_outcomes` (records whose fate is known) and `drain` (finish what was submitted,
+within a deadline). Nothing here blocks the caller for longer than a queue operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import random
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+
+from connector.clock import Clock
+from connector.coalesce import Coalescer, Outcome, TagIntent, UpsertIntent
+from connector.errors import Fatal, Retriable
+from connector.events import ContactChange
+from connector.mapping import contact_request
+from connector.metrics import Metrics
+from connector.omnisend.budget import Budget
+from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
+
+log = structlog.get_logger("connector.sink")
+
+# Batch item codes worth another try: timeouts, throttling, server trouble; older API versions
+# also used 403 for throttling inside batches.
+RETRY_ITEM_CODES = frozenset({403, 408, 429})
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    batch_size: int = 100  # Omnisend's maximum items per batch
+    tag_batch_size: int = 250  # Omnisend's maximum emails per tag call
+    # How long a change may wait for more to share its request. Under load requests fill up
+    # long before; in a trickle this is the latency it costs.
+    upsert_linger_s: float = 0.3
+    tag_linger_s: float = 0.5
+    max_batches_in_flight: int = 50
+    max_concurrent_requests: int = 8
+    first_poll_s: float = 1.0  # guess of a batch's processing time until one was observed
+    max_poll_interval_s: float = 10.0
+    max_item_attempts: int = 6
+    settle_s: float = 2.0  # an opposite tag operation waits this long after the earlier one
+    retry_base_s: float = 0.5  # back-off after 5xx or timeouts, doubled each time, jittered
+    retry_max_s: float = 30.0
+    tick_s: float = 0.02  # re-check timers at least this often
+    # Omnisend recommends 10 s for synchronous calls; connecting should be quick.
+    request_timeout_s: float = 10.0
+
+
+@dataclass(eq=False)
+class InFlightBatch:
+    batch_id: str
+    intents: dict[str, UpsertIntent]
+    sent_at: float
+    next_poll_at: float
+    polls: int = 0
+    need_items: bool = False
+    busy: bool = False
+
+
+@dataclass
+class _Backoff:
+    until: float = 0.0
+    failures: int = 0
+
+    def failed(self, now: float, base: float, cap: float) -> None:
+        self.failures += 1
+        delay = min(cap, base * 2 ** (self.failures - 1))
+        self.until = now + delay * (0.5 + random.random())
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class SinkStats:
+    batches_in_flight: int = 0
+    waiting_upserts: int = 0
+    waiting_tags: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class OmnisendSink:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        budget: Budget,
+        clock: Clock,
+        metrics: Metrics,
+        connection: str = "default",
+        config: SinkConfig | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config or SinkConfig()
+        self.budget = budget
+        self.clock = clock
+        self.metrics = metrics
+        self.connection = connection
+        self._api_key, self._base_url, self._transport = api_key, base_url, transport
+        self._inbox: queue.SimpleQueue[list[ContactChange]] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._run, name=f"omnisend-sink-{connection}", daemon=True
+        )
+        self._idle = threading.Event()
+        self._idle.set()
+        self._flushing = False
+        self._stopping = False
+        self.fatal: Fatal | None = None
+        self._coalescer = Coalescer(settle_s=self.config.settle_s)
+        self._batches: dict[str, InFlightBatch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._backoff = _Backoff()
+        self._batch_seconds = self.config.first_poll_s
+        self._generation = 0
+        self._wake: asyncio.Event | None = None
+
+    # ---- the Kafka side (any thread) ---------------------------------------------------------
+
+    def start(self) -> OmnisendSink:
+        self._thread.start()
+        return self
+
+    def submit(self, changes: list[ContactChange]) -> None:
+        if changes:
+            self._idle.clear()
+            self._inbox.put(changes)
+            self._call(self._poke)
+
+    def take_outcomes(self) -> list[Outcome]:
+        out: list[Outcome] = []
+        while True:
+            try:
+                out.extend(self._outbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def drain(self, timeout_s: float) -> bool:
+        """Send everything submitted without lingering; True if all of it finished in time."""
+        self._flushing = True
+        self._call(self._poke)
+        try:
+            return self._idle.wait(timeout_s)
+        finally:
+            self._flushing = False
+
+    def reset(self) -> None:
+        """Forget every unfinished change (after a rebalance); late answers are ignored."""
+        done = threading.Event()
+
+        def do_reset() -> None:
+            self._generation += 1
+            self._coalescer = _fresh(self._coalescer, self.config.settle_s)
+            self._batches.clear()
+            while not self._inbox.empty():
+                self._inbox.get_nowait()
+            self._idle.set()
+            done.set()
+
+        self._call(do_reset)
+        done.wait(5.0)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._call(self._poke)
+        self._thread.join(timeout=10)
+
+    def stats(self) -> SinkStats:
+        c = self._coalescer
+        return SinkStats(len(self._batches), len(c.upserts), len(c.tags))
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to do
+            self._loop.call_soon_threadsafe(fn)
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        except Exception as exc:  # noqa: BLE001 - a crashed sink must stop the connector, not vanish
+            log.exception("sink_crashed")
+            self.fatal = Fatal(
+                f"the Omnisend sink stopped unexpectedly: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            self._loop.close()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _main(self) -> None:
+        self._wake = asyncio.Event()
+        limits = httpx.Limits(
+            max_connections=self.config.max_concurrent_requests,
+            max_keepalive_connections=self.config.max_concurrent_requests,
+        )
+        timeout = httpx.Timeout(
+            self.config.request_timeout_s, connect=min(5.0, self.config.request_timeout_s)
+        )
+        async with httpx.AsyncClient(
+            timeout=timeout, limits=limits, transport=self._transport
+        ) as http:
+            self._client = OmnisendClient(
+                http, self._api_key, self._base_url, observe=self._observe
+            )
+            while not self._stopping and self.fatal is None:
+                self._ingest()
+                self._dispatch()
+                self._publish()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.tick_s)
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _ingest(self) -> None:
+        now = self.clock.now()
+        while True:
+            try:
+                changes = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            for change in changes:
+                self._coalescer.add(change, now)
+
+    def _publish(self) -> None:
+        outcomes = self._coalescer.drain_outcomes()
+        if outcomes:
+            self._outbox.put(outcomes)
+        if self._coalescer.idle and not self._tasks and self._inbox.empty():
+            self._idle.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(self._guard(coro, self._generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Coroutine[Any, Any, None], generation: int) -> None:
+        try:
+            await coro
+        except Fatal as exc:
+            if generation == self._generation:
+                self.fatal = exc
+                log.error("omnisend_fatal", error=str(exc))
+        finally:
+            self._poke()
+
+    # ---- scheduling --------------------------------------------------------------------------
+
+    def _room(self) -> bool:
+        return len(self._tasks) < self.config.max_concurrent_requests
+
+    def _dispatch(self) -> None:
+        now = self.clock.now()
+        if now < self._backoff.until:
+            return
+        self._dispatch_polls(now)
+        self._dispatch_tags(now)
+        self._dispatch_upserts(now)
+
+    def _dispatch_polls(self, now: float) -> None:
+        due = [b for b in self._batches.values() if not b.busy and b.next_poll_at <= now]
+        for batch in sorted(due, key=lambda b: b.next_poll_at):
+            if not self._room() or self.budget.try_acquire(now, tag_call=False) > 0:
+                return
+            batch.busy = True
+            self._spawn(self._items(batch) if batch.need_items else self._poll(batch))
+
+    def _dispatch_tags(self, now: float) -> None:
+        size, linger = self.config.tag_batch_size, self.config.tag_linger_s
+        groups = sorted(self._coalescer.ready_groups(), key=lambda g: -g[1])
+        for group, count, since in groups:
+            if not self._room():
+                return
+            if count < size and now - since < linger and not self._flushing:
+                continue
+            intents = self._coalescer.take_tags(group, size, now)
+            if not intents:
+                continue
+            if self.budget.try_acquire(now, tag_call=True) > 0:
+                self._coalescer.tags_retry(intents, now)
+                return
+            self._spawn(self._change_tags(group[0], group[1], intents))
+
+    def _dispatch_upserts(self, now: float) -> None:
+        c, size = self._coalescer, self.config.batch_size
+        while c.upserts and self._room() and len(self._batches) < self.config.max_batches_in_flight:
+            oldest = next(iter(c.upserts.values())).since
+            if (
+                len(c.upserts) < size
+                and now - oldest < self.config.upsert_linger_s
+                and not self._flushing
+            ):
+                return
+            intents = c.take_upserts(size)
+            if not intents:
+                return
+            if self.budget.try_acquire(now, tag_call=False) > 0:
+                c.untake_upserts(intents)
+                return
+            self._spawn(self._create_batch(intents))
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    async def _create_batch(self, intents: list[UpsertIntent]) -> None:
+        generation = self._generation
+        items = [contact_request(i.email, i.fields) for i in intents]
+        try:
+            batch_id = await self._client.create_batch(items)
+        except (Retriable, Rejected) as exc:
+            if generation == self._generation:
+                self._create_failed(intents, exc)
+            return
+        if generation != self._generation:
+            return
+        now = self.clock.now()
+        self._backoff.succeeded()
+        self._batches[batch_id] = InFlightBatch(
+            batch_id, {i.email: i for i in intents}, now, now + self._batch_seconds
+        )
+
+    def _create_failed(self, intents: list[UpsertIntent], exc: Exception) -> None:
+        now = self.clock.now()
+        if isinstance(exc, Rejected):
+            # The batch as a whole was refused: no item of it can be accepted as it is.
+            for intent in intents:
+                self._coalescer.upsert_failed(intent.email, "rejected_by_omnisend", exc.detail, now)
+            return
+        self._transient(exc, now)
+        self._coalescer.untake_upserts(intents)
+
+    async def _poll(self, batch: InFlightBatch) -> None:
+        generation = self._generation
+        try:
+            info = await self._client.get_batch(batch.batch_id)
+        except (Retriable, Rejected) as exc:
+            if generation == self._generation:
+                self._poll_failed(batch, exc)
+            return
+        if generation != self._generation:
+            return
+        now = self.clock.now()
+        batch.busy = False
+        status = info.get("status")
+        if status not in ("finished", "stopped"):
+            batch.polls += 1
+            delay = min(self.config.max_poll_interval_s, 0.1 * self._batch_seconds * 2**batch.polls)
+            batch.next_poll_at = now + max(delay, self.config.tick_s)
+            return
+        self._learn_duration(info, now - batch.sent_at)
+        if status == "finished" and not info.get("errorsCount"):
+            self._settle_batch(batch, {}, set(batch.intents))
+        else:
+            batch.need_items, batch.next_poll_at = True, now
+
+    async def _items(self, batch: InFlightBatch) -> None:
+        generation = self._generation
+        try:
+            info = await self._client.batch_items(batch.batch_id)
+        except (Retriable, Rejected) as exc:
+            if generation == self._generation:
+                self._poll_failed(batch, exc)
+            return
+        if generation != self._generation:
+            return
+        ok: set[str] = set()
+        errors: dict[str, tuple[int, str]] = {}
+        for item in info.get("responses") or []:
+            if (email := _item_email(item)) is not None:
+                ok.add(email)
+        for item in info.get("errors") or []:
+            if (email := _item_email(item)) is not None:
+                errors[email] = (int(item.get("responseCode") or 0), _item_detail(item))
+        self._settle_batch(batch, errors, ok)
+
+    def _settle_batch(
+        self, batch: InFlightBatch, errors: dict[str, tuple[int, str]], ok: set[str]
+    ) -> None:
+        now = self.clock.now()
+        del self._batches[batch.batch_id]
+        c, accepted = self._coalescer, 0
+        for email, intent in batch.intents.items():
+            if email in ok:
+                c.upsert_accepted(email, now)
+                accepted += 1
+                continue
+            code, detail = errors.get(email, (0, "not processed: the batch was stopped"))
+            retry = code == 0 or code in RETRY_ITEM_CODES or code >= 500
+            if not retry:
+                c.upsert_failed(email, "rejected_by_omnisend", f"{code}: {detail}", now)
+            elif intent.attempts + 1 >= self.config.max_item_attempts:
+                c.upsert_failed(email, "omnisend_retries_exhausted", f"{code}: {detail}", now)
+            else:
+                c.upsert_retry(email)
+        self.metrics.contacts_upserted.labels(self.connection).inc(accepted)
+
+    def _poll_failed(self, batch: InFlightBatch, exc: Exception) -> None:
+        now = self.clock.now()
+        batch.busy = False
+        if isinstance(exc, Rejected):
+            # 404: the batch is gone (Omnisend keeps them 7 days); send its contacts again.
+            self._settle_batch(batch, {}, set())
+            return
+        self._transient(exc, now)
+        batch.next_poll_at = max(now + self.config.tick_s, self._backoff.until)
+
+    async def _change_tags(self, add: bool, tag: str, intents: list[TagIntent]) -> None:
+        generation = self._generation
+        try:
+            await self._client.change_tags(add, tag, [i.email for i in intents])
+        except (Retriable, Rejected) as exc:
+            if generation != self._generation:
+                return
+            if isinstance(exc, Rejected):
+                self._coalescer.tags_failed(intents, "rejected_by_omnisend", exc.detail)
+            else:
+                self._transient(exc, self.clock.now())
+                self._coalescer.tags_retry(intents, self.clock.now())
+            return
+        if generation != self._generation:
+            return
+        self._backoff.succeeded()
+        self._coalescer.tags_accepted(intents, self.clock.now())
+        self.metrics.tags_changed.labels(self.connection, "add" if add else "remove").inc(
+            len(intents)
+        )
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _transient(self, exc: Exception, now: float) -> None:
+        if isinstance(exc, RateLimited):
+            self.budget.rate_limited(now, exc.retry_after_s)
+            self.metrics.rate_limited.labels(self.connection).inc()
+        else:
+            self._backoff.failed(now, self.config.retry_base_s, self.config.retry_max_s)
+            log.warning(
+                "omnisend_retry", error=str(exc), backoff_s=round(self._backoff.until - now, 3)
+            )
+
+    def _learn_duration(self, info: dict[str, Any], observed_s: float) -> None:
+        # An exponentially weighted mean of how long batches take, so the first poll of the
+        # next batch comes when it is likely done rather than wasting budget on "pending".
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * max(
+            observed_s * 0.9, self.config.tick_s
+        )
+
+    def _observe(self, endpoint: str, status: str, seconds: float) -> None:
+        self.metrics.requests.labels(self.connection, endpoint, status).inc()
+        self.metrics.request_seconds.labels(self.connection, endpoint).observe(seconds)
+
+
+def _item_email(item: dict[str, Any]) -> str | None:
+    try:
+        for ident in item["request"]["identifiers"]:
+            if ident.get("type") == "email":
+                return str(ident["id"])
+    except (KeyError, TypeError):
+        return None
+    return None
+
+
+def _item_detail(item: dict[str, Any]) -> str:
+    response = item.get("response")
+    if isinstance(response, dict):
+        parts = [str(response.get("title") or ""), str(response.get("detail") or "")]
+        for error in response.get("errors") or []:
+            if isinstance(error, dict):
+                parts.append(f"{error.get('field')}: {error.get('message')}")
+        return "; ".join(p for p in parts if p)[:500]
+    return ""
+
+
+def _fresh(old: Coalescer, settle_s: float) -> Coalescer:
+    """A coalescer without unfinished work that keeps what is known about Omnisend's state."""
+    fresh = Coalescer(settle_s=settle_s)
+    fresh.known, fresh.applied = old.known, old.applied
+    return fresh
