@@ -169,6 +169,169 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_epilog() -> str:
+    from connector.settings import SETTINGS_HELP  # noqa: PLC0415 - keeps `--version` fast
+
+    rows = [
+        f"  {name:<28} {desc}" + (f" (default: {default})" if default else "")
+        for name, default, desc in SETTINGS_HELP
+    ]
+    codes = [
+        "exit codes: 0 stopped cleanly; 1 unexpected error; 2 bad configuration;",
+        "  3 Omnisend refused the credentials or API version (401, 403, 410);",
+        "  4 too many invalid records (DLQ limit); 5 Kafka failure (e.g. DLQ not writable)",
+    ]
+    return "settings (environment variables):\n" + "\n".join(rows) + "\n\n" + "\n".join(codes)
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the sync: Kafka segment events to Omnisend contacts and tags",
+        description="Consume segment-membership changes and keep Omnisend in sync. "
+        "Configured by environment variables.",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import threading  # noqa: PLC0415
+
+    from connector.app import install_signal_handlers, running  # noqa: PLC0415
+    from connector.errors import ConfigError  # noqa: PLC0415
+    from connector.logs import configure_logging  # noqa: PLC0415
+    from connector.settings import load_settings  # noqa: PLC0415
+
+    try:
+        settings, kafka = load_settings()
+    except ConfigError as exc:
+        print(f"omnisend-connector run: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    with running(settings, kafka) as parts:
+        return parts.pipeline.run(stop)
+
+
+def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="write realistic segment events to a topic (demos, benchmarks)",
+        description="Generate SegmentMembershipChange events, keyed by profile_id.",
+    )
+    p.add_argument(
+        "--bootstrap-servers", default="127.0.0.1:9092", help="Kafka brokers (default %(default)s)"
+    )
+    p.add_argument(
+        "--topic",
+        default="segment-membership",
+        help="topic (created if missing; default %(default)s)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=6,
+        help="partitions of a created topic (default %(default)s)",
+    )
+    p.add_argument("--count", type=int, required=True, help="number of events")
+    p.add_argument(
+        "--contacts", type=int, default=None, help="distinct contacts (default: one per event)"
+    )
+    p.add_argument(
+        "--segments", type=int, default=3, help="number of segments (default %(default)s)"
+    )
+    p.add_argument(
+        "--exit-ratio", type=float, default=0.0, help="share of exits of current members"
+    )
+    p.add_argument("--duplicate-ratio", type=float, default=0.0, help="share of events sent twice")
+    p.add_argument(
+        "--attribute-change-ratio",
+        type=float,
+        default=0.0,
+        help="share of entries that change a name",
+    )
+    p.add_argument(
+        "--invalid-ratio", type=float, default=0.0, help="share of events with an invalid email"
+    )
+    p.add_argument(
+        "--value-format",
+        choices=["avro", "confluent"],
+        default="avro",
+        help="(default %(default)s)",
+    )
+    p.add_argument(
+        "--schema-registry-url", default=None, help="registry to register the schema in (confluent)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (default %(default)s)")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from connector.generate import GenerateOptions, produce  # noqa: PLC0415
+    from connector.settings import kafka_overrides  # noqa: PLC0415
+
+    if args.value_format == "confluent" and not args.schema_registry_url:
+        print(
+            "omnisend-connector generate: --schema-registry-url is needed for confluent",
+            file=sys.stderr,
+        )
+        return 2
+    options = GenerateOptions(
+        count=args.count,
+        contacts=args.contacts,
+        segments=args.segments,
+        exit_ratio=args.exit_ratio,
+        duplicate_ratio=args.duplicate_ratio,
+        attribute_change_ratio=args.attribute_change_ratio,
+        invalid_ratio=args.invalid_ratio,
+        seed=args.seed,
+    )
+    import os  # noqa: PLC0415
+
+    ends = produce(
+        args.bootstrap_servers,
+        args.topic,
+        options,
+        value_format=args.value_format,
+        registry_url=args.schema_registry_url,
+        partitions=args.partitions,
+        kafka=kafka_overrides(os.environ),
+    )
+    print(f"wrote {sum(ends.values())} events to {args.topic} ({len(ends)} partitions)")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run a whole sync locally: bundled broker, simulator, generated events",
+        description="Start the bundled Kafka broker and the Omnisend simulator on free local "
+        "ports, generate events, sync them, print a summary and stop everything.",
+    )
+    p.add_argument(
+        "--count", type=int, default=5000, help="events to generate (default %(default)s)"
+    )
+    p.add_argument("--segments", type=int, default=3, help="segments (default %(default)s)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from connector.demo import run_demo, summary  # noqa: PLC0415
+    from connector.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging("WARNING", "console")
+    print(
+        f"starting a local broker and Omnisend simulator, syncing {args.count} events ...",
+        flush=True,
+    )
+    result = run_demo(count=args.count, segments=args.segments)
+    print(summary(result))
+    return result.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnisend-connector",
@@ -176,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_generate(sub)
+    _add_demo(sub)
     _add_simulate(sub)
     return parser
 

@@ -73,6 +73,9 @@ class OffsetTracker:
         for tp, position in positions.items():
             self._committed[tp] = max(position, self._committed.get(tp, -1))
 
+    def committed_positions(self) -> dict[TopicPartition, int]:
+        return dict(self._committed)
+
     def forget(self, tps: list[TopicPartition]) -> None:
         """Drop the state of revoked partitions."""
         for tp in tps:

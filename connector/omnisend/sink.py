@@ -193,7 +193,7 @@ class OmnisendSink:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._main())
-        except Exception as exc:  # noqa: BLE001 - a crashed sink must stop the connector, not vanish
+        except Exception as exc:
             log.exception("sink_crashed")
             self.fatal = Fatal(
                 f"the Omnisend sink stopped unexpectedly: {type(exc).__name__}: {exc}"

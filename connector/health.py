@@ -1,0 +1,68 @@
+"""The metrics port: `/metrics`, `/healthz` (the loop is alive) and `/readyz` (ready to work)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+Check = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+        elif path in ("/healthz", "/readyz"):
+            ok, detail = (self.server.health if path == "/healthz" else self.server.ready)()
+            body = json.dumps({"status": "ok" if ok else "fail", **detail}).encode()
+            self._send(200 if ok else 503, body, "application/json")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds would drown the logs."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], registry: CollectorRegistry, health: Check, ready: Check
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.registry, self.health, self.ready = registry, health, ready
+
+
+class HealthServer:
+    def __init__(
+        self, registry: CollectorRegistry, health: Check, ready: Check, host: str, port: int
+    ) -> None:
+        self._server = _Server((host, port), registry, health, ready)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="metrics", daemon=True
+        )
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

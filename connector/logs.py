@@ -1,0 +1,46 @@
+"""structlog configuration (JSON in production, console on a tty) and the keyed email hash.
+
+Emails are personal data: logs carry `email_hash`, an HMAC with a per-deployment key, so one
+contact's events can be correlated without the address ever being written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import sys
+from typing import Any
+
+import structlog
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Configure structlog once, at start."""
+    json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+class EmailHasher:
+    """`hash(email)` is stable for one key: set EMAIL_HASH_KEY to correlate across restarts."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)
+
+    def __call__(self, email: str) -> str:
+        return hmac.new(self._key, email.encode(), hashlib.sha256).hexdigest()[:16]

@@ -1,0 +1,406 @@
+"""The loop: poll → decode → validate → de-duplicate → hand to the sink → collect fates →
+dead-letter or mark done → commit; pause partitions when too much is in flight.
+
+Runs on one thread (the consumer's). The sink works on its own thread; everything crossing over
+goes through its thread-safe `submit` / `take_outcomes` / `drain`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException
+
+from connector.clock import Clock
+from connector.coalesce import Outcome
+from connector.codec import Decoder
+from connector.dlq import DeadLetters
+from connector.errors import Fatal, InvalidRecord, Retriable
+from connector.events import ContactChange, Position, RawRecord
+from connector.kafka import topic_partitions, tp
+from connector.mapping import Mapper
+from connector.metrics import Metrics
+from connector.offsets import OffsetTracker
+from connector.omnisend.sink import OmnisendSink
+
+log = structlog.get_logger("connector.pipeline")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_OMNISEND_FATAL = 3
+EXIT_DLQ_LIMIT = 4
+EXIT_KAFKA_FATAL = 5
+
+CONSUME_BATCH = 500
+# Poll briefly while work is in flight so fates are collected promptly; longer when idle.
+BUSY_POLL_S = 0.02
+IDLE_POLL_S = 0.2
+# Resume consuming once in-flight work fell to this share of its cap: a gap between the two
+# marks keeps partitions from flapping between paused and resumed.
+RESUME_AT = 0.5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    topic: str
+    connection: str = "default"
+    max_in_flight_records: int = 50_000
+    max_in_flight_bytes: int = 64 * 1024 * 1024
+    max_value_bytes: int = 1024 * 1024
+    commit_interval_s: float = 1.0
+    shutdown_timeout_s: float = 30.0
+    revoke_timeout_s: float = 15.0
+    dedupe_cache_size: int = 200_000
+    registry_retry_s: float = 1.0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        consumer: Any,
+        decoder: Decoder,
+        mapper: Mapper,
+        sink: OmnisendSink,
+        dead_letters: Callable[[Callable[[RawRecord, str], None]], DeadLetters],
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self._consumer = consumer
+        self._decoder = decoder
+        self._mapper = mapper
+        self._sink = sink
+        self._dlq = dead_letters(self._dead_lettered)
+        self._metrics = metrics
+        self._clock = clock
+        self._tracker = OffsetTracker()
+        self._records: dict[Position, RawRecord] = {}
+        self._bytes = 0
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._held: list[Any] = []  # messages waiting for an unreachable Schema Registry
+        self._held_until = 0.0
+        self._assigned: list[tuple[str, int]] = []
+        self._paused = False
+        self._last_commit = clock.now()
+        self._closing = False
+        self.fatal: Fatal | None = None
+        self.exit_code = EXIT_OK
+        self.broker_down = False  # set by the Kafka error callback, cleared by any answer
+        self.last_step_at = time.monotonic()
+        self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, until: Callable[[Pipeline], bool] | None = None) -> int:
+        """Consume until `stop` is set, `until(self)` holds, or something fatal happens."""
+        self._consumer.subscribe(
+            [self.config.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not stop.is_set() and self.fatal is None:
+                self.step()
+                if until is not None and until(self):
+                    break
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def step(self) -> None:
+        """One turn of the loop. Blocks at most `IDLE_POLL_S`."""
+        self.last_step_at = time.monotonic()
+        self._check_fatal()
+        busy = bool(self._records)
+        messages = self._consumer.consume(CONSUME_BATCH, BUSY_POLL_S if busy else IDLE_POLL_S)
+        if messages:
+            self.broker_down = False
+        if self._held:
+            self._held.extend(messages)
+            messages = self._retry_held()
+        changes = [c for m in messages if (c := self._accept(m)) is not None]
+        self._sink.submit(changes)
+        self._collect()
+        self._dlq.poll()
+        self._backpressure()
+        if self._clock.now() - self._last_commit >= self.config.commit_interval_s:
+            self._commit()
+
+    def _shutdown(self) -> None:
+        if self.fatal is None:
+            self._settle(self._clock.now() + self.config.shutdown_timeout_s)
+        else:
+            self._collect()
+            self._dlq.poll()
+            self._commit()  # what is done is done; unfinished work is not committed
+        self._closing = True
+        try:
+            self._consumer.close()
+        except KafkaException as exc:
+            log.warning("consumer_close_failed", error=str(exc))
+        self._sink.stop()
+        log.info("stopped", exit_code=self.exit_code, **self.stats)
+
+    def _check_fatal(self) -> None:
+        fatal = self._sink.fatal or self._dlq.failure
+        if fatal is not None and self.fatal is None:
+            self.fatal = fatal
+            self.exit_code = EXIT_OMNISEND_FATAL if fatal is self._sink.fatal else EXIT_KAFKA_FATAL
+            log.error("fatal", error=str(fatal), exit_code=self.exit_code)
+
+    # ---- one record ----------------------------------------------------------------------------
+
+    def _accept(self, message: Any) -> ContactChange | None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume_error", error=error.str())
+            return None
+        position = Position(message.topic(), message.partition(), message.offset())
+        raw = RawRecord(
+            position,
+            message.key(),
+            message.value(),
+            message.headers() or [],
+            message.timestamp()[1],
+        )
+        self._tracker.track((position.topic, position.partition), position.offset)
+        self._records[position] = raw
+        self._bytes += raw.size
+        self.stats["consumed"] += 1
+        self._metrics.events_consumed.labels(position.topic).inc()
+        return self._prepare(raw, message)
+
+    def _prepare(self, raw: RawRecord, message: Any) -> ContactChange | None:
+        try:
+            return self._validated(raw)
+        except InvalidRecord as exc:
+            self._metrics.invalid_records.labels(exc.stage, exc.reason).inc()
+            self._dead_letter(
+                raw, exc.reason, exc.stage, exc.detail, type(exc.__cause__ or exc).__name__
+            )
+        except Retriable as exc:
+            log.warning("schema_registry_unavailable", error=str(exc))
+            self._held.append(message)
+            self._held_until = self._clock.now() + self.config.registry_retry_s
+            self._pause(True)
+        return None
+
+    def _validated(self, raw: RawRecord) -> ContactChange | None:
+        if raw.value is None:
+            self._skip(raw.position, "tombstone")
+            return None
+        if len(raw.value) > self.config.max_value_bytes:
+            raise InvalidRecord(
+                "oversized_value",
+                "decode",
+                f"{len(raw.value)} bytes > {self.config.max_value_bytes}",
+            )
+        if raw.key is not None:
+            try:
+                raw.key.decode()
+            except UnicodeDecodeError as exc:
+                raise InvalidRecord("invalid_key", "decode", "the key is not UTF-8") from exc
+        event = self._decoder.decode(raw.value)
+        if event.event_id in self._seen:
+            self._skip(raw.position, "duplicate")
+            return None
+        change = self._mapper.map(event, raw.position, raw.size, int(self._clock.now() * 1000))
+        self._remember(event.event_id)
+        return change
+
+    def _remember(self, event_id: str) -> None:
+        if self.config.dedupe_cache_size == 0:
+            return
+        self._seen[event_id] = None
+        if len(self._seen) > self.config.dedupe_cache_size:
+            self._seen.popitem(last=False)
+
+    def _retry_held(self) -> list[Any]:
+        """Decode held messages again once the registry may be back; all of them or none."""
+        if self._clock.now() < self._held_until:
+            return []
+        held, self._held = self._held, []
+        ready: list[Any] = []
+        for index, message in enumerate(held):
+            raw = self._records.get(
+                Position(message.topic(), message.partition(), message.offset())
+            )
+            if raw is None:  # first seen after the registry became unreachable
+                ready.append(message)
+                continue
+            try:
+                change = self._validated(raw)
+            except InvalidRecord as exc:
+                self._metrics.invalid_records.labels(exc.stage, exc.reason).inc()
+                self._dead_letter(
+                    raw, exc.reason, exc.stage, exc.detail, type(exc.__cause__ or exc).__name__
+                )
+                continue
+            except Retriable:
+                self._held = held[index:]
+                self._held_until = self._clock.now() + self.config.registry_retry_s
+                return ready
+            if change is not None:
+                self._sink.submit([change])
+        log.info("schema_registry_recovered")
+        return ready
+
+    # ---- fates ---------------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        for outcome in self._sink.take_outcomes():
+            self._apply(outcome)
+
+    def _apply(self, outcome: Outcome) -> None:
+        raw = self._records.get(outcome.position)
+        if raw is None:
+            return  # its partition was revoked meanwhile
+        if outcome.reason is not None:
+            self._dead_letter(raw, outcome.reason, "omnisend", outcome.detail, "Rejected")
+        elif outcome.skipped is not None:
+            self._skip(outcome.position, outcome.skipped)
+        else:
+            self._done(outcome.position)
+
+    def _skip(self, position: Position, why: str) -> None:
+        self._metrics.events_skipped.labels(self.config.connection, why).inc()
+        self.stats["skipped"] += 1
+        self._done(position, count=False)
+
+    def _done(self, position: Position, count: bool = True) -> None:
+        raw = self._records.pop(position, None)
+        if raw is None:
+            return
+        self._bytes -= raw.size
+        if count:
+            self.stats["done"] += 1
+        self._tracker.done((position.topic, position.partition), position.offset)
+
+    def _dead_letter(
+        self, raw: RawRecord, reason: str, stage: str, detail: str, error_class: str
+    ) -> None:
+        log.info(
+            "dead_lettering",
+            reason=reason,
+            stage=stage,
+            topic=raw.position.topic,
+            partition=raw.position.partition,
+            offset=raw.position.offset,
+        )
+        self._dlq.send(raw, reason, stage, detail, error_class)
+
+    def _dead_lettered(self, raw: RawRecord, reason: str) -> None:
+        self._metrics.dlq_records.labels(self.config.connection, reason).inc()
+        self.stats["dead_lettered"] += 1
+        self._done(raw.position, count=False)
+
+    # ---- flow control and offsets --------------------------------------------------------------
+
+    def _backpressure(self) -> None:
+        records, size = len(self._records), self._bytes
+        full = (
+            records >= self.config.max_in_flight_records or size >= self.config.max_in_flight_bytes
+        )
+        drained = (
+            records <= self.config.max_in_flight_records * RESUME_AT
+            and size <= self.config.max_in_flight_bytes * RESUME_AT
+        )
+        if full and not self._paused:
+            self._pause(True)
+            log.info("backpressure_on", in_flight_records=records, in_flight_bytes=size)
+        elif self._paused and drained and not self._held:
+            self._pause(False)
+            log.info("backpressure_off", in_flight_records=records, in_flight_bytes=size)
+        self._metrics.in_flight_records.set(records)
+        self._metrics.in_flight_bytes.set(size)
+
+    def _pause(self, paused: bool) -> None:
+        partitions = [tp(t, p) for t, p in self._assigned]
+        if partitions:
+            (self._consumer.pause if paused else self._consumer.resume)(partitions)
+        self._paused = paused
+        self._metrics.paused_partitions.set(len(partitions) if paused else 0)
+
+    def _commit(self) -> None:
+        self._last_commit = self._clock.now()
+        positions = self._tracker.to_commit()
+        if not positions:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[tp(t, p, o) for (t, p), o in positions.items()], asynchronous=False
+            )
+        except KafkaException as exc:
+            log.warning("commit_failed", error=str(exc))
+            return
+        self._tracker.committed(positions)
+        self.broker_down = False
+        self._metrics.offsets_committed.inc()
+        self._metrics.last_commit.set(self._clock.now())
+
+    def _settle(self, deadline: float) -> None:
+        """Finish what can be finished before `deadline`, and commit it."""
+        self._sink.drain(max(0.0, deadline - self._clock.now()))
+        self._collect()
+        self._dlq.flush(max(0.0, deadline - self._clock.now()))
+        self._collect()
+        self._commit()
+
+    # ---- rebalancing (called from inside consume) ----------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._assigned = [(p.topic, p.partition) for p in partitions]
+        # New partitions arrive unpaused; set the state explicitly all the same.
+        if partitions:
+            consumer.resume(partitions)
+        self._paused = False
+        total = topic_partitions(consumer, self.config.topic)
+        share = len(partitions) / total if total else 1.0
+        self._sink.budget.share = max(share, 1.0 / max(total, 1))
+        log.info(
+            "assigned",
+            partitions=len(partitions),
+            topic_partitions=total,
+            budget_share=round(share, 3),
+        )
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        if not self._closing and self.fatal is None:
+            self._settle(self._clock.now() + self.config.revoke_timeout_s)
+        self._forget()
+        log.info("revoked", partitions=len(partitions))
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._forget()  # the partitions belong to someone else already: commit nothing
+        log.warning("partitions_lost", partitions=len(partitions))
+
+    def _forget(self) -> None:
+        self._sink.reset()
+        self._tracker.forget(self._tracker.partitions())
+        self._records.clear()
+        self._bytes = 0
+        self._held.clear()
+        self._seen.clear()  # redelivered records must not look like duplicates of themselves
+        self._assigned = []
+        self._paused = False
+
+    @property
+    def assigned(self) -> list[tuple[str, int]]:
+        return list(self._assigned)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._records)
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        """Committed position per assigned partition."""
+        return self._tracker.committed_positions()

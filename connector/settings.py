@@ -1,0 +1,278 @@
+"""Typed, validated, immutable configuration, read once at start from the environment.
+
+Every setting is documented in the README and in `omnisend-connector run --help`. Bad values are
+refused with a message naming the setting and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping as AnyMapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from connector.errors import ConfigError
+from connector.mapping import DEFAULT_FIELD_MAP, DEFAULT_TAG_TEMPLATE, Mapping, check_tag_template
+from connector.omnisend.client import DEFAULT_BASE_URL
+
+KAFKA_CFG_PREFIX = "KAFKA_CFG_"
+# librdkafka properties the connector owns: changing them would break its delivery guarantees.
+OWNED_KAFKA_PROPERTIES = {
+    "enable.auto.commit": "offsets are committed only after Omnisend has the change",
+    "enable.auto.offset.store": "offsets are committed explicitly",
+    "group.id": "use KAFKA_GROUP_ID",
+    "bootstrap.servers": "use KAFKA_BOOTSTRAP_SERVERS",
+}
+
+
+class Settings(BaseSettings):
+    """The `run` command's settings (environment variables of the same name, upper case)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `load_settings` reads the environment itself (it also needs the KAFKA_CFG_* names), so
+        # only the values it passes count: a test's own environment is all the settings see.
+        return (init_settings,)
+
+    kafka_bootstrap_servers: str = Field(min_length=1)
+    kafka_topic: str = "segment-membership"
+    kafka_group_id: str = "omnisend-connector"
+    kafka_dlq_topic: str | None = None
+    value_format: Literal["confluent", "avro"] = "confluent"
+    schema_registry_url: str | None = None
+    schema_registry_user_info: SecretStr | None = None
+
+    omnisend_api_key: SecretStr | None = None
+    omnisend_api_key_file: Path | None = None
+    omnisend_base_url: str = DEFAULT_BASE_URL
+    connection_name: str = "default"
+
+    tag_template: str = DEFAULT_TAG_TEMPLATE
+    email_attribute: str = "email"
+    field_map: str | None = None
+    email_preserve_case: bool = False
+    email_status_attribute: str | None = None
+
+    metrics_port: int = Field(9400, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod's metrics port must be reachable
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    email_hash_key: SecretStr | None = None
+
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    revoke_timeout_s: float = Field(15.0, gt=0)
+    commit_interval_s: float = Field(1.0, gt=0)
+    max_in_flight_records: int = Field(50_000, ge=100)
+    max_in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    max_value_bytes: int = Field(1024 * 1024, ge=1024)
+    dedupe_cache_size: int = Field(200_000, ge=0)
+
+    rate_limit_per_minute: int = Field(400, ge=1)
+    tag_rate_limit_per_minute: int = Field(60, ge=1)
+    rate_limit_headroom: float = Field(0.9, gt=0, le=1)
+    rate_limit_window_s: float = Field(60.0, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0)
+    upsert_linger_s: float = Field(0.3, ge=0)
+    tag_linger_s: float = Field(0.5, ge=0)
+    tag_settle_s: float = Field(2.0, ge=0)
+
+    @field_validator("tag_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return check_tag_template(value)
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.kafka_dlq_topic or f"{self.kafka_topic}.dlq"
+
+    def api_key(self) -> str:
+        """The Omnisend API key, from OMNISEND_API_KEY or the file OMNISEND_API_KEY_FILE names."""
+        if self.omnisend_api_key is not None and self.omnisend_api_key_file is not None:
+            raise ConfigError("set OMNISEND_API_KEY or OMNISEND_API_KEY_FILE, not both")
+        if self.omnisend_api_key is not None:
+            key = self.omnisend_api_key.get_secret_value().strip()
+        elif self.omnisend_api_key_file is not None:
+            try:
+                key = self.omnisend_api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"OMNISEND_API_KEY_FILE {self.omnisend_api_key_file}: {exc.strerror}"
+                ) from None
+        else:
+            raise ConfigError("OMNISEND_API_KEY or OMNISEND_API_KEY_FILE is required")
+        if not key:
+            raise ConfigError("the Omnisend API key is empty")
+        return key
+
+    def mapping(self) -> Mapping:
+        return Mapping(
+            email_attribute=self.email_attribute,
+            fields=parse_field_map(self.field_map),
+            preserve_email_case=self.email_preserve_case,
+            tag_template=self.tag_template,
+            email_status_attribute=self.email_status_attribute,
+        )
+
+
+def parse_field_map(raw: str | None) -> dict[str, str]:
+    """`FIELD_MAP=firstName=given_name,city=town`: Omnisend field = profile attribute, merged
+    over the defaults; `field=` (empty) drops a default."""
+    fields = dict(DEFAULT_FIELD_MAP)
+    if not raw:
+        return fields
+    for pair in raw.split(","):
+        target, sep, attribute = pair.strip().partition("=")
+        if not sep or not target:
+            raise ConfigError(
+                f"FIELD_MAP entry {pair!r} must look like omnisendField=profile_attribute"
+            )
+        if attribute.strip():
+            fields[target.strip()] = attribute.strip()
+        else:
+            fields.pop(target.strip(), None)
+    return fields
+
+
+def kafka_overrides(environ: AnyMapping[str, str]) -> dict[str, str]:
+    """`KAFKA_CFG_<NAME>` → librdkafka property `<name>` (lower case, `_` → `.`)."""
+    out: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.upper().startswith(KAFKA_CFG_PREFIX):
+            continue
+        prop = name[len(KAFKA_CFG_PREFIX) :].lower().replace("_", ".")
+        if prop in OWNED_KAFKA_PROPERTIES:
+            raise ConfigError(f"{name} is not allowed: {OWNED_KAFKA_PROPERTIES[prop]}")
+        if prop == "partition.assignment.strategy" and "cooperative" in value:
+            raise ConfigError(
+                f"{name}={value} is not supported: the connector finishes all work "
+                "on every rebalance; use range or roundrobin"
+            )
+        out[prop] = value
+    return out
+
+
+def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
+    """Settings and librdkafka overrides, or a `ConfigError` naming every bad setting."""
+    env = dict(os.environ if environ is None else environ)
+    try:
+        # Validated from exactly this environment (tests pass their own), not from os.environ.
+        settings = Settings.model_validate(
+            {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    if settings.value_format == "confluent" and not settings.schema_registry_url:
+        raise ConfigError(
+            "SCHEMA_REGISTRY_URL is required with VALUE_FORMAT=confluent "
+            "(or set VALUE_FORMAT=avro for plain Avro with the bundled schema)"
+        )
+    settings.api_key()
+    settings.mapping()
+    return settings, kafka_overrides(env)
+
+
+# Every setting of `run`, with its default and meaning: printed by `run --help` and listed in the
+# README. A test checks that this list and the `Settings` fields agree.
+SETTINGS_HELP: list[tuple[str, str, str]] = [
+    ("KAFKA_BOOTSTRAP_SERVERS", "(required)", "Kafka brokers, host:port[,host:port]"),
+    ("KAFKA_TOPIC", "segment-membership", "topic of SegmentMembershipChange events"),
+    (
+        "KAFKA_GROUP_ID",
+        "omnisend-connector",
+        "consumer group; replicas of one group share the brand's budget",
+    ),
+    ("KAFKA_DLQ_TOPIC", "<KAFKA_TOPIC>.dlq", "dead-letter topic"),
+    (
+        "KAFKA_CFG_<NAME>",
+        "",
+        "any librdkafka property, e.g. KAFKA_CFG_SECURITY_PROTOCOL=SASL_SSL (not auto-commit or group id)",
+    ),
+    (
+        "VALUE_FORMAT",
+        "confluent",
+        "confluent (Schema Registry wire format) or avro (plain Avro, bundled schema)",
+    ),
+    ("SCHEMA_REGISTRY_URL", "", "Confluent-compatible Schema Registry (required for confluent)"),
+    ("SCHEMA_REGISTRY_USER_INFO", "", "user:password for the registry's basic auth"),
+    ("OMNISEND_API_KEY", "", "Omnisend API key (or OMNISEND_API_KEY_FILE)"),
+    ("OMNISEND_API_KEY_FILE", "", "file holding the API key, e.g. a mounted Kubernetes Secret"),
+    (
+        "OMNISEND_BASE_URL",
+        DEFAULT_BASE_URL,
+        "Omnisend API base URL (point it at the simulator to rehearse)",
+    ),
+    ("CONNECTION_NAME", "default", "value of the `connection` label of the metrics"),
+    (
+        "TAG_TEMPLATE",
+        DEFAULT_TAG_TEMPLATE,
+        "tag per segment; may use {segment_name} and {segment_id}",
+    ),
+    ("EMAIL_ATTRIBUTE", "email", "profile attribute holding the email"),
+    (
+        "FIELD_MAP",
+        "",
+        "overrides of omnisendField=profile_attribute, comma separated; field= drops one",
+    ),
+    (
+        "EMAIL_PRESERVE_CASE",
+        "false",
+        "keep the email's case (Omnisend compares emails case-sensitively)",
+    ),
+    (
+        "EMAIL_STATUS_ATTRIBUTE",
+        "",
+        "profile attribute with an authoritative email status; unset: subscriptions untouched",
+    ),
+    ("METRICS_PORT", "9400", "port of /metrics, /healthz and /readyz"),
+    ("METRICS_HOST", "0.0.0.0", "address the metrics port listens on"),  # noqa: S104
+    ("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("LOG_FORMAT", "auto", "json, console, or auto (console on a terminal, else JSON)"),
+    (
+        "EMAIL_HASH_KEY",
+        "(random)",
+        "key of the HMAC that stands in for emails in logs; set it to correlate across restarts",
+    ),
+    ("SHUTDOWN_TIMEOUT_S", "30", "on SIGTERM, time to finish and commit accepted work"),
+    ("REVOKE_TIMEOUT_S", "15", "on a rebalance, time to finish work before partitions go"),
+    ("COMMIT_INTERVAL_S", "1", "how often done offsets are committed"),
+    (
+        "MAX_IN_FLIGHT_RECORDS",
+        "50000",
+        "records whose fate is unknown before partitions are paused",
+    ),
+    ("MAX_IN_FLIGHT_BYTES", "67108864", "bytes of such records before partitions are paused"),
+    ("MAX_VALUE_BYTES", "1048576", "larger values go to the DLQ as oversized_value"),
+    ("DEDUPE_CACHE_SIZE", "200000", "event ids remembered for de-duplication"),
+    ("RATE_LIMIT_PER_MINUTE", "400", "the brand's request limit per window"),
+    ("TAG_RATE_LIMIT_PER_MINUTE", "60", "the brand's /contacts/tags limit per window"),
+    ("RATE_LIMIT_HEADROOM", "0.9", "share of the limits this connector may use"),
+    (
+        "RATE_LIMIT_WINDOW_S",
+        "60",
+        "length of Omnisend's sliding window (shorter only for a time-scaled simulator)",
+    ),
+    ("REQUEST_TIMEOUT_S", "10", "timeout of every Omnisend request"),
+    ("UPSERT_LINGER_S", "0.3", "longest wait for more contacts to fill a batch"),
+    ("TAG_LINGER_S", "0.5", "longest wait for more emails to fill a tag call"),
+    (
+        "TAG_SETTLE_S",
+        "2",
+        "wait after a tag call before the opposite call for the same contact and tag",
+    ),
+]
