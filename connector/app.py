@@ -124,6 +124,8 @@ def running(
             shutdown_timeout_s=settings.shutdown_timeout_s,
             revoke_timeout_s=settings.revoke_timeout_s,
             dedupe_cache_size=settings.dedupe_cache_size,
+            dlq_max_invalid_share=settings.dlq_max_invalid_share,
+            dlq_window_records=settings.dlq_window_records,
         ),
         consumer,
         make_decoder(settings),

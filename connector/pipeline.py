@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +46,33 @@ IDLE_POLL_S = 0.2
 RESUME_AT = 0.5
 
 
+class InvalidShare:
+    """The share of invalid records among the last `window` consumed."""
+
+    # Judging fewer records than this would stop the connector on a handful of bad ones.
+    MIN_RECORDS = 100
+
+    def __init__(self, window: int) -> None:
+        self._window: deque[bool] = deque(maxlen=max(window, 1))
+        self._invalid = 0
+
+    def add(self, invalid: bool) -> None:
+        if len(self._window) == self._window.maxlen:
+            self._invalid -= self._window[0]
+        self._window.append(invalid)
+        self._invalid += invalid
+
+    def share(self) -> float:
+        return self._invalid / len(self._window) if self._window else 0.0
+
+    def exceeds(self, limit: float) -> bool:
+        enough = min(self.MIN_RECORDS, self._window.maxlen or 1)
+        return len(self._window) >= enough and self.share() > limit
+
+    def __len__(self) -> int:
+        return len(self._window)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     topic: str
@@ -58,6 +85,8 @@ class PipelineConfig:
     revoke_timeout_s: float = 15.0
     dedupe_cache_size: int = 200_000
     registry_retry_s: float = 1.0
+    dlq_max_invalid_share: float = 0.5
+    dlq_window_records: int = 1000
 
 
 class Pipeline:
@@ -82,6 +111,7 @@ class Pipeline:
         self._clock = clock
         self._tracker = OffsetTracker()
         self._records: dict[Position, RawRecord] = {}
+        self._dlq_bound: set[Position] = set()
         self._bytes = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._held: list[Any] = []  # messages waiting for an unreachable Schema Registry
@@ -95,6 +125,7 @@ class Pipeline:
         self.broker_down = False  # set by the Kafka error callback, cleared by any answer
         self.last_step_at = time.monotonic()
         self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
+        self._recent = InvalidShare(config.dlq_window_records)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -126,7 +157,12 @@ class Pipeline:
         if self._held:
             self._held.extend(messages)
             messages = self._retry_held()
-        changes = [c for m in messages if (c := self._accept(m)) is not None]
+        changes = []
+        for message in messages:
+            if self.fatal is not None:
+                break  # stop at once: what follows is not processed, so not committed
+            if (change := self._accept(message)) is not None:
+                changes.append(change)
         self._sink.submit(changes)
         self._collect()
         self._dlq.poll()
@@ -177,7 +213,19 @@ class Pipeline:
         self._bytes += raw.size
         self.stats["consumed"] += 1
         self._metrics.events_consumed.labels(position.topic).inc()
-        return self._prepare(raw, message)
+        change = self._prepare(raw, message)
+        self._recent.add(invalid=change is None and position in self._dlq_bound)
+        if self._recent.exceeds(self.config.dlq_max_invalid_share) and self.fatal is None:
+            self.fatal = Fatal(
+                f"{self._recent.share():.0%} of the last {len(self._recent)} records were invalid "
+                f"(limit DLQ_MAX_INVALID_SHARE={self.config.dlq_max_invalid_share}): stopping rather "
+                "than moving the topic into the dead-letter queue; check the producer upstream"
+            )
+            self.exit_code = EXIT_DLQ_LIMIT
+            log.error(
+                "dlq_limit_reached", share=round(self._recent.share(), 3), window=len(self._recent)
+            )
+        return change
 
     def _prepare(self, raw: RawRecord, message: Any) -> ContactChange | None:
         try:
@@ -288,6 +336,7 @@ class Pipeline:
     def _dead_letter(
         self, raw: RawRecord, reason: str, stage: str, detail: str, error_class: str
     ) -> None:
+        self._dlq_bound.add(raw.position)
         log.info(
             "dead_lettering",
             reason=reason,
@@ -299,6 +348,7 @@ class Pipeline:
         self._dlq.send(raw, reason, stage, detail, error_class)
 
     def _dead_lettered(self, raw: RawRecord, reason: str) -> None:
+        self._dlq_bound.discard(raw.position)
         self._metrics.dlq_records.labels(self.config.connection, reason).inc()
         self.stats["dead_lettered"] += 1
         self._done(raw.position, count=False)
@@ -387,6 +437,7 @@ class Pipeline:
         self._sink.reset()
         self._tracker.forget(self._tracker.partitions())
         self._records.clear()
+        self._dlq_bound.clear()
         self._bytes = 0
         self._held.clear()
         self._seen.clear()  # redelivered records must not look like duplicates of themselves

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     max_in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     max_value_bytes: int = Field(1024 * 1024, ge=1024)
     dedupe_cache_size: int = Field(200_000, ge=0)
+    dlq_max_invalid_share: float = Field(0.5, gt=0, le=1)
+    dlq_window_records: int = Field(1000, ge=1)
 
     rate_limit_per_minute: int = Field(400, ge=1)
     tag_rate_limit_per_minute: int = Field(60, ge=1)
@@ -259,6 +261,16 @@ SETTINGS_HELP: list[tuple[str, str, str]] = [
     ("MAX_IN_FLIGHT_BYTES", "67108864", "bytes of such records before partitions are paused"),
     ("MAX_VALUE_BYTES", "1048576", "larger values go to the DLQ as oversized_value"),
     ("DEDUPE_CACHE_SIZE", "200000", "event ids remembered for de-duplication"),
+    (
+        "DLQ_MAX_INVALID_SHARE",
+        "0.5",
+        "stop (exit 4) when more than this share of recent records is invalid; 1 never stops",
+    ),
+    (
+        "DLQ_WINDOW_RECORDS",
+        "1000",
+        "how many recent records that share is measured over (at least 100 are needed)",
+    ),
     ("RATE_LIMIT_PER_MINUTE", "400", "the brand's request limit per window"),
     ("TAG_RATE_LIMIT_PER_MINUTE", "60", "the brand's /contacts/tags limit per window"),
     ("RATE_LIMIT_HEADROOM", "0.9", "share of the limits this connector may use"),

@@ -77,3 +77,17 @@ def test_committed_offset_never_passes_an_unfinished_message(case: tuple[int, li
         tracker.committed({TP: commit})
         last = commit
     assert tracker.to_commit().get(TP, last) == offsets[-1] + 1
+
+
+def test_invalid_share_needs_enough_records_and_slides() -> None:
+    from connector.pipeline import InvalidShare  # noqa: PLC0415
+
+    share = InvalidShare(200)
+    for _ in range(99):
+        share.add(invalid=True)
+    assert not share.exceeds(0.5)  # too few records to judge
+    share.add(invalid=True)
+    assert share.exceeds(0.5)
+    for _ in range(200):
+        share.add(invalid=False)
+    assert share.share() == 0.0

@@ -1,0 +1,88 @@
+"""`omnisend-connector run` and `demo` as processes: configuration errors, SIGTERM, the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from connector.broker import Broker, free_port
+from connector.simulator import SimulatorServer
+from tests.events import event
+from tests.integration.conftest import connector_env, produce_events, sim_contacts
+
+CLI = [sys.executable, "-m", "connector.cli"]
+
+
+def test_bad_configuration_exits_2_naming_the_setting() -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "KAFKA_BOOTSTRAP_SERVERS": "x",
+        "OMNISEND_API_KEY": "k",
+        "VALUE_FORMAT": "avro",
+        "KAFKA_CFG_ENABLE_AUTO_COMMIT": "true",
+    }
+    result = subprocess.run(
+        [*CLI, "run"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "KAFKA_CFG_ENABLE_AUTO_COMMIT" in result.stderr
+
+
+def test_run_help_documents_every_setting() -> None:
+    out = subprocess.run(
+        [*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    for name in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "OMNISEND_API_KEY_FILE",
+        "TAG_TEMPLATE",
+        "SHUTDOWN_TIMEOUT_S",
+    ):
+        assert name in out
+
+
+def test_sigterm_drains_commits_and_exits_0(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    produce_events(
+        broker.bootstrap, topic, [event(f"s{i}@example.com", profile_id=f"p{i}") for i in range(40)]
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        **connector_env(broker, topic, sim, METRICS_PORT=str(port), LOG_FORMAT="json"),
+    }
+    proc = subprocess.Popen(
+        [*CLI, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(sim_contacts(sim, settle_s=0)) < 40:
+            time.sleep(0.3)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert "omnisend_connector_events_consumed_total" in metrics
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        assert proc.stderr is not None
+        logs = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert code == 0, logs
+    assert '"event": "stopped"' in logs
+    assert "test-key" not in logs  # never the API key
+    assert "s1@example.com" not in logs  # never an email in clear
+
+
+def test_demo_runs_end_to_end() -> None:
+    result = subprocess.run(
+        [*CLI, "demo", "--count", "600"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "events consumed       600" in result.stdout
+    assert "POST /contacts/tags" in result.stdout

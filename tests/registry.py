@@ -1,0 +1,78 @@
+"""A Confluent-compatible Schema Registry for tests: subjects, versions and ids, in memory.
+`available = False` makes it answer 503, like a registry that is down."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: RegistryServer
+
+    def do_GET(self) -> None:
+        registry = self.server
+        if not registry.available:
+            return self._send(503, {"error_code": 50301, "message": "unavailable"})
+        if match := re.fullmatch(r"/schemas/ids/(\d+)", self.path):
+            schema = registry.schemas.get(int(match.group(1)))
+            if schema is None:
+                return self._send(404, {"error_code": 40403, "message": "Schema not found"})
+            return self._send(200, {"schema": schema})
+        if self.path == "/subjects":
+            return self._send(200, sorted(registry.subjects))
+        if match := re.fullmatch(r"/subjects/([^/]+)/versions", self.path):
+            return self._send(
+                200, list(range(1, len(registry.subjects.get(match.group(1), [])) + 1))
+            )
+        return self._send(404, {"error_code": 404, "message": "not found"})
+
+    def do_POST(self) -> None:
+        match = re.fullmatch(r"/subjects/([^/]+)/versions", self.path)
+        if match is None:
+            return self._send(404, {"error_code": 404, "message": "not found"})
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        schema_id = self.server.register(match.group(1), body["schema"])
+        return self._send(200, {"id": schema_id})
+
+    def _send(self, status: int, body: Any) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+class RegistryServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.schemas: dict[int, str] = {}
+        self.subjects: dict[str, list[int]] = {}
+        self.available = True
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self._lock = threading.Lock()
+
+    def register(self, subject: str, schema: str) -> int:
+        with self._lock:
+            known = {text: schema_id for schema_id, text in self.schemas.items()}
+            schema_id = known.get(schema, len(self.schemas) + 1)
+            self.schemas[schema_id] = schema
+            self.subjects.setdefault(subject, []).append(schema_id)
+            return schema_id
+
+    def start(self) -> RegistryServer:
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,75 @@
+"""Configuration: validation messages, KAFKA_CFG_* pass-through, and documentation coverage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.errors import ConfigError
+from connector.settings import SETTINGS_HELP, Settings, load_settings, parse_field_map
+
+BASE = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "VALUE_FORMAT": "avro", "OMNISEND_API_KEY": "secret"}
+README = Path(__file__).parents[2] / "README.md"
+
+
+def test_defaults() -> None:
+    settings, kafka = load_settings(BASE)
+    assert settings.kafka_topic == "segment-membership"
+    assert settings.dlq_topic == "segment-membership.dlq"
+    assert settings.kafka_group_id == "omnisend-connector"
+    assert kafka == {}
+    assert "secret" not in repr(settings)
+
+
+def test_kafka_cfg_passes_through_and_owned_settings_are_refused() -> None:
+    _, kafka = load_settings(
+        {**BASE, "KAFKA_CFG_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_CFG_SASL_MECHANISM": "PLAIN"}
+    )
+    assert kafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+    for name in ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "KAFKA_CFG_GROUP_ID"):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({**BASE, name: "x"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"VALUE_FORMAT": "confluent"}, "SCHEMA_REGISTRY_URL"),
+        ({"VALUE_FORMAT": "json"}, "VALUE_FORMAT"),
+        ({"OMNISEND_API_KEY": ""}, "API key is empty"),
+        ({"METRICS_PORT": "70000"}, "METRICS_PORT"),
+        ({"TAG_TEMPLATE": "{email}"}, "TAG_TEMPLATE"),
+        ({"FIELD_MAP": "nickname=nick"}, "FIELD_MAP"),
+        ({"RATE_LIMIT_HEADROOM": "1.5"}, "RATE_LIMIT_HEADROOM"),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings({**BASE, **env})
+
+
+def test_api_key_from_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    env = {k: v for k, v in BASE.items() if k != "OMNISEND_API_KEY"}
+    settings, _ = load_settings({**env, "OMNISEND_API_KEY_FILE": str(key_file)})
+    assert settings.api_key() == "from-file"
+    with pytest.raises(ConfigError, match="not both"):
+        load_settings({**BASE, "OMNISEND_API_KEY_FILE": str(key_file)})
+    with pytest.raises(ConfigError, match="required"):
+        load_settings(env)
+
+
+def test_field_map_overrides_and_drops() -> None:
+    fields = parse_field_map("firstName=given_name, address=")
+    assert fields["firstName"] == "given_name"
+    assert "address" not in fields
+
+
+def test_every_setting_is_documented_in_help_and_readme() -> None:
+    documented = {name for name, _, _ in SETTINGS_HELP}
+    fields = {name.upper() for name in Settings.model_fields}
+    assert fields <= documented
+    readme = README.read_text()
+    assert all(name in readme for name in documented)
