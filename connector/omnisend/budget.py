@@ -20,6 +20,10 @@ TAG_REQUESTS_PER_MINUTE = 60
 BACKOFF_FACTOR = 0.7
 RECOVERY_STEP = 0.1
 MIN_FACTOR = 0.2
+# Requests are also paced: at most this share of a window's limit may go out back to back.
+# Without it a sliding window lets the whole minute's budget leave in one burst and then
+# nothing for the rest of the minute, which is what makes latency spiky.
+BURST_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,21 @@ class BudgetConfig:
 
 
 class _Window:
-    """Send times of the requests still inside the window."""
+    """Send times of the requests still inside the window, and a token bucket that paces them."""
 
     def __init__(self) -> None:
         self.times: deque[float] = deque()
+        self.tokens: float | None = None  # full at the first request
+        self.refilled_at = 0.0
+
+    def pace(self, now: float, limit: int, window_s: float) -> float:
+        """Seconds until the bucket holds a token (0: take it now)."""
+        rate = limit / window_s
+        burst = max(1.0, math.ceil(limit * BURST_SHARE))
+        tokens = burst if self.tokens is None else self.tokens
+        self.tokens = min(burst, tokens + (now - self.refilled_at) * rate)
+        self.refilled_at = now
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / rate
 
     def count(self, now: float, window_s: float) -> int:
         horizon = now - window_s
@@ -93,11 +108,12 @@ class Budget:
             window, limit = self._tags, tag_limit
         else:
             window, limit = self._others, max(1, all_limit - tag_limit)
-        wait = window.wait(now, self._window, limit)
+        wait = max(window.wait(now, self._window, limit), window.pace(now, limit, self._window))
         if wait > 0:
             self.waits += 1
             return wait
         window.times.append(now)
+        window.tokens = (window.tokens or 0.0) - 1.0
         return 0.0
 
     def rate_limited(self, now: float, retry_after_s: float | None) -> None:
