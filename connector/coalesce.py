@@ -337,6 +337,10 @@ class Coalescer:
         return out
 
     @property
+    def ready_count(self) -> int:
+        return sum(len(group) for group in list(self.ready.values()))
+
+    @property
     def idle(self) -> bool:
         return not (self.upserts or self.upserts_in_flight or self.tags or self.tags_in_flight)
 

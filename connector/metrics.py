@@ -79,6 +79,14 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.end_to_end_latency = Histogram(
+            "end_to_end_latency_seconds",
+            "From a change's occurred_at to Omnisend accepting its tag call.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+            buckets=(0.5, 1, 1.5, 2, 2.5, 3, 5, 10, 30, 60, 300, 900, 3600),
+        )
         self.offsets_committed = Counter(
             "offset_commits",
             "Successful offset commits.",

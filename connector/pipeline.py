@@ -356,20 +356,21 @@ class Pipeline:
     # ---- flow control and offsets --------------------------------------------------------------
 
     def _backpressure(self) -> None:
+        """Pause when in-flight records or bytes reach their cap, or the sink has all the unsent
+        work it can use; resume once below `RESUME_AT` of each."""
         records, size = len(self._records), self._bytes
-        full = (
-            records >= self.config.max_in_flight_records or size >= self.config.max_in_flight_bytes
-        )
+        cfg = self.config
+        full = records >= cfg.max_in_flight_records or size >= cfg.max_in_flight_bytes
         drained = (
-            records <= self.config.max_in_flight_records * RESUME_AT
-            and size <= self.config.max_in_flight_bytes * RESUME_AT
+            records <= cfg.max_in_flight_records * RESUME_AT
+            and size <= cfg.max_in_flight_bytes * RESUME_AT
         )
-        if full and not self._paused:
+        if (full or self._sink.saturated()) and not self._paused:
             self._pause(True)
-            log.info("backpressure_on", in_flight_records=records, in_flight_bytes=size)
-        elif self._paused and drained and not self._held:
+            log.debug("backpressure_on", in_flight_records=records, in_flight_bytes=size)
+        elif self._paused and drained and not self._held and not self._sink.saturated(RESUME_AT):
             self._pause(False)
-            log.info("backpressure_off", in_flight_records=records, in_flight_bytes=size)
+            log.debug("backpressure_off", in_flight_records=records, in_flight_bytes=size)
         self._metrics.in_flight_records.set(records)
         self._metrics.in_flight_bytes.set(size)
 

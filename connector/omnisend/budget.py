@@ -23,7 +23,7 @@ MIN_FACTOR = 0.2
 # Requests are also paced: at most this share of a window's limit may go out back to back.
 # Without it a sliding window lets the whole minute's budget leave in one burst and then
 # nothing for the rest of the minute, which is what makes latency spiky.
-BURST_SHARE = 0.05
+BURST_SHARE = 0.08
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,13 @@ class OmnisendClient:
         body: dict[str, Any] = response.json()
         return body
 
+    async def list_batches(self, limit: int) -> list[dict[str, Any]]:
+        """The newest contact batches of the brand, whatever their status."""
+        params = {"endpoint": "contacts", "limit": limit}
+        response = await self.call("batches.list", "GET", "/batches", params=params)
+        batches: list[dict[str, Any]] = response.json().get("batches") or []
+        return batches
+
     async def change_tags(self, add: bool, tag: str, emails: list[str]) -> None:
         endpoint, method = ("tags.add", "POST") if add else ("tags.remove", "DELETE")
         await self.call(endpoint, method, "/contacts/tags", json={"emails": emails, "tags": [tag]})

@@ -16,6 +16,7 @@ import random
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -35,6 +36,10 @@ log = structlog.get_logger("connector.sink")
 # Batch item codes worth another try: timeouts, throttling, server trouble; older API versions
 # also used 403 for throttling inside batches.
 RETRY_ITEM_CODES = frozenset({403, 408, 429})
+# With this many batches due for a status check, one `GET /batches` (newest first, up to 250)
+# answers for all of them instead of one `GET /batches/{id}` each.
+LIST_POLL_MIN_BATCHES = 2
+LIST_POLL_LIMIT = 250
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class SinkConfig:
     retry_base_s: float = 0.5  # back-off after 5xx or timeouts, doubled each time, jittered
     retry_max_s: float = 30.0
     tick_s: float = 0.02  # re-check timers at least this often
+    # Unsent work at which the Kafka side pauses: 50 full batches, 60 full tag calls. The Kafka
+    # side resumes at half of it, and refilling (read, upsert, poll) must finish before the half
+    # that is left has gone out, even at Omnisend's top rate; more only competes for the CPU.
+    saturation_upserts: int = 5000
+    saturation_tags: int = 15000
     # Omnisend recommends 10 s for synchronous calls; connecting should be quick.
     request_timeout_s: float = 10.0
 
@@ -67,6 +77,7 @@ class InFlightBatch:
     polls: int = 0
     need_items: bool = False
     busy: bool = False
+    unlisted: bool = False  # not on the newest page of the batch list: poll by id
 
 
 @dataclass
@@ -126,8 +137,11 @@ class OmnisendSink:
         self._tasks: set[asyncio.Task[None]] = set()
         self._backoff = _Backoff()
         self._batch_seconds = self.config.first_poll_s
+        self._next_list_at = 0.0
         self._generation = 0
         self._wake: asyncio.Event | None = None
+        # Called on the sink's thread with the end-to-end latencies of accepted tag changes.
+        self.on_accepted: Callable[[list[float]], None] | None = None
 
     # ---- the Kafka side (any thread) ---------------------------------------------------------
 
@@ -178,6 +192,14 @@ class OmnisendSink:
         self._stopping = True
         self._call(self._poke)
         self._thread.join(timeout=10)
+
+    def saturated(self, fraction: float = 1.0) -> bool:
+        """Whether enough unsent work waits that reading more would only cost CPU (which the
+        sink's own thread needs) without sending anything sooner. Safe from any thread: it reads
+        two sizes."""
+        c = self._coalescer
+        upserts = len(c.upserts) >= self.config.saturation_upserts * fraction
+        return upserts or c.ready_count >= self.config.saturation_tags * fraction
 
     def stats(self) -> SinkStats:
         c = self._coalescer
@@ -277,12 +299,33 @@ class OmnisendSink:
         self._dispatch_upserts(now)
 
     def _dispatch_polls(self, now: float) -> None:
-        due = [b for b in self._batches.values() if not b.busy and b.next_poll_at <= now]
-        for batch in sorted(due, key=lambda b: b.next_poll_at):
+        """Item reads first (they unblock tag calls). Then status: while several batches are
+        in flight, one list call answers for all of them, at most every half batch duration;
+        a lone batch, or one that fell off the list's newest page, is read by its id."""
+        idle = [b for b in self._batches.values() if not b.busy]
+        for batch in [b for b in idle if b.need_items and b.next_poll_at <= now]:
             if not self._room() or self.budget.try_acquire(now, tag_call=False) > 0:
                 return
             batch.busy = True
-            self._spawn(self._items(batch) if batch.need_items else self._poll(batch))
+            self._spawn(self._items(batch))
+        pending = [b for b in idle if not b.need_items]
+        listable = [b for b in pending if not b.unlisted]
+        by_id = [b for b in pending if b.unlisted or len(listable) < LIST_POLL_MIN_BATCHES]
+        list_due = len(listable) >= LIST_POLL_MIN_BATCHES and now >= self._next_list_at
+        if list_due and self._room() and any(b.next_poll_at <= now for b in listable):
+            if self.budget.try_acquire(now, tag_call=False) > 0:
+                return
+            for batch in listable:
+                batch.busy = True
+            self._next_list_at = now + max(self.config.tick_s, 0.5 * self._batch_seconds)
+            self._spawn(self._list(listable))
+        for batch in by_id:
+            if batch.next_poll_at > now:
+                continue
+            if not self._room() or self.budget.try_acquire(now, tag_call=False) > 0:
+                return
+            batch.busy = True
+            self._spawn(self._poll(batch))
 
     def _dispatch_tags(self, now: float) -> None:
         size, linger = self.config.tag_batch_size, self.config.tag_linger_s
@@ -357,7 +400,33 @@ class OmnisendSink:
             return
         if generation != self._generation:
             return
+        self._on_status(batch, info, self.clock.now())
+
+    async def _list(self, batches: list[InFlightBatch]) -> None:
+        generation = self._generation
+        try:
+            listed = await self._client.list_batches(LIST_POLL_LIMIT)
+        except (Retriable, Rejected) as exc:
+            if generation == self._generation:
+                for batch in batches:
+                    self._poll_failed(batch, exc)
+            return
+        if generation != self._generation:
+            return
         now = self.clock.now()
+        by_id = {b.get("batchID"): b for b in listed}
+        for batch in batches:
+            if batch.batch_id not in self._batches:
+                continue
+            info = by_id.get(batch.batch_id)
+            if info is None:
+                # Other integrations of the brand created so many batches since that ours fell
+                # off the newest page: read this one by its id from now on.
+                batch.busy, batch.unlisted, batch.next_poll_at = False, True, now
+            else:
+                self._on_status(batch, info, now)
+
+    def _on_status(self, batch: InFlightBatch, info: dict[str, Any], now: float) -> None:
         batch.busy = False
         status = info.get("status")
         if status not in ("finished", "stopped"):
@@ -438,10 +507,17 @@ class OmnisendSink:
         if generation != self._generation:
             return
         self._backoff.succeeded()
-        self._coalescer.tags_accepted(intents, self.clock.now())
-        self.metrics.tags_changed.labels(self.connection, "add" if add else "remove").inc(
-            len(intents)
-        )
+        now = self.clock.now()
+        self._coalescer.tags_accepted(intents, now)
+        operation = "add" if add else "remove"
+        self.metrics.tags_changed.labels(self.connection, operation).inc(len(intents))
+        # From the change to Omnisend's acceptance; clock skew must not make it negative.
+        latencies = [max(0.0, now - i.occurred_at_ms / 1000) for i in intents]
+        histogram = self.metrics.end_to_end_latency.labels(self.connection)
+        for latency in latencies:
+            histogram.observe(latency)
+        if self.on_accepted is not None:
+            self.on_accepted(latencies)
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -458,13 +534,23 @@ class OmnisendSink:
     def _learn_duration(self, info: dict[str, Any], observed_s: float) -> None:
         # An exponentially weighted mean of how long batches take, so the first poll of the
         # next batch comes when it is likely done rather than wasting budget on "pending".
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * max(
-            observed_s * 0.9, self.config.tick_s
-        )
+        # Omnisend's own createdAt/endedAt say it exactly; our observation is an upper bound.
+        server_s = _duration_s(info.get("createdAt"), info.get("endedAt"))
+        sample = server_s * 1.05 if server_s is not None else observed_s * 0.9
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * max(sample, self.config.tick_s)
 
     def _observe(self, endpoint: str, status: str, seconds: float) -> None:
         self.metrics.requests.labels(self.connection, endpoint, status).inc()
         self.metrics.request_seconds.labels(self.connection, endpoint).observe(seconds)
+
+
+def _duration_s(created: Any, ended: Any) -> float | None:
+    try:
+        start = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(str(ended).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (end - start).total_seconds())
 
 
 def _item_email(item: dict[str, Any]) -> str | None:
