@@ -27,6 +27,9 @@ def consumer_config(
         "log.connection.close": False,  # brokers close idle connections; that is not news
         "auto.offset.reset": "earliest",
         "queued.max.messages.kbytes": DEFAULT_PREFETCH_KBYTES,
+        # A resumed partition is fetched again from scratch; don't let the broker hold that
+        # first fetch for librdkafka's default 500 ms.
+        "fetch.wait.max.ms": 100,
         "partition.assignment.strategy": "range",
     }
     config.update(overrides)

@@ -124,6 +124,7 @@ class Pipeline:
         self.exit_code = EXIT_OK
         self.broker_down = False  # set by the Kafka error callback, cleared by any answer
         self.last_step_at = time.monotonic()
+        self.assigned_at: float | None = None  # monotonic time of the first assignment
         self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
         self._recent = InvalidShare(config.dlq_window_records)
 
@@ -410,6 +411,8 @@ class Pipeline:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned = [(p.topic, p.partition) for p in partitions]
+        if self.assigned_at is None and partitions:
+            self.assigned_at = time.monotonic()
         # New partitions arrive unpaused; set the state explicitly all the same.
         if partitions:
             consumer.resume(partitions)

@@ -93,7 +93,9 @@ class Budget:
         scale = self.config.headroom * self.share * self._factor
         all_limit = max(1, math.floor(self.config.requests_per_window * scale))
         tag_limit = max(1, math.floor(self.config.tag_requests_per_window * scale))
-        return all_limit, min(tag_limit, all_limit)
+        # Tag calls have their share reserved inside the shared window; it may not take more
+        # than half of it, so other requests always have room too.
+        return all_limit, max(1, min(tag_limit, all_limit // 2))
 
     def try_acquire(self, now: float, tag_call: bool) -> float:
         """Count one request and return 0, or return the seconds to wait (nothing counted).

@@ -51,7 +51,7 @@ class SinkConfig:
     upsert_linger_s: float = 0.3
     tag_linger_s: float = 0.5
     max_batches_in_flight: int = 50
-    max_concurrent_requests: int = 8
+    max_concurrent_requests: int = 16
     first_poll_s: float = 1.0  # guess of a batch's processing time until one was observed
     max_poll_interval_s: float = 10.0
     max_item_attempts: int = 6
@@ -59,10 +59,10 @@ class SinkConfig:
     retry_base_s: float = 0.5  # back-off after 5xx or timeouts, doubled each time, jittered
     retry_max_s: float = 30.0
     tick_s: float = 0.02  # re-check timers at least this often
-    # Unsent work at which the Kafka side pauses: 50 full batches, 60 full tag calls. The Kafka
-    # side resumes at half of it, and refilling (read, upsert, poll) must finish before the half
-    # that is left has gone out, even at Omnisend's top rate; more only competes for the CPU.
-    saturation_upserts: int = 5000
+    # Unsent work at which the Kafka side pauses: 200 full batches, 60 full tag calls. The Kafka
+    # side resumes at half of it, and refilling (resume, fetch, decode, upsert, poll) must finish
+    # before the half that is left has gone out; more only competes for the CPU.
+    saturation_upserts: int = 20000
     saturation_tags: int = 15000
     # Omnisend recommends 10 s for synchronous calls; connecting should be quick.
     request_timeout_s: float = 10.0
@@ -405,7 +405,10 @@ class OmnisendSink:
     async def _list(self, batches: list[InFlightBatch]) -> None:
         generation = self._generation
         try:
-            listed = await self._client.list_batches(LIST_POLL_LIMIT)
+            # Ours are the newest unless other integrations create batches too: ask for a page
+            # a little larger than what is in flight, not always the maximum.
+            limit = min(LIST_POLL_LIMIT, max(20, 2 * len(self._batches)))
+            listed = await self._client.list_batches(limit)
         except (Retriable, Rejected) as exc:
             if generation == self._generation:
                 for batch in batches:

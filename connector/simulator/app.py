@@ -11,6 +11,7 @@ each such choice is marked "assumed" below.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import random
 import re
@@ -370,11 +371,13 @@ class Simulator:
         if errors:
             raise validation_error(errors)
         offset, limit = int(query.get("offset", "0")), int(query.get("limit", "100"))
-        batches = [
+        matching = (
             b
             for b in reversed(brand.batches.values())  # newest first (assumed)
             if b.endpoint == query["endpoint"] and query.get("status") in (None, b.status(now))
-        ]
+        )
+        # Only as many as the page needs, and one more to know whether there is a next page.
+        batches = list(itertools.islice(matching, offset + limit + 1))
         page = batches[offset : offset + limit]
         paging: dict[str, Any] = {"offset": offset, "limit": limit}
         if offset + limit < len(batches):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,9 +32,13 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_ids = random.Random()
+
+
 def new_object_id() -> str:
-    """A 24-hex identifier, like Omnisend's (MongoDB-style) ids."""
-    return secrets.token_hex(12)
+    """A 24-hex identifier, like Omnisend's (MongoDB-style) ids. Not a secret: a plain PRNG is
+    enough and far cheaper than the OS's entropy for the ~100 ids a batch needs."""
+    return f"{_ids.getrandbits(96):024x}"
 
 
 @dataclass

@@ -62,3 +62,12 @@ def test_429_blocks_until_retry_after_and_slows_down_then_recovers() -> None:
     assert budget.try_acquire(17.0, tag_call=False) == 0
     budget.try_acquire(10.0 + 61, tag_call=False)
     assert budget.limits() == (320, 48)
+
+
+def test_a_tag_limit_as_large_as_the_shared_one_leaves_room_for_other_requests() -> None:
+    budget = Budget(
+        BudgetConfig(requests_per_window=1000, tag_requests_per_window=1000, headroom=1.0)
+    )
+    assert budget.limits() == (1000, 500)
+    _tags, others = drive(budget, 60.0, step=0.01)
+    assert len(others) >= 450
