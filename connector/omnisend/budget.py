@@ -45,14 +45,19 @@ class _Window:
 
     def __init__(self) -> None:
         self.times: deque[float] = deque()
-        self.tokens: float | None = None  # full at the first request
+        # One token to start with, not a full bucket: a burst now would fill the sliding window
+        # early and stall the same stretch of the next window. Tokens saved while idle let a
+        # stream catch up later.
+        self.tokens: float | None = None
         self.refilled_at = 0.0
 
     def pace(self, now: float, limit: int, window_s: float) -> float:
         """Seconds until the bucket holds a token (0: take it now)."""
         rate = limit / window_s
         burst = max(1.0, math.ceil(limit * BURST_SHARE))
-        tokens = burst if self.tokens is None else self.tokens
+        if self.tokens is None:
+            self.tokens, self.refilled_at = 1.0, now
+        tokens = self.tokens
         self.tokens = min(burst, tokens + (now - self.refilled_at) * rate)
         self.refilled_at = now
         return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / rate

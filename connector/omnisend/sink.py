@@ -40,6 +40,9 @@ RETRY_ITEM_CODES = frozenset({403, 408, 429})
 # answers for all of them instead of one `GET /batches/{id}` each.
 LIST_POLL_MIN_BATCHES = 2
 LIST_POLL_LIMIT = 250
+# Requests a batch costs: its POST, about one status read, and a margin so that batches use no
+# more than 80 % of the budget left after tag calls.
+UPSERT_REQUEST_COST = 2.5
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,11 @@ class SinkConfig:
     retry_base_s: float = 0.5  # back-off after 5xx or timeouts, doubled each time, jittered
     retry_max_s: float = 30.0
     tick_s: float = 0.02  # re-check timers at least this often
-    # Unsent work at which the Kafka side pauses: 200 full batches, 60 full tag calls. The Kafka
+    # Unsent work at which the Kafka side pauses: 50 full batches, 60 full tag calls. The Kafka
     # side resumes at half of it, and refilling (resume, fetch, decode, upsert, poll) must finish
-    # before the half that is left has gone out; more only competes for the CPU.
-    saturation_upserts: int = 20000
+    # before the half that is left has gone out; more only competes for the CPU, which the sink
+    # needs to keep requests going out on time.
+    saturation_upserts: int = 5000
     saturation_tags: int = 15000
     # Omnisend recommends 10 s for synchronous calls; connecting should be quick.
     request_timeout_s: float = 10.0
@@ -343,15 +347,21 @@ class OmnisendSink:
                 return
             self._spawn(self._change_tags(group[0], group[1], intents))
 
+    def _upsert_linger(self) -> float:
+        """How long a partial batch may wait to fill: the configured linger, but never so short
+        that batches (each a request plus about one status read) outrun the budget for them."""
+        all_limit, tag_limit = self.budget.limits()
+        per_batch = (
+            UPSERT_REQUEST_COST * self.budget.config.window_s / max(1, all_limit - tag_limit)
+        )
+        return max(self.config.upsert_linger_s, per_batch)
+
     def _dispatch_upserts(self, now: float) -> None:
         c, size = self._coalescer, self.config.batch_size
+        linger = self._upsert_linger()
         while c.upserts and self._room() and len(self._batches) < self.config.max_batches_in_flight:
             oldest = next(iter(c.upserts.values())).since
-            if (
-                len(c.upserts) < size
-                and now - oldest < self.config.upsert_linger_s
-                and not self._flushing
-            ):
+            if len(c.upserts) < size and now - oldest < linger and not self._flushing:
                 return
             intents = c.take_upserts(size)
             if not intents:
@@ -433,6 +443,11 @@ class OmnisendSink:
         batch.busy = False
         status = info.get("status")
         if status not in ("finished", "stopped"):
+            expected = batch.sent_at + self._batch_seconds
+            if now < expected:
+                # Answered early because a list call covered it: wait for its own time.
+                batch.next_poll_at = expected
+                return
             batch.polls += 1
             delay = min(self.config.max_poll_interval_s, 0.1 * self._batch_seconds * 2**batch.polls)
             batch.next_poll_at = now + max(delay, self.config.tick_s)
