@@ -47,7 +47,7 @@ def main() -> None:
     ):
         topic, ends = new_topic(broker, options)
         env = connector_env(broker, topic, sim, RATE_LIMIT_WINDOW_S="6")
-        pipeline, elapsed = run_until_caught_up(env, topic, ends, timeout_s=3600)
+        pipeline, _elapsed = run_until_caught_up(env, topic, ends, timeout_s=3600)
         stats = sim_get(sim, "stats")
         state = sim_get(sim, "state")["brands"]["brand-1"]["contacts"]
     calls = {e: sum(s.values()) for e, s in stats["requests"].items()}

@@ -40,7 +40,7 @@ def measure(broker: Broker, topic: str, stall: str, seconds: float) -> float:
         env = {**os.environ, **connector_env(broker, topic, sim, REQUEST_TIMEOUT_S="10")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "connector.cli", "run"],
-            env=env,  # noqa: S603
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -16,8 +16,6 @@ Order rules that Omnisend's asynchronous API needs:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,8 +77,9 @@ class TagIntent:
         return (self.add, self.tag)
 
 
-def fields_hash(fields: dict[str, Any]) -> bytes:
-    return hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(), digest_size=12).digest()
+def fields_hash(fields: dict[str, Any]) -> int:
+    """A fingerprint of the fields, for this process's cache only (str hashes are salted)."""
+    return hash(tuple(sorted((k, v if isinstance(v, str) else repr(v)) for k, v in fields.items())))
 
 
 class LRU(OrderedDict[Any, Any]):
@@ -278,7 +277,12 @@ class Coalescer:
         intents = self.ready.get(group)
         if not intents:
             return []
-        taken = [i for i in intents.values() if i.not_before <= now][:limit]
+        taken: list[TagIntent] = []
+        for intent in intents.values():  # stop at `limit`: a group may hold many thousands
+            if intent.not_before <= now:
+                taken.append(intent)
+                if len(taken) == limit:
+                    break
         for intent in taken:
             del intents[intent.email]
             self._pop_tag(intent.key)
