@@ -40,11 +40,22 @@ class BudgetConfig:
             raise ValueError("window_s must be positive")
 
 
+class Slot:
+    """One request's place in the window. It is counted from when it is sent; once its answer
+    came it is moved to that moment: Omnisend counted it somewhere in between, and only the later
+    bound keeps our count from falling behind Omnisend's when requests are slow to arrive."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+
 class _Window:
-    """Send times of the requests still inside the window, and a token bucket that paces them."""
+    """The requests still inside the window, and a token bucket that paces them."""
 
     def __init__(self) -> None:
-        self.times: deque[float] = deque()
+        self.times: deque[Slot] = deque()
         # One token to start with, not a full bucket: a burst now would fill the sliding window
         # early and stall the same stretch of the next window. Tokens saved while idle let a
         # stream catch up later.
@@ -64,14 +75,18 @@ class _Window:
 
     def count(self, now: float, window_s: float) -> int:
         horizon = now - window_s
-        while self.times and self.times[0] <= horizon:
+        # Answered slots moved later may stand behind unmoved ones: expire from the front only
+        # while it is old enough. That can only over-count, never under-count.
+        while self.times and self.times[0].t <= horizon:
             self.times.popleft()
         return len(self.times)
 
     def wait(self, now: float, window_s: float, limit: int) -> float:
-        if self.count(now, window_s) < limit:
+        count = self.count(now, window_s)
+        if count < limit:
             return 0.0
-        return self.times[-limit] + window_s - now
+        frees = sorted(slot.t for slot in self.times)[count - limit]
+        return max(frees + window_s - now, 1e-3)
 
 
 class Budget:
@@ -86,12 +101,13 @@ class Budget:
         self._last_429 = -math.inf
         self._last_recovery = 0.0
         self.waits = 0  # times a request had to wait for the budget
+        self.last_slot: Slot | None = None  # the slot of the last request granted
 
-    # Omnisend counts a request when it arrives; we count it when we send it, a little earlier.
-    # Stretching the window by this margin keeps the two from disagreeing at its edge.
+    # Omnisend counts a request when it arrives. Slots are counted from sending until the
+    # answer and then from the answer on (see `Slot`), so the window needs no margin.
     @property
     def _window(self) -> float:
-        return self.config.window_s * 1.01
+        return self.config.window_s
 
     def limits(self) -> tuple[int, int]:
         """(every request, tag calls) allowed per window now."""
@@ -119,9 +135,16 @@ class Budget:
         if wait > 0:
             self.waits += 1
             return wait
-        window.times.append(now)
+        self.last_slot = Slot(now)
+        window.times.append(self.last_slot)
         window.tokens = (window.tokens or 0.0) - 1.0
         return 0.0
+
+    @staticmethod
+    def answered(slot: Slot | None, now: float) -> None:
+        """The request of `slot` got its answer (or failed) at `now`."""
+        if slot is not None:
+            slot.t = max(slot.t, now)
 
     def rate_limited(self, now: float, retry_after_s: float | None) -> None:
         """A 429: stop until `retryAfter` and slow down."""

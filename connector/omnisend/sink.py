@@ -28,7 +28,7 @@ from connector.errors import Fatal, Retriable
 from connector.events import ContactChange
 from connector.mapping import contact_request
 from connector.metrics import Metrics
-from connector.omnisend.budget import Budget
+from connector.omnisend.budget import Budget, Slot
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
 
 log = structlog.get_logger("connector.sink")
@@ -55,7 +55,9 @@ class SinkConfig:
     tag_linger_s: float = 0.5
     max_batches_in_flight: int = 50
     max_concurrent_requests: int = 16
-    first_poll_s: float = 1.0  # guess of a batch's processing time until one was observed
+    # First guess of a batch's processing time, until one was observed. Low on purpose: a few
+    # early status reads cost less than tag calls that wait for a late one.
+    first_poll_s: float = 0.25
     max_poll_interval_s: float = 10.0
     max_item_attempts: int = 6
     settle_s: float = 2.0  # an opposite tag operation waits this long after the earlier one
@@ -275,11 +277,15 @@ class OmnisendSink:
             self._idle.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(self._guard(coro, self._generation))
+        """Run one request; always called right after the budget granted it its slot."""
+        slot = self.budget.last_slot
+        task = self._loop.create_task(self._guard(coro, self._generation, slot))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, coro: Coroutine[Any, Any, None], generation: int) -> None:
+    async def _guard(
+        self, coro: Coroutine[Any, Any, None], generation: int, slot: Slot | None
+    ) -> None:
         try:
             await coro
         except Fatal as exc:
@@ -287,6 +293,7 @@ class OmnisendSink:
                 self.fatal = exc
                 log.error("omnisend_fatal", error=str(exc))
         finally:
+            Budget.answered(slot, self.clock.now())
             self._poke()
 
     # ---- scheduling --------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from tests.events import event
 from tests.integration.conftest import connector_env, produce_events
 
 
-def test_two_replicas_together_stay_within_the_brand_budget(broker: Broker, sim: SimulatorServer) -> None:
+def test_two_replicas_together_stay_within_the_brand_budget(
+    broker: Broker, sim: SimulatorServer
+) -> None:
     topic = f"shared-{time.monotonic_ns()}"
     ensure_topic(broker.bootstrap, {}, topic, 4)
     env = connector_env(broker, topic, sim, TAG_LINGER_S="0.5")
@@ -36,12 +38,23 @@ def test_two_replicas_together_stay_within_the_brand_budget(broker: Broker, sim:
         while time.monotonic() < deadline and not all(len(p.assigned) == 2 for _, p in pipelines):
             time.sleep(0.2)
         assert all(len(p.assigned) == 2 for _, p in pipelines), "the group did not split 2 + 2"
-        count = 24_000  # 96 full tag calls: alone, either replica would send 54 of them in one window
-        produce_events(broker.bootstrap, topic, [
-            event(f"s{i}@example.com", profile_id=f"p{i}", segment_name=f"S{i % 4}") for i in range(count)
-        ])
+        count = (
+            24_000  # 96 full tag calls: alone, either replica would send 54 of them in one window
+        )
+        produce_events(
+            broker.bootstrap,
+            topic,
+            [
+                event(f"s{i}@example.com", profile_id=f"p{i}", segment_name=f"S{i % 4}")
+                for i in range(count)
+            ],
+        )
         while time.monotonic() < deadline + 60:
-            tagged = sum(1 for c in httpx.get(f"{sim.url}/_sim/state").json()["brands"]["brand-1"]["contacts"] if c["tags"])
+            tagged = sum(
+                1
+                for c in httpx.get(f"{sim.url}/_sim/state").json()["brands"]["brand-1"]["contacts"]
+                if c["tags"]
+            )
             if tagged == count:
                 break
             time.sleep(0.5)
