@@ -65,6 +65,11 @@ def problem_detail(response: httpx.Response) -> str:
         return response.reason_phrase
     if not isinstance(body, dict):
         return response.reason_phrase
+    return describe_problem(body)
+
+
+def describe_problem(body: dict[str, Any]) -> str:
+    """Title, detail and field errors of a problem body, at most 500 characters."""
     parts = [str(body.get("title") or ""), str(body.get("detail") or "")]
     for error in body.get("errors") or []:
         if isinstance(error, dict):

@@ -29,7 +29,7 @@ from connector.events import ContactChange
 from connector.mapping import contact_request
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, Slot
-from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
+from connector.omnisend.client import OmnisendClient, RateLimited, Rejected, describe_problem
 
 log = structlog.get_logger("connector.sink")
 
@@ -590,13 +590,7 @@ def _item_email(item: dict[str, Any]) -> str | None:
 
 def _item_detail(item: dict[str, Any]) -> str:
     response = item.get("response")
-    if isinstance(response, dict):
-        parts = [str(response.get("title") or ""), str(response.get("detail") or "")]
-        for error in response.get("errors") or []:
-            if isinstance(error, dict):
-                parts.append(f"{error.get('field')}: {error.get('message')}")
-        return "; ".join(p for p in parts if p)[:500]
-    return ""
+    return describe_problem(response) if isinstance(response, dict) else ""
 
 
 def _fresh(old: Coalescer, settle_s: float) -> Coalescer:
