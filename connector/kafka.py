@@ -13,6 +13,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from connector.logs import kafka_logger
+
 ErrorCallback = Callable[[KafkaError], None]
 
 # librdkafka prefetches up to 64 MiB per consumer by default; that would dwarf our own in-flight
@@ -40,6 +42,7 @@ def consumer_config(
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "error_cb": on_error,
+            "logger": kafka_logger(),
         }
     )
     return config
@@ -66,7 +69,7 @@ def producer_config(
         "linger.ms": 20,
     }
     config.update({k: v for k, v in overrides.items() if k not in consumer_only})
-    config.update({"bootstrap.servers": bootstrap, "error_cb": on_error})
+    config.update({"bootstrap.servers": bootstrap, "error_cb": on_error, "logger": kafka_logger()})
     return config
 
 

@@ -36,6 +36,25 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     )
 
 
+class _ToStructlog(logging.Handler):
+    """Hands librdkafka's own log lines to structlog, so they come out as the same JSON."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger("librdkafka").log(
+            record.levelno, "librdkafka", message=record.getMessage()
+        )
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger given to librdkafka clients (their `logger` setting)."""
+    logger = logging.getLogger("connector.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(_ToStructlog())
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return logger
+
+
 class EmailHasher:
     """`hash(email)` is stable for one key: set EMAIL_HASH_KEY to correlate across restarts."""
 
