@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import structlog
 from confluent_kafka import KafkaError
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from connector import __version__
@@ -21,13 +22,20 @@ from connector.codec import ConfluentDecoder, Decoder, PlainAvroDecoder, Registr
 from connector.dlq import DeadLetters
 from connector.events import RawRecord
 from connector.health import HealthServer
-from connector.kafka import consumer_config, make_consumer, make_producer, producer_config
+from connector.kafka import (
+    admin_config,
+    consumer_config,
+    make_consumer,
+    make_producer,
+    producer_config,
+)
 from connector.logs import EmailHasher
 from connector.mapping import Mapper
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.sink import OmnisendSink, SinkConfig
 from connector.pipeline import Pipeline, PipelineConfig
+from connector.readiness import Readiness, broker_reachable, omnisend_credentials
 from connector.settings import Settings
 
 log = structlog.get_logger("connector")
@@ -140,9 +148,22 @@ def running(
         age = time.monotonic() - pipeline.last_step_at
         return age < STUCK_AFTER_S and pipeline.fatal is None, {"last_loop_s": round(age, 3)}
 
+    readiness = Readiness(
+        broker_reachable(
+            AdminClient(admin_config(settings.kafka_bootstrap_servers, kafka)), settings.kafka_topic
+        ),
+        omnisend_credentials(settings.omnisend_base_url, settings.api_key()),
+        on_broker_ok=lambda: setattr(pipeline, "broker_down", False),
+    ).start()
+
     def ready() -> tuple[bool, dict[str, Any]]:
-        ok = not pipeline.broker_down and pipeline.fatal is None
+        # Backpressure is no reason to be unready; an unreachable broker, refused credentials
+        # or a fatal error are. Not yet checked counts as ready.
+        ok = readiness.broker_ok is not False and readiness.credentials_ok is not False
+        ok = ok and not pipeline.broker_down and pipeline.fatal is None
         return ok, {
+            "broker_reachable": readiness.broker_ok,
+            "credentials_valid": readiness.credentials_ok,
             "broker_down": pipeline.broker_down,
             "assigned_partitions": len(pipeline.assigned),
         }
@@ -158,6 +179,7 @@ def running(
     try:
         yield Running(pipeline, sink, metrics, health, hasher)
     finally:
+        readiness.stop()
         if health is not None:
             health.close()
         producer.flush(5)

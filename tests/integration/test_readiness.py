@@ -1,0 +1,79 @@
+"""/healthz and /readyz of a running connector: ready while the broker answers, not ready while
+it is down, ready again after; refused credentials make it unready without a call per probe."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from connector.app import running
+from connector.broker import Broker, free_port
+from connector.settings import load_settings
+from connector.simulator import SimulatorServer
+from tests.integration.conftest import connector_env
+
+
+def wait_for(url: str, status: int, timeout_s: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            if httpx.get(url, timeout=2).status_code == status:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer {status} within {timeout_s} s")
+
+
+def test_readyz_follows_the_broker(sim: SimulatorServer) -> None:
+    port = free_port()
+    broker = Broker(port=free_port()).start()
+    env = connector_env(broker, "ready-topic", sim, METRICS_PORT=str(port))
+    settings, kafka = load_settings(env)
+    stop = threading.Event()
+    try:
+        with running(settings, kafka) as parts:
+            runner = threading.Thread(target=parts.pipeline.run, args=(stop,))
+            runner.start()
+            try:
+                url = f"http://127.0.0.1:{port}"
+                wait_for(f"{url}/readyz", 200, 30)
+                assert httpx.get(f"{url}/healthz").status_code == 200
+                broker.kill()
+                wait_for(f"{url}/readyz", 503, 40)
+                assert httpx.get(f"{url}/healthz").status_code == 200  # alive, just not ready
+                broker.start()
+                wait_for(f"{url}/readyz", 200, 40)
+            finally:
+                stop.set()
+                runner.join(timeout=60)
+    finally:
+        broker.stop()
+
+
+def test_credential_check_is_cached(broker: Broker, sim: SimulatorServer) -> None:
+    port = free_port()
+    settings, kafka = load_settings(
+        connector_env(broker, "cred-topic", sim, METRICS_PORT=str(port))
+    )
+    with running(settings, kafka):
+        wait_for(f"http://127.0.0.1:{port}/readyz", 200, 30)
+        for _ in range(10):
+            httpx.get(f"http://127.0.0.1:{port}/readyz")
+        calls = httpx.get(f"{sim.url}/_sim/stats").json()["requests"]["GET /contacts"]
+        assert sum(calls.values()) == 1
+
+
+def test_refused_credentials_make_it_unready(broker: Broker, sim: SimulatorServer) -> None:
+    port = free_port()
+    env = connector_env(
+        broker, "cred-topic-2", sim, METRICS_PORT=str(port), OMNISEND_API_KEY="wrong"
+    )
+    settings, kafka = load_settings(env)
+    with running(settings, kafka):
+        wait_for(f"http://127.0.0.1:{port}/readyz", 503, 30)
+        body = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+        assert body["credentials_valid"] is False
+        assert "wrong" not in str(body)
