@@ -29,6 +29,7 @@ from connector.kafka import (
     make_producer,
     producer_config,
 )
+from connector.lag import lag_updater
 from connector.logs import EmailHasher
 from connector.mapping import Mapper
 from connector.metrics import Metrics
@@ -148,12 +149,14 @@ def running(
         age = time.monotonic() - pipeline.last_step_at
         return age < STUCK_AFTER_S and pipeline.fatal is None, {"last_loop_s": round(age, 3)}
 
+    admin = AdminClient(admin_config(settings.kafka_bootstrap_servers, kafka))
     readiness = Readiness(
-        broker_reachable(
-            AdminClient(admin_config(settings.kafka_bootstrap_servers, kafka)), settings.kafka_topic
-        ),
+        broker_reachable(admin, settings.kafka_topic),
         omnisend_credentials(settings.omnisend_base_url, settings.api_key()),
         on_broker_ok=lambda: setattr(pipeline, "broker_down", False),
+        on_tick=lag_updater(
+            admin, lambda: (pipeline.assigned, pipeline.committed()), metrics.consumer_lag
+        ),
     ).start()
 
     def ready() -> tuple[bool, dict[str, Any]]:

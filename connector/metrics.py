@@ -111,6 +111,14 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "consumer_lag_records",
+            "Records between the committed position and the end of each "
+            "assigned partition, from the broker's end offsets.",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
         self.paused_partitions = Gauge(
             "paused_partitions",
             "Assigned partitions paused for backpressure.",

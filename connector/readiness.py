@@ -30,8 +30,10 @@ class Readiness:
         broker_interval_s: float = 10.0,
         credential_interval_s: float = 600.0,
         on_broker_ok: Callable[[], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self._on_broker_ok = on_broker_ok or (lambda: None)
+        self._on_tick = on_tick or (lambda: None)
         self._broker_check, self._credential_check = broker_check, credential_check
         self._broker_interval, self._credential_interval = broker_interval_s, credential_interval_s
         self.broker_ok: bool | None = None  # None: not checked yet
@@ -53,6 +55,7 @@ class Readiness:
             self.broker_ok = self._broker_check()
             if self.broker_ok:
                 self._on_broker_ok()
+                self._on_tick()
             if time.monotonic() >= next_credentials:
                 verdict = self._credential_check()
                 if verdict is not None:  # None: Omnisend did not answer; keep the last verdict
