@@ -14,7 +14,7 @@ import contextlib
 import queue
 import random
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -407,17 +407,23 @@ class OmnisendSink:
         self._transient(exc, now)
         self._coalescer.untake_upserts(intents)
 
-    async def _poll(self, batch: InFlightBatch) -> None:
+    async def _read_batch(
+        self, batch: InFlightBatch, read: Callable[[str], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any] | None:
+        """One read about `batch`; None when it failed (handled here) or came too late."""
         generation = self._generation
         try:
-            info = await self._client.get_batch(batch.batch_id)
+            info = await read(batch.batch_id)
         except (Retriable, Rejected) as exc:
             if generation == self._generation:
                 self._poll_failed(batch, exc)
-            return
-        if generation != self._generation:
-            return
-        self._on_status(batch, info, self.clock.now())
+            return None
+        return info if generation == self._generation else None
+
+    async def _poll(self, batch: InFlightBatch) -> None:
+        info = await self._read_batch(batch, self._client.get_batch)
+        if info is not None:
+            self._on_status(batch, info, self.clock.now())
 
     async def _list(self, batches: list[InFlightBatch]) -> None:
         generation = self._generation
@@ -466,14 +472,8 @@ class OmnisendSink:
             batch.need_items, batch.next_poll_at = True, now
 
     async def _items(self, batch: InFlightBatch) -> None:
-        generation = self._generation
-        try:
-            info = await self._client.batch_items(batch.batch_id)
-        except (Retriable, Rejected) as exc:
-            if generation == self._generation:
-                self._poll_failed(batch, exc)
-            return
-        if generation != self._generation:
+        info = await self._read_batch(batch, self._client.batch_items)
+        if info is None:
             return
         ok: set[str] = set()
         errors: dict[str, tuple[int, str]] = {}
