@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import connector_env, new_topic, quiet, run_until_caught_up, sim_get, simulator
+from bench.common import (
+    COMPRESSED_SIMULATOR,
+    connector_env,
+    new_topic,
+    quiet,
+    run_until_caught_up,
+    sim_get,
+    simulator,
+)
 from connector.broker import Broker
 from connector.generate import GenerateOptions
 
@@ -34,16 +42,7 @@ def main() -> None:
     )
     with (
         Broker() as broker,
-        simulator(
-            "--time-scale",
-            "0.1",
-            "--batch-latency",
-            "2.0",
-            "--item-latency",
-            "0.01",
-            "--tag-delay",
-            "0.5",
-        ) as sim,
+        simulator(*COMPRESSED_SIMULATOR) as sim,
     ):
         topic, ends = new_topic(broker, options)
         env = connector_env(broker, topic, sim, RATE_LIMIT_WINDOW_S="6")

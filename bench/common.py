@@ -21,6 +21,19 @@ from connector.generate import GenerateOptions, produce
 from connector.pipeline import Pipeline
 from connector.settings import load_settings
 
+# Omnisend's real limits with the window and every latency compressed tenfold (a 6 s window),
+# and realistic batches: 2 s to start and 10 ms an item, 3 s for a full batch, 0.3 s compressed.
+COMPRESSED_SIMULATOR = (
+    "--time-scale",
+    "0.1",
+    "--batch-latency",
+    "2.0",
+    "--item-latency",
+    "0.01",
+    "--tag-delay",
+    "0.5",
+)
+
 
 @contextmanager
 def simulator(*args: str) -> Iterator[str]:

@@ -16,7 +16,15 @@ from __future__ import annotations
 import argparse
 import math
 
-from bench.common import connector_env, new_topic, quiet, run_until_caught_up, sim_get, simulator
+from bench.common import (
+    COMPRESSED_SIMULATOR,
+    connector_env,
+    new_topic,
+    quiet,
+    run_until_caught_up,
+    sim_get,
+    simulator,
+)
 from connector.broker import Broker
 from connector.generate import GenerateOptions
 from connector.omnisend.budget import Budget, BudgetConfig
@@ -34,16 +42,7 @@ def main() -> None:
     quiet()
     with (
         Broker() as broker,
-        simulator(
-            "--time-scale",
-            str(TIME_SCALE),
-            "--batch-latency",
-            "2.0",
-            "--item-latency",
-            "0.01",
-            "--tag-delay",
-            "0.5",
-        ) as sim,
+        simulator(*COMPRESSED_SIMULATOR) as sim,
     ):
         topic, ends = new_topic(broker, GenerateOptions(count=args.count, segments=1, seed=1))
         env = connector_env(

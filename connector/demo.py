@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
@@ -121,7 +120,3 @@ def summary(result: DemoResult) -> str:
         f"  metrics were at       {result.metrics_url}",
     ]
     return "\n".join(lines)
-
-
-def as_dict(result: DemoResult) -> dict[str, Any]:
-    return dict(vars(result))

@@ -15,7 +15,7 @@ import queue
 import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -98,14 +98,6 @@ class _Backoff:
 
     def succeeded(self) -> None:
         self.failures = 0
-
-
-@dataclass
-class SinkStats:
-    batches_in_flight: int = 0
-    waiting_upserts: int = 0
-    waiting_tags: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class OmnisendSink:
@@ -206,10 +198,6 @@ class OmnisendSink:
         c = self._coalescer
         upserts = len(c.upserts) >= self.config.saturation_upserts * fraction
         return upserts or c.ready_count >= self.config.saturation_tags * fraction
-
-    def stats(self) -> SinkStats:
-        c = self._coalescer
-        return SinkStats(len(self._batches), len(c.upserts), len(c.tags))
 
     def _call(self, fn: Callable[[], None]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to do

@@ -22,6 +22,7 @@ from connector.kafka import ensure_topic
 from connector.pipeline import Pipeline
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
+from tests.registry import RegistryServer
 
 # Real Kafka's lowest accepted session timeout; tansu's joins take about half of it.
 FAST_GROUP = {"KAFKA_CFG_SESSION_TIMEOUT_MS": "6000", "KAFKA_CFG_HEARTBEAT_INTERVAL_MS": "1000"}
@@ -141,3 +142,11 @@ def sim_contacts(sim: SimulatorServer, settle_s: float = 0.3) -> dict[str, dict[
 def sim_stats(sim: SimulatorServer) -> dict[str, Any]:
     stats: dict[str, Any] = httpx.get(f"{sim.url}/_sim/stats").json()
     return stats
+
+
+@pytest.fixture
+def registry() -> Iterator[RegistryServer]:
+    """A Confluent-compatible Schema Registry on a free port."""
+    server = RegistryServer().start()
+    yield server
+    server.stop()

@@ -6,10 +6,8 @@ import copy
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 import fastavro
-import pytest
 
 from connector.broker import Broker
 from connector.codec import bundled_schema_json, encode_confluent
@@ -24,13 +22,6 @@ from tests.integration.conftest import (
     sim_contacts,
 )
 from tests.registry import RegistryServer
-
-
-@pytest.fixture
-def registry() -> Iterator[RegistryServer]:
-    server = RegistryServer().start()
-    yield server
-    server.stop()
 
 
 def evolved_schema() -> dict[str, object]:

@@ -4,10 +4,8 @@ reason, and the good records around them are synced: poison never stops the stre
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Producer
 
 from connector.broker import Broker
@@ -26,15 +24,6 @@ from tests.registry import RegistryServer
 CORPUS = Path(__file__).parents[1] / "data" / "poison"
 
 
-@pytest.fixture
-def registry() -> Iterator[RegistryServer]:
-    server = RegistryServer().start()
-    for schema_id, schema in json.loads((CORPUS / "schemas.json").read_text()).items():
-        server.schemas[int(schema_id)] = json.dumps(schema)
-    yield server
-    server.stop()
-
-
 def test_every_kind_of_poison_is_dead_lettered_with_its_reason(
     broker: Broker,
     topic: str,
@@ -42,6 +31,8 @@ def test_every_kind_of_poison_is_dead_lettered_with_its_reason(
     registry: RegistryServer,
     run_connector: RunConnector,
 ) -> None:
+    for schema_id, schema in json.loads((CORPUS / "schemas.json").read_text()).items():
+        registry.schemas[int(schema_id)] = json.dumps(schema)
     manifest = json.loads((CORPUS / "manifest.json").read_text())
     assert len({case["reason"] for case in manifest}) >= 10
     producer = Producer({"bootstrap.servers": broker.bootstrap, "log.connection.close": False})
