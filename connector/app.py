@@ -102,6 +102,7 @@ def running(
     clock = clock or SystemClock()
     metrics = Metrics(registry or CollectorRegistry())
     metrics.build.info({"version": __version__})
+    metrics.prime(settings.connection_name, settings.kafka_topic)
     sink = make_sink(settings, metrics, clock).start()
 
     def on_error(err: KafkaError) -> None:
@@ -171,6 +172,8 @@ def running(
             "assigned_partitions": len(pipeline.assigned),
         }
 
+    metrics.ready.set_function(lambda: float(ready()[0]))
+    metrics.loop_age.set_function(lambda: time.monotonic() - pipeline.last_step_at)
     health = None
     if settings.metrics_port or settings.metrics_port == 0:
         health = HealthServer(

@@ -45,7 +45,7 @@ class Outcome:
     size: int
     reason: str | None = None
     detail: str = ""
-    skipped: str | None = None  # why it needed no call: "stale"
+    skipped: str | None = None  # why it needed no call: "superseded"
 
 
 @dataclass(eq=False, slots=True)
@@ -120,7 +120,7 @@ class Coalescer:
         ticket = Ticket(change.position, change.size)
         key = (change.email, change.tag)
         if change.occurred_at_ms < self._latest(key):
-            self.outcomes.append(Outcome(ticket.position, ticket.size, skipped="stale"))
+            self.outcomes.append(Outcome(ticket.position, ticket.size, skipped="superseded"))
             return
         if change.entered:
             self._want_upsert(change, ticket, now)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from connector.reasons import REASONS
+
+# Why a record needed no Omnisend call (the `reason` label of events_skipped).
+SKIP_REASONS = ("duplicate", "superseded", "tombstone")
+
 NAMESPACE = "omnisend_connector"
 
 
@@ -24,7 +29,7 @@ class Metrics:
         )
         self.events_skipped = Counter(
             "events_skipped",
-            "Records that needed no Omnisend call: duplicate, stale, tombstone.",
+            "Records that needed no Omnisend call: duplicate, superseded, tombstone.",
             ["connection", "reason"],
             namespace=ns,
             registry=r,
@@ -79,6 +84,42 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.rate_limit_wait = Counter(
+            "omnisend_rate_limit_wait_seconds",
+            "Time work was ready to send but the brand's budget (or a retryAfter) held it back.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            "omnisend_budget_used_requests",
+            "Requests counted in the current sliding window, by window (all, tags).",
+            ["connection", "window"],
+            namespace=ns,
+            registry=r,
+        )
+        self.budget_limit = Gauge(
+            "omnisend_budget_limit_requests",
+            "Requests this replica may send per window now: the brand's limit x headroom x "
+            "partition share x the slow-down after 429s.",
+            ["connection", "window"],
+            namespace=ns,
+            registry=r,
+        )
+        self.budget_share = Gauge(
+            "omnisend_budget_share_ratio",
+            "This replica's share of the brand's budget (its share of the assigned partitions).",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
+        self.batches_in_flight = Gauge(
+            "omnisend_batches_in_flight",
+            "Omnisend batches sent and not yet finished.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
         self.end_to_end_latency = Histogram(
             "end_to_end_latency_seconds",
             "From a change's occurred_at to Omnisend accepting its tag call.",
@@ -125,4 +166,34 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.ready = Gauge(
+            "ready",
+            "1 when /readyz answers ready: broker reachable, credentials valid, no fatal error.",
+            namespace=ns,
+            registry=r,
+        )
+        self.loop_age = Gauge(
+            "loop_age_seconds",
+            "Seconds since the Kafka loop last went round; grows only when it is stuck.",
+            namespace=ns,
+            registry=r,
+        )
         self.build = Info("build", "Version of the running connector.", namespace=ns, registry=r)
+
+    def prime(self, connection: str, topic: str) -> None:
+        """Create the series of every closed label set at zero, so that `rate()` in alerts and
+        dashboards sees a 0 before the first increment instead of no series at all."""
+        self.events_consumed.labels(topic)
+        for reason, (stage, _) in REASONS.items():
+            self.dlq_records.labels(connection, reason)
+            if stage != "omnisend":
+                self.invalid_records.labels(stage, reason)
+        for why in SKIP_REASONS:
+            self.events_skipped.labels(connection, why)
+        for operation in ("add", "remove"):
+            self.tags_changed.labels(connection, operation)
+        self.contacts_upserted.labels(connection)
+        self.rate_limited.labels(connection)
+        self.rate_limit_wait.labels(connection)
+        self.batches_in_flight.labels(connection)
+        self.end_to_end_latency.labels(connection)

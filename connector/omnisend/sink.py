@@ -43,6 +43,8 @@ LIST_POLL_LIMIT = 250
 # Requests a batch costs: its POST, about one status read, and a margin so that batches use no
 # more than 80 % of the budget left after tag calls.
 UPSERT_REQUEST_COST = 2.5
+# How often the budget and in-flight gauges are refreshed.
+REPORT_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class OmnisendSink:
         self._backoff = _Backoff()
         self._batch_seconds = self.config.first_poll_s
         self._next_list_at = 0.0
+        self._limited_at: float | None = None
+        self._report_at = 0.0
         self._generation = 0
         self._wake: asyncio.Event | None = None
         # Called on the sink's thread with the end-to-end latencies of accepted tag changes.
@@ -292,10 +296,30 @@ class OmnisendSink:
     def _dispatch(self) -> None:
         now = self.clock.now()
         if now < self._backoff.until:
+            self._account_wait(now, limited=False)
             return
+        waits = self.budget.waits
         self._dispatch_polls(now)
         self._dispatch_tags(now)
         self._dispatch_upserts(now)
+        self._account_wait(now, limited=self.budget.waits != waits)
+
+    def _account_wait(self, now: float, limited: bool) -> None:
+        """Time between two dispatches counts as waiting when the first was held back."""
+        if self._limited_at is not None:
+            self.metrics.rate_limit_wait.labels(self.connection).inc(now - self._limited_at)
+        self._limited_at = now if limited else None
+        if now >= self._report_at:
+            self._report_at = now + REPORT_EVERY_S
+            used_all, used_tags = self.budget.used(now)
+            limit_all, limit_tags = self.budget.limits()
+            m, c = self.metrics, self.connection
+            m.budget_used.labels(c, "all").set(used_all)
+            m.budget_used.labels(c, "tags").set(used_tags)
+            m.budget_limit.labels(c, "all").set(limit_all)
+            m.budget_limit.labels(c, "tags").set(limit_tags)
+            m.budget_share.labels(c).set(self.budget.share)
+            m.batches_in_flight.labels(c).set(len(self._batches))
 
     def _dispatch_polls(self, now: float) -> None:
         """Item reads first (they unblock tag calls). Then status: while several batches are

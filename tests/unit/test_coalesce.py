@@ -150,7 +150,7 @@ def test_late_event_is_stale() -> None:
     c.tags_accepted(c.take_tags((False, "s"), 250, 0), 0)
     c.drain_outcomes()
     c.add(change(1, "a@x.io", "s", True, 4), 0)
-    assert c.drain_outcomes() == [Outcome(Position("t", 0, 1), 10, skipped="stale")]
+    assert c.drain_outcomes() == [Outcome(Position("t", 0, 1), 10, skipped="superseded")]
     assert c.idle
 
 
