@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 from confluent_kafka import Producer
 
 from connector.app import running
@@ -17,14 +15,6 @@ from connector.codec import encode_plain
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event
-
-
-@pytest.fixture
-def mock_bootstrap() -> Iterator[str]:
-    owner = Producer({"test.mock.num.brokers": 1, "bootstrap.servers": "", "log_level": 0})
-    broker = next(iter(owner.list_topics(timeout=10).brokers.values()))
-    yield f"{broker.host}:{broker.port}"
-    del owner
 
 
 def lag_total(port: int) -> float:

@@ -1,0 +1,192 @@
+"""deploy/: the kustomize base and KEDA overlay against the Kubernetes JSON schemas and the CRD
+schemas kept in tests/data/crds, the Dockerfile through hadolint, and the promises the manifests
+make to the connector (probes, ports, the Secret, shutdown time) checked against its settings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from connector.settings import SETTINGS_HELP, load_settings
+from tests.deploy.kustomize import Doc, build, find
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CRDS = ROOT / "tests" / "data" / "crds"
+KUBERNETES_VERSION = "1.33.0"
+CUSTOM = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+
+
+@pytest.fixture(scope="module")
+def base() -> list[Doc]:
+    return build(DEPLOY / "base")
+
+
+@pytest.fixture(scope="module")
+def keda() -> list[Doc]:
+    return build(DEPLOY / "overlays" / "keda")
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/keda"])
+def test_every_manifest_is_valid(overlay: str) -> None:
+    docs = build(DEPLOY / overlay)
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CUSTOM:
+            schema = yaml.safe_load((CRDS / f"{doc['kind'].lower()}.yaml").read_text())
+            jsonschema.validate(doc, schema)
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_crd_schemas_catch_a_misspelt_field(base: list[Doc]) -> None:
+    monitor = find(base, "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    schema = yaml.safe_load((CRDS / "servicemonitor.yaml").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(monitor, schema)
+
+
+def test_strict_kubernetes_validation_catches_a_misspelt_field(base: list[Doc]) -> None:
+    deployment = find(base, "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def _container(deployment: Doc) -> Doc:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _config(docs: list[Doc]) -> dict[str, str]:
+    return dict(find(docs, "ConfigMap")["data"])
+
+
+def test_configmap_holds_only_known_settings_and_loads(base: list[Doc]) -> None:
+    known = {name for name, _, _ in SETTINGS_HELP}
+    config = _config(base)
+    assert set(config) <= known
+    settings, _ = load_settings({**config, "OMNISEND_API_KEY": "k"})
+    assert settings.metrics_port == 9400
+
+
+def test_pod_runs_non_root_read_only_without_privileges(base: list[Doc]) -> None:
+    pod = find(base, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    security = _container(find(base, "Deployment"))["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_grace_period_outlasts_the_shutdown_timeout(base: list[Doc]) -> None:
+    pod = find(base, "Deployment")["spec"]["template"]["spec"]
+    settings, _ = load_settings({**_config(base), "OMNISEND_API_KEY": "k"})
+    assert pod["terminationGracePeriodSeconds"] > settings.shutdown_timeout_s + 5
+
+
+def test_probes_ports_and_secret_match_the_connector(base: list[Doc]) -> None:
+    deployment = find(base, "Deployment")
+    container = _container(deployment)
+    (port,) = container["ports"]
+    assert port["containerPort"] == int(_config(base)["METRICS_PORT"])
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    key_file = Path(env["OMNISEND_API_KEY_FILE"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    (name,) = [n for n, m in mounts.items() if Path(m["mountPath"]) == key_file.parent]
+    assert mounts[name]["readOnly"] is True
+    assert volumes[name]["secret"]["items"] == [{"key": "api-key", "path": key_file.name}]
+    service = find(base, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    monitor = find(base, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_selectors_select_the_pods(base: list[Doc]) -> None:
+    pod_labels = find(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Deployment", "PodDisruptionBudget"):
+        selector = find(base, kind)["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= pod_labels.items(), kind
+    assert find(base, "Service")["spec"]["selector"].items() <= pod_labels.items()
+    monitor = find(base, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    assert monitor.items() <= find(base, "Service")["metadata"]["labels"].items()
+
+
+def test_disruption_budget_never_blocks_a_drain(base: list[Doc]) -> None:
+    assert find(base, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": find(base, "PodDisruptionBudget")["spec"]["selector"],
+    }
+
+
+def test_keda_overlay_scales_the_deployment_on_lag_from_one_replica(keda: list[Doc]) -> None:
+    scaled = find(keda, "ScaledObject")["spec"]
+    deployment = find(keda, "Deployment")
+    assert scaled["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"]  # KEDA owns the count
+    assert scaled["minReplicaCount"] == 1
+    assert 1 < scaled["maxReplicaCount"] <= 10
+    (trigger,) = scaled["triggers"]
+    config = _config(keda)
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == config["KAFKA_GROUP_ID"]
+    assert trigger["metadata"]["topic"] == config["KAFKA_TOPIC"]
+    assert trigger["metadata"]["bootstrapServers"] == config["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), "--failure-threshold", "info", str(DEPLOY / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_can_fail(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install httpx\n")
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), str(bad)], capture_output=True, check=False)
+    assert result.returncode != 0
+
+
+def test_image_runs_as_a_non_root_user() -> None:
+    users = re.findall(r"^USER (\S+)", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE)
+    assert users
+    assert users[-1].split(":")[0] not in ("0", "root")
+
+
+def test_image_dependencies_are_pinned_within_the_project_ranges() -> None:
+    project: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = (DEPLOY / "requirements.txt").read_text().splitlines()
+    pins = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", line
+            pins[requirement.name.lower().replace("_", "-")] = spec.version
+    for dependency in project["dependencies"]:
+        requirement = Requirement(dependency)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in deploy/requirements.txt"
+        assert requirement.specifier.contains(pins[name]), dependency
