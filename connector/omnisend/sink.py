@@ -180,7 +180,10 @@ class OmnisendSink:
 
         def do_reset() -> None:
             self._generation += 1
-            self._coalescer = _fresh(self._coalescer, self.config.settle_s)
+            # What this process knows of Omnisend's contacts goes too: while the partitions
+            # are elsewhere, another member may write the same contacts, and a stale "already
+            # has these fields" would skip a needed upsert (found by the rebalance test).
+            self._coalescer = Coalescer(settle_s=self.config.settle_s)
             self._batches.clear()
             while not self._inbox.empty():
                 self._inbox.get_nowait()
@@ -604,9 +607,3 @@ def _item_detail(item: dict[str, Any]) -> str:
     response = item.get("response")
     return describe_problem(response) if isinstance(response, dict) else ""
 
-
-def _fresh(old: Coalescer, settle_s: float) -> Coalescer:
-    """A coalescer without unfinished work that keeps what is known about Omnisend's state."""
-    fresh = Coalescer(settle_s=settle_s)
-    fresh.known, fresh.applied = old.known, old.applied
-    return fresh

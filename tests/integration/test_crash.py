@@ -1,0 +1,112 @@
+"""kill -9 at five moments of a 20,000-event sync, a restart after each: Omnisend ends in exactly
+the state the event log describes, and every record is committed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from connector.broker import Broker
+from connector.kafka import ensure_topic
+from connector.omnisend.client import API_VERSION
+from connector.simulator import SimulatorConfig, SimulatorServer
+from tests.integration.conftest import connector_env, produce_events
+from tests.integration.processes import ConnectorProcess, committed_total
+from tests.workload import expected_state, wait_for_state, workload
+
+pytestmark = pytest.mark.slow
+
+EVENTS, CONTACTS, PARTITIONS = 20_000, 5_000, 3
+Metrics = dict[str, float]
+
+
+@contextmanager
+def storm(sim: SimulatorServer) -> Iterator[None]:
+    """Another integration of the brand spends its budget: the connector meets 429s."""
+    stop = threading.Event()
+    headers = {"Authorization": "Omnisend-API-Key test-key", "Omnisend-Version": API_VERSION}
+
+    def hammer() -> None:
+        with httpx.Client(headers=headers, timeout=5) as client:
+            while not stop.is_set():
+                client.get(f"{sim.api_url}/contacts", params={"limit": 1})
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def consumed(m: Metrics) -> bool:
+    return m.get("omnisend_connector_events_consumed_total", 0) > 0
+
+
+def batches_in_flight(m: Metrics) -> bool:
+    return m.get("omnisend_connector_omnisend_batches_in_flight", 0) > 0
+
+
+def upserted_not_yet_tagged(m: Metrics) -> bool:
+    upserted = m.get("omnisend_connector_contacts_upserted_total", 0)
+    return upserted > 0 and upserted > m.get("omnisend_connector_tag_changes_total", 0)
+
+
+def just_committed(m: Metrics) -> bool:
+    return m.get("omnisend_connector_offset_commits_total", 0) > 0
+
+
+def rate_limited(m: Metrics) -> bool:
+    return m.get("omnisend_connector_omnisend_rate_limited_total", 0) > 0
+
+
+MOMENTS: list[tuple[str, Callable[[Metrics], bool]]] = [
+    ("while decoding the first records", consumed),
+    ("with batches in flight", batches_in_flight),
+    ("between upserts and their tag calls", upserted_not_yet_tagged),
+    ("right after a commit", just_committed),
+    ("during a 429 storm", rate_limited),
+]
+
+
+def test_kill_9_at_five_moments_loses_nothing(broker: Broker, tmp_path: Path) -> None:
+    topic = f"crash-{tmp_path.name[-12:]}".replace("_", "-")
+    ensure_topic(broker.bootstrap, {}, topic, PARTITIONS)
+    events = workload(EVENTS, CONTACTS)
+    produce_events(broker.bootstrap, topic, events)
+    with SimulatorServer(SimulatorConfig(time_scale=0.1)) as sim:
+        env = connector_env(broker, topic, sim, UPSERT_LINGER_S="0.3", TAG_LINGER_S="0.5")
+        log = tmp_path / "connector.log"
+        for name, moment in MOMENTS:
+            process = ConnectorProcess(env, log)
+            try:
+                if moment is rate_limited:
+                    process.wait_for(consumed)
+                    with storm(sim):
+                        process.wait_for(moment)
+                else:
+                    process.wait_for(moment)
+            finally:
+                process.kill()
+            done = committed_total(broker.bootstrap, env["KAFKA_GROUP_ID"], topic, PARTITIONS)
+            assert done < EVENTS, f"the sync was over before the kill {name}"
+        process = ConnectorProcess(env, log)
+        try:
+            diff = wait_for_state(sim.url, expected_state(events), timeout_s=180)
+            assert diff == [], "\n".join(diff)
+            process.wait_for(
+                lambda m: (
+                    committed_total(broker.bootstrap, env["KAFKA_GROUP_ID"], topic, PARTITIONS)
+                    == EVENTS
+                ),
+                timeout_s=60,
+            )
+        finally:
+            code = process.stop()
+        assert code == 0, log.read_text()[-3000:]
