@@ -89,6 +89,7 @@ def test_members_join_and_leave_mid_sync(
         chunk = chunks.pop(0)
         produce_events(broker.bootstrap, topic, chunk)
         produced += len(chunk)
+
     sim = stack.enter_context(SimulatorServer(SimulatorConfig(time_scale=0.1)))
     env = connector_env(broker, topic, sim, UPSERT_LINGER_S="0.3", TAG_LINGER_S="0.5")
     gid = env["KAFKA_GROUP_ID"]

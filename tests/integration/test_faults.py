@@ -1,0 +1,115 @@
+"""Omnisend misbehaving in every way at once: 10 % server errors, failing batch items (503, 429,
+408), latency spikes, dropped connections, a 60 s outage (time-compressed) and a 429 storm from
+another integration of the brand. The connector neither crashes nor loses a change, and its own
+requests never exceed its budget."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from connector.app import running
+from connector.broker import Broker
+from connector.kafka import ensure_topic
+from connector.omnisend.client import API_VERSION
+from connector.settings import load_settings
+from connector.simulator import Faults, SimulatorConfig, SimulatorServer
+from tests.integration.conftest import connector_env, produce_events, sim_stats
+from tests.workload import expected_state, wait_for_state, workload
+
+pytestmark = pytest.mark.slow
+
+EVENTS, CONTACTS = 6_000, 2_000
+FAULTS = Faults(
+    seed=5, error_rate=0.1, item_error_rate=0.05, spike_rate=0.05, spike_s=1.5, drop_rate=0.02
+)
+
+
+@contextmanager
+def storm(sim: SimulatorServer, key: str) -> Iterator[None]:
+    """Another integration of the same brand (its own key) spends the brand's budget."""
+    stop = threading.Event()
+    headers = {"Authorization": f"Omnisend-API-Key {key}", "Omnisend-Version": API_VERSION}
+
+    def hammer() -> None:
+        with httpx.Client(headers=headers, timeout=5) as client:
+            while not stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):  # the simulator drops some
+                    client.get(f"{sim.api_url}/contacts", params={"limit": 1})
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+
+
+def busiest_window(times: list[float], window_s: float) -> int:
+    times = sorted(times)
+    start, busiest = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window_s:
+            start += 1
+        busiest = max(busiest, end - start + 1)
+    return busiest
+
+
+def test_everything_going_wrong_at_once_loses_nothing(broker: Broker) -> None:
+    topic = f"faults-{time.monotonic_ns()}"
+    ensure_topic(broker.bootstrap, {}, topic, 3)
+    events = workload(EVENTS, CONTACTS, seed=23)
+    config = SimulatorConfig(
+        time_scale=0.1, api_keys={"test-key": "brand-1", "other-key": "brand-1"}, faults=FAULTS
+    )
+    with SimulatorServer(config) as sim:
+        env = connector_env(broker, topic, sim, UPSERT_LINGER_S="0.3", TAG_LINGER_S="0.5")
+        env |= {"REQUEST_TIMEOUT_S": "3"}
+        settings, kafka = load_settings(env)
+        stop = threading.Event()
+        exit_code: list[int] = []
+        with running(settings, kafka) as parts:
+            runner = threading.Thread(target=lambda: exit_code.append(parts.pipeline.run(stop)))
+            runner.start()
+            try:
+                produce_events(broker.bootstrap, topic, events[: EVENTS // 2])
+                deadline = time.monotonic() + 60
+                while parts.pipeline.stats["done"] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                # A 60 s outage (6 s at this time scale), then a 429 storm, with more changes
+                # arriving all along.
+                sim.simulator.set_faults({"outage_start_s": 0.0, "outage_duration_s": 60.0})
+                produce_events(broker.bootstrap, topic, events[EVENTS // 2 :])
+                time.sleep(7)
+                with storm(sim, "other-key"):
+                    time.sleep(5)
+                diff = wait_for_state(sim.url, expected_state(events), timeout_s=240)
+                assert diff == [], "\n".join(diff)
+                while sum(parts.pipeline.committed().values()) < EVENTS:
+                    assert time.monotonic() < deadline + 300, "not everything was committed"
+                    time.sleep(0.2)
+            finally:
+                stop.set()
+                runner.join(timeout=90)
+        assert exit_code == [0]
+        stats = sim_stats(sim)
+        log = httpx.get(f"{sim.url}/_sim/requests").json()["requests"]
+    statuses = {r["status"] for r in log}
+    assert {429, 503} <= statuses  # the storm and the outage happened
+    assert statuses & {500, 502}
+    assert stats["rateLimitedTotal"] > 0
+    # The connector's own requests (the storm only lists contacts) within its 90 % budget.
+    window = config.window_s
+    ours = [r for r in log if r["endpoint"] != "GET /contacts"]
+    assert busiest_window([r["t"] for r in ours], window) <= 360
+    tags = [r["t"] for r in ours if r["endpoint"].endswith("/contacts/tags")]
+    assert busiest_window(tags, window) <= 54
