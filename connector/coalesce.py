@@ -112,6 +112,10 @@ class Coalescer:
         self.known = LRU(cache_size)
         # The occurred_at of the last change applied per (email, tag): a late event is stale.
         self.applied = LRU(cache_size)
+        # Tag calls accepted within the last `settle_s`, oldest first: key -> (add, when). An
+        # opposite call for the same key waits until the earlier one has settled, whether it was
+        # already waiting when the earlier one was accepted or arrives later.
+        self._accepted: OrderedDict[Key, tuple[bool, float]] = OrderedDict()
         self.outcomes: list[Outcome] = []
 
     # ---- intake --------------------------------------------------------------------------------
@@ -178,6 +182,9 @@ class Coalescer:
             return  # released when the call in flight completes
         if intent.add and (intent.email in self.upserts or intent.email in self.upserts_in_flight):
             return  # released when the upsert finishes
+        last = self._accepted.get(intent.key)
+        opposite = last is not None and last[0] != intent.add
+        intent.not_before = last[1] + self.settle_s if last is not None and opposite else 0.0
         self.ready.setdefault(intent.group, OrderedDict())[intent.email] = intent
 
     def _put_tag(self, intent: TagIntent) -> None:
@@ -296,11 +303,17 @@ class Coalescer:
             del self.tags_in_flight[intent.key]
             self.applied.put(intent.key, intent.occurred_at_ms)
             self._settle(intent.tickets)
+            if self.settle_s > 0:
+                self._accepted.pop(intent.key, None)
+                self._accepted[intent.key] = (intent.add, now)
             waiting = self.tags.get(intent.key)
             if waiting is not None:
-                if waiting.add != intent.add:
-                    waiting.not_before = now + self.settle_s
                 self._maybe_ready(waiting, now)
+        while self._accepted:  # forget calls that have settled
+            key, (_, when) = next(iter(self._accepted.items()))
+            if when + self.settle_s > now:
+                break
+            del self._accepted[key]
 
     def tags_retry(self, intents: list[TagIntent], now: float) -> None:
         """A tag call failed transiently: its intents wait again (a newer one absorbs them)."""

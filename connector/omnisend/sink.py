@@ -606,4 +606,3 @@ def _item_email(item: dict[str, Any]) -> str | None:
 def _item_detail(item: dict[str, Any]) -> str:
     response = item.get("response")
     return describe_problem(response) if isinstance(response, dict) else ""
-

@@ -175,3 +175,28 @@ def test_retried_upsert_goes_first_and_merges_into_a_newer_one() -> None:
     retried = c.upsert_retry("a@x.io")
     assert retried.fields == {"firstName": "B"}
     assert len(retried.tickets) == 2
+
+
+def test_opposite_operation_arriving_after_the_earlier_was_accepted_also_waits() -> None:
+    c = Coalescer(settle_s=5.0)
+    c.add(change(0, "a@x.io", "s", True, 1), 0)
+    c.upsert_accepted(c.take_upserts(100)[0].email, 0)
+    c.tags_accepted(c.take_tags((True, "s"), 250, 0), now=10)
+    c.add(change(1, "a@x.io", "s", False, 2), now=11)  # arrives once the add was accepted
+    assert c.take_tags((False, "s"), 250, now=14) == []  # the add may still be queued
+    assert [i.email for i in c.take_tags((False, "s"), 250, now=15)] == ["a@x.io"]
+    # Same direction again right after: no wait.
+    c.tags_accepted([], now=15)
+    c.add(change(2, "b@x.io", "s", True, 3), now=15)
+    c.upsert_accepted(c.take_upserts(100)[0].email, 15)
+    assert [i.email for i in c.take_tags((True, "s"), 250, now=15)] == ["b@x.io"]
+
+
+def test_settled_calls_are_forgotten() -> None:
+    c = Coalescer(settle_s=1.0)
+    for i in range(50):
+        c.add(change(i, f"{i}@x.io", "s", False, 1), 0)
+    c.tags_accepted(c.take_tags((False, "s"), 250, 0), now=0)
+    assert len(c._accepted) == 50
+    c.tags_accepted([], now=2)
+    assert len(c._accepted) == 0
