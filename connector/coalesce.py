@@ -170,7 +170,8 @@ class Coalescer:
             intent = TagIntent(change.email, change.tag, change.entered, change.occurred_at_ms, now)
             self._put_tag(intent)
         else:
-            self._unready(intent)
+            if intent.add != change.entered:
+                self._unready(intent)  # it changes group; the same direction keeps its place
             intent.add, intent.occurred_at_ms = change.entered, change.occurred_at_ms
         _attach(intent.tickets, ticket)
         self._maybe_ready(intent, now)
@@ -180,12 +181,16 @@ class Coalescer:
     def _maybe_ready(self, intent: TagIntent, now: float) -> None:
         if intent.key in self.tags_in_flight:
             return  # released when the call in flight completes
-        if intent.add and (intent.email in self.upserts or intent.email in self.upserts_in_flight):
-            return  # released when the upsert finishes
+        if intent.add and intent.email not in self.known and self._upserting(intent.email):
+            self._unready(intent)
+            return  # the contact does not exist yet: released when the upsert finishes
         last = self._accepted.get(intent.key)
         opposite = last is not None and last[0] != intent.add
         intent.not_before = last[1] + self.settle_s if last is not None and opposite else 0.0
         self.ready.setdefault(intent.group, OrderedDict())[intent.email] = intent
+
+    def _upserting(self, email: str) -> bool:
+        return email in self.upserts or email in self.upserts_in_flight
 
     def _put_tag(self, intent: TagIntent) -> None:
         self.tags[intent.key] = intent
@@ -266,8 +271,7 @@ class Coalescer:
                 newer.tickets.extend(intent.tickets)
 
     def _release_adds(self, email: str, now: float) -> None:
-        if email in self.upserts:
-            return
+        # The contact exists now: its adds may go, even while newer fields are on their way.
         for intent in self._waiting_adds(email):
             self._maybe_ready(intent, now)
 

@@ -355,7 +355,10 @@ class OmnisendSink:
 
     def _dispatch_tags(self, now: float) -> None:
         size, linger = self.config.tag_batch_size, self.config.tag_linger_s
-        groups = sorted(self._coalescer.ready_groups(), key=lambda g: -g[1])
+        # Oldest first: under load every group fills its calls anyway, and serving the group
+        # that waited longest lets committed offsets advance (the fullest-first order starved
+        # small groups, holding the commit of the records before them for the whole sync).
+        groups = sorted(self._coalescer.ready_groups(), key=lambda g: g[2])
         for group, count, since in groups:
             if not self._room():
                 return
