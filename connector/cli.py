@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from connector import __version__
-from connector.simulator.config import Faults, SimulatorConfig
+from connector.simulator.config import CURRENT_VERSION, RETIRED_VERSIONS, Faults, SimulatorConfig
 from connector.simulator.server import SimulatorServer
 
 
@@ -51,6 +51,20 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="/contacts/tags requests per window per brand (default %(default)s)",
     )
     p.add_argument("--unlimited", action="store_true", help="disable rate limits (CPU benchmarks)")
+    p.add_argument(
+        "--read-only-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="an API key that may only read: writes are answered 403; repeatable",
+    )
+    p.add_argument(
+        "--retire-version",
+        action="append",
+        default=[],
+        metavar="VERSION",
+        help=f"answer this API version 410 too, e.g. {CURRENT_VERSION}; repeatable",
+    )
     p.add_argument(
         "--time-scale",
         type=float,
@@ -142,6 +156,8 @@ def simulator_config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         tag_delay_s=args.tag_delay,
         stop_after_item_errors=args.stop_after_item_errors,
         unlimited=args.unlimited,
+        read_only_keys=frozenset(args.read_only_key),
+        retired_versions=RETIRED_VERSIONS | frozenset(args.retire_version),
         faults=faults,
     )
 

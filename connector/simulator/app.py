@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from connector.clock import Clock
 from connector.simulator.batches import BATCH_STATUSES, Batch, ItemResult, new_batch
-from connector.simulator.config import CURRENT_VERSION, RETIRED_VERSIONS, Faults, SimulatorConfig
+from connector.simulator.config import CURRENT_VERSION, Faults, SimulatorConfig
 from connector.simulator.contacts import Contact, ContactStore, check_list_filters
 from connector.simulator.problems import FieldError, ProblemError, problem_body, validation_error
 from connector.simulator.ratelimit import BrandLimits
@@ -154,6 +154,7 @@ class Simulator:
                 brand = self._authenticate(request)
                 brand_name = brand.name
                 self._check_version(request)
+                self._check_scope(request)
                 response = self._admit(brand, endpoint, now) or handler(brand, request, params)
             except ProblemError as exc:
                 response = Response(exc.status, problem_body(exc))
@@ -179,12 +180,16 @@ class Simulator:
             raise ProblemError(401, "The API key is not valid")
         return self._brands[brand]
 
-    @staticmethod
-    def _check_version(request: Request) -> None:
+    def _check_scope(self, request: Request) -> None:
+        key = request.headers.get("authorization", "").partition(" ")[2].strip()
+        if key in self.config.read_only_keys and request.method != "GET":
+            raise ProblemError(403, "The API key lacks the contacts.write scope")
+
+    def _check_version(self, request: Request) -> None:
         version = request.headers.get("omnisend-version")
         if not version:
             raise ProblemError(400, "The Omnisend-Version header is required")
-        if version in RETIRED_VERSIONS or (
+        if version in self.config.retired_versions or (
             _VERSION_DATE.match(version) and version < CURRENT_VERSION
         ):
             raise ProblemError(

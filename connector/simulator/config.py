@@ -63,6 +63,11 @@ class SimulatorConfig:
     tag_delay_s: float = 0.5  # from 202 to the tags being visible
     stop_after_item_errors: int = 50  # a batch with more failed items than this is `stopped`
     unlimited: bool = False  # no rate limits at all (CPU benchmarks)
+    # Keys whose scopes allow reading only: writes are answered 403 (a key created without
+    # contacts.write, as a brand admin might).
+    read_only_keys: frozenset[str] = frozenset()
+    # API versions answered 410; add CURRENT_VERSION to rehearse the day Omnisend retires it.
+    retired_versions: frozenset[str] = RETIRED_VERSIONS
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:

@@ -56,6 +56,12 @@ class ConnectorProcess:
             time.sleep(0.02)
         raise AssertionError("the condition was not reached in time")
 
+    def wait(self, timeout_s: float = 60) -> int:
+        """Until it exits by itself."""
+        code = self.proc.wait(timeout=timeout_s)
+        self._log.close()
+        return code
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)

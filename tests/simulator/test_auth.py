@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.simulator.conftest import Sim, contact
+from connector.simulator.config import CURRENT_VERSION
+from tests.simulator.conftest import MakeSim, Sim, contact
 
 
 def test_missing_key_is_401(sim: Sim) -> None:
@@ -52,3 +53,17 @@ def test_unknown_operation_is_404_problem(sim: Sim) -> None:
     r = sim.api.put("/contacts/tags", json={})
     assert r.status_code == 404
     assert r.json()["status"] == 404
+
+
+def test_read_only_key_may_read_but_not_write(make_sim: MakeSim) -> None:
+    sim = make_sim(read_only_keys=frozenset({"test-key"}))
+    assert sim.api.get("/contacts").status_code == 200
+    r = sim.api.post("/contacts", json=contact("a@example.com"))
+    assert r.status_code == 403
+    assert "contacts.write" in r.json()["detail"]
+    assert sim.contacts() == {}
+
+
+def test_the_current_version_can_be_retired(make_sim: MakeSim) -> None:
+    sim = make_sim(retired_versions=frozenset({CURRENT_VERSION}))
+    assert sim.api.get("/contacts").status_code == 410
