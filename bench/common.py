@@ -76,6 +76,7 @@ def connector_env(broker: Broker, topic: str, sim_url: str, **extra: str) -> dic
         "KAFKA_GROUP_ID": f"bench-{topic}",
         "VALUE_FORMAT": "avro",
         "OMNISEND_API_KEY": "test-key",
+        "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
         "OMNISEND_BASE_URL": f"{sim_url}/api",
         "METRICS_PORT": "0",
         "METRICS_HOST": "127.0.0.1",

@@ -65,6 +65,8 @@ def run_demo(
                 "KAFKA_TOPIC": topic,
                 "VALUE_FORMAT": "avro",
                 "OMNISEND_API_KEY": API_KEY,
+                # Synthetic profiles to a local simulator: nothing leaves this machine.
+                "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
                 "OMNISEND_BASE_URL": sim.api_url,
                 "RATE_LIMIT_WINDOW_S": str(sim.simulator.config.window_s),
                 "METRICS_PORT": str(port),

@@ -28,6 +28,14 @@ OWNED_KAFKA_PROPERTIES = {
 }
 
 
+PRIVACY_REFUSAL = (
+    "OMNISEND_PRIVACY_ACKNOWLEDGED is not set: this connector sends personal data (emails, "
+    "names, addresses) from your Kafka topic to Omnisend, outside your source's compliance "
+    "boundary. Confirm that this transfer is permitted for these profiles, then set "
+    "OMNISEND_PRIVACY_ACKNOWLEDGED=true"
+)
+
+
 class Settings(BaseSettings):
     """The `run` command's settings (environment variables of the same name, upper case)."""
 
@@ -58,6 +66,7 @@ class Settings(BaseSettings):
     omnisend_api_key_file: Path | None = None
     omnisend_base_url: str = DEFAULT_BASE_URL
     connection_name: str = "default"
+    omnisend_privacy_acknowledged: bool = False
 
     tag_template: str = DEFAULT_TAG_TEMPLATE
     email_attribute: str = "email"
@@ -186,6 +195,8 @@ def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings
         )
     settings.api_key()
     settings.mapping()
+    if not settings.omnisend_privacy_acknowledged:
+        raise ConfigError(PRIVACY_REFUSAL)
     return settings, kafka_overrides(env)
 
 
@@ -220,6 +231,11 @@ SETTINGS_HELP: list[tuple[str, str, str]] = [
         "Omnisend API base URL (point it at the simulator to rehearse)",
     ),
     ("CONNECTION_NAME", "default", "value of the `connection` label of the metrics"),
+    (
+        "OMNISEND_PRIVACY_ACKNOWLEDGED",
+        "false",
+        "required true: you confirm personal data may leave your compliance boundary for Omnisend",
+    ),
     (
         "TAG_TEMPLATE",
         DEFAULT_TAG_TEMPLATE,

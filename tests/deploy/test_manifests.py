@@ -17,6 +17,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from connector.errors import ConfigError
 from connector.settings import SETTINGS_HELP, load_settings
 from tests.deploy.kustomize import Doc, build, find
 
@@ -73,11 +74,17 @@ def _config(docs: list[Doc]) -> dict[str, str]:
     return dict(find(docs, "ConfigMap")["data"])
 
 
+def _acknowledged(config: dict[str, str]) -> dict[str, str]:
+    return {**config, "OMNISEND_API_KEY": "k", "OMNISEND_PRIVACY_ACKNOWLEDGED": "true"}
+
+
 def test_configmap_holds_only_known_settings_and_loads(base: list[Doc]) -> None:
     known = {name for name, _, _ in SETTINGS_HELP}
     config = _config(base)
     assert set(config) <= known
-    settings, _ = load_settings({**config, "OMNISEND_API_KEY": "k"})
+    with pytest.raises(ConfigError, match="personal data"):  # until the user acknowledges
+        load_settings({**config, "OMNISEND_API_KEY": "k"})
+    settings, _ = load_settings(_acknowledged(config))
     assert settings.metrics_port == 9400
 
 
@@ -94,7 +101,7 @@ def test_pod_runs_non_root_read_only_without_privileges(base: list[Doc]) -> None
 
 def test_grace_period_outlasts_the_shutdown_timeout(base: list[Doc]) -> None:
     pod = find(base, "Deployment")["spec"]["template"]["spec"]
-    settings, _ = load_settings({**_config(base), "OMNISEND_API_KEY": "k"})
+    settings, _ = load_settings(_acknowledged(_config(base)))
     assert pod["terminationGracePeriodSeconds"] > settings.shutdown_timeout_s + 5
 
 

@@ -96,6 +96,7 @@ def connector_env(broker: Broker, topic: str, sim: SimulatorServer, **extra: str
         "KAFKA_GROUP_ID": f"group-{topic}",
         "VALUE_FORMAT": "avro",
         "OMNISEND_API_KEY": "test-key",
+        "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
         "OMNISEND_BASE_URL": sim.api_url,
         "RATE_LIMIT_WINDOW_S": str(sim.simulator.config.window_s),
         "METRICS_PORT": "0",

@@ -59,6 +59,7 @@ def test_connector_survives_a_broker_outage_and_resumes() -> None:
                 "KAFKA_TOPIC": TOPIC,
                 "VALUE_FORMAT": "avro",
                 "OMNISEND_API_KEY": "test-key",
+                "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
                 "OMNISEND_BASE_URL": sim.api_url,
                 "METRICS_PORT": str(port),
                 "METRICS_HOST": "127.0.0.1",

@@ -23,6 +23,7 @@ def test_bad_configuration_exits_2_naming_the_setting() -> None:
         "PATH": os.environ["PATH"],
         "KAFKA_BOOTSTRAP_SERVERS": "x",
         "OMNISEND_API_KEY": "k",
+        "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
         "VALUE_FORMAT": "avro",
         "KAFKA_CFG_ENABLE_AUTO_COMMIT": "true",
     }
@@ -86,3 +87,18 @@ def test_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "events consumed       600" in result.stdout
     assert "POST /contacts/tags" in result.stdout
+
+
+def test_run_without_the_privacy_acknowledgement_exits_2_saying_why() -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "KAFKA_BOOTSTRAP_SERVERS": "x",
+        "OMNISEND_API_KEY": "k",
+        "VALUE_FORMAT": "avro",
+    }
+    result = subprocess.run(
+        [*CLI, "run"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "personal data" in result.stderr
+    assert "OMNISEND_PRIVACY_ACKNOWLEDGED=true" in result.stderr

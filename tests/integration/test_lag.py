@@ -44,6 +44,7 @@ def test_lag_is_end_offset_minus_committed_while_omnisend_stalls(mock_bootstrap:
                 "KAFKA_TOPIC": "lag-topic",
                 "VALUE_FORMAT": "avro",
                 "OMNISEND_API_KEY": "test-key",
+                "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
                 "OMNISEND_BASE_URL": sim.api_url,
                 "METRICS_PORT": str(port),
                 "METRICS_HOST": "127.0.0.1",

@@ -136,6 +136,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
                 "KAFKA_TOPIC": "prom-topic",
                 "VALUE_FORMAT": "avro",
                 "OMNISEND_API_KEY": "test-key",
+                "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
                 "OMNISEND_BASE_URL": sim.api_url,
                 "METRICS_PORT": str(port),
                 "METRICS_HOST": "127.0.0.1",

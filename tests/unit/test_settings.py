@@ -9,7 +9,12 @@ import pytest
 from connector.errors import ConfigError
 from connector.settings import SETTINGS_HELP, Settings, load_settings, parse_field_map
 
-BASE = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "VALUE_FORMAT": "avro", "OMNISEND_API_KEY": "secret"}
+BASE = {
+    "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+    "VALUE_FORMAT": "avro",
+    "OMNISEND_API_KEY": "secret",
+    "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
+}
 README = Path(__file__).parents[2] / "README.md"
 
 
@@ -73,3 +78,16 @@ def test_every_setting_is_documented_in_help_and_readme() -> None:
     assert fields <= documented
     readme = README.read_text()
     assert all(name in readme for name in documented)
+
+
+@pytest.mark.parametrize("value", [None, "false", "0"])
+def test_privacy_acknowledgement_is_required(value: str | None) -> None:
+    env = {k: v for k, v in BASE.items() if k != "OMNISEND_PRIVACY_ACKNOWLEDGED"}
+    if value is not None:
+        env["OMNISEND_PRIVACY_ACKNOWLEDGED"] = value
+    with pytest.raises(ConfigError) as refused:
+        load_settings(env)
+    message = str(refused.value)
+    assert "personal data" in message
+    assert "compliance boundary" in message
+    assert "OMNISEND_PRIVACY_ACKNOWLEDGED=true" in message
