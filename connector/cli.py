@@ -232,6 +232,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return parts.pipeline.run(stop)
 
 
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check",
+        help="validate the settings and reach Kafka, the registry and Omnisend; exit 0 or 1",
+        description="Validate the settings of `run` (the same environment), reach Kafka (the "
+        "topic and the dead-letter topic), the Schema Registry and the Omnisend connection with "
+        "one cheap authenticated call, print a report, and exit 0 if all is well, else 1.",
+    )
+    p.set_defaults(func=_cmd_check)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from connector.check import run_checks  # noqa: PLC0415
+    from connector.errors import ConfigError  # noqa: PLC0415
+    from connector.logs import configure_logging  # noqa: PLC0415
+    from connector.settings import load_settings  # noqa: PLC0415
+
+    configure_logging("ERROR", "console")
+    try:
+        settings, kafka = load_settings()
+    except ConfigError as exc:
+        print(f"FAIL  configuration: {exc}")
+        return 1
+    findings = run_checks(settings, kafka)
+    for finding in findings:
+        print(finding.line())
+    failed = sum(not f.ok for f in findings)
+    print(f"{len(findings) - failed} ok, {failed} failed")
+    return 1 if failed else 0
+
+
 def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "generate",
@@ -356,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
+    _add_check(sub)
     _add_generate(sub)
     _add_demo(sub)
     _add_simulate(sub)

@@ -1,0 +1,112 @@
+"""`omnisend-connector check`: is this deployment ready to run? The configuration, Kafka (the
+topic and the dead-letter topic), the Schema Registry and the Omnisend connection, each checked
+with one cheap call, reported line by line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from confluent_kafka.admin import AdminClient
+
+from connector.kafka import admin_config
+from connector.omnisend.client import API_VERSION, FatalApiError
+from connector.settings import Settings
+
+TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    what: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.what}: {self.detail}"
+
+
+def check_kafka(settings: Settings, kafka: dict[str, str]) -> list[Finding]:
+    admin: Any = AdminClient(admin_config(settings.kafka_bootstrap_servers, kafka))
+    try:
+        topics = admin.list_topics(timeout=TIMEOUT_S).topics
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable"
+        return [Finding("kafka", False, f"{settings.kafka_bootstrap_servers} not reachable: {exc}")]
+    findings = [Finding("kafka", True, f"{settings.kafka_bootstrap_servers} reachable")]
+    for role, name in (("topic", settings.kafka_topic), ("dead-letter topic", settings.dlq_topic)):
+        meta = topics.get(name)
+        if meta is None or meta.error is not None:
+            findings.append(
+                Finding(role, False, f"{name} does not exist; create it (README: Kafka setup)")
+            )
+        else:
+            findings.append(Finding(role, True, f"{name}, {len(meta.partitions)} partitions"))
+    return findings
+
+
+def check_registry(settings: Settings, get: Callable[..., httpx.Response]) -> list[Finding]:
+    if settings.value_format != "confluent" or not settings.schema_registry_url:
+        return []
+    url = settings.schema_registry_url.rstrip("/")
+    auth = None
+    if settings.schema_registry_user_info is not None:
+        user, _, password = settings.schema_registry_user_info.get_secret_value().partition(":")
+        auth = (user, password)
+    try:
+        response = get(f"{url}/subjects", auth=auth, timeout=TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return [Finding("schema registry", False, f"{url} not reachable: {type(exc).__name__}")]
+    if response.status_code != 200:
+        return [Finding("schema registry", False, f"{url} answered {response.status_code}")]
+    return [Finding("schema registry", True, f"{url} reachable")]
+
+
+def check_omnisend(settings: Settings, get: Callable[..., httpx.Response]) -> list[Finding]:
+    what = f"omnisend connection {settings.connection_name!r}"
+    headers = {
+        "Authorization": f"Omnisend-API-Key {settings.api_key()}",
+        "Omnisend-Version": API_VERSION,
+    }
+    url = settings.omnisend_base_url.rstrip("/")
+    try:
+        response = get(f"{url}/contacts", params={"limit": 1}, headers=headers, timeout=TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return [Finding(what, False, f"{url} not reachable: {type(exc).__name__}")]
+    status = response.status_code
+    if status in (401, 403, 410):
+        return [Finding(what, False, str(FatalApiError(status, _title(response))))]
+    if status >= 400:
+        return [Finding(what, False, f"{url} answered {status} {_title(response)}")]
+    return [
+        Finding(
+            what,
+            True,
+            f"API key accepted by {url} (read access; the contacts.write scope shows at the "
+            "first write)",
+        )
+    ]
+
+
+def _title(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("title", ""))
+    except ValueError:
+        return ""
+
+
+def run_checks(
+    settings: Settings, kafka: dict[str, str], get: Callable[..., httpx.Response] = httpx.get
+) -> list[Finding]:
+    return [
+        Finding(
+            "configuration",
+            True,
+            f"topic {settings.kafka_topic}, group {settings.kafka_group_id}, "
+            f"{settings.value_format} values, connection {settings.connection_name!r}",
+        ),
+        *check_kafka(settings, kafka),
+        *check_registry(settings, get),
+        *check_omnisend(settings, get),
+    ]
