@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,15 @@ from prometheus_client import CollectorRegistry
 from connector import __version__
 from connector.clock import Clock, SystemClock
 from connector.codec import ConfluentDecoder, Decoder, PlainAvroDecoder, RegistryClient
-from connector.dlq import DeadLetters
+from connector.dlq import DeadLetters, DeadLetterSink
+from connector.dryrun import (
+    DRY_RUN_BASE_URL,
+    DRY_RUN_KEY,
+    DryDeadLetters,
+    DryRun,
+    SimulatorTransport,
+    dry_simulator,
+)
 from connector.events import RawRecord
 from connector.health import HealthServer
 from connector.kafka import (
@@ -52,6 +61,7 @@ class Running:
     metrics: Metrics
     health: HealthServer | None
     hasher: EmailHasher
+    dry_run: DryRun | None = None
 
 
 def make_decoder(settings: Settings) -> Decoder:
@@ -65,7 +75,9 @@ def make_decoder(settings: Settings) -> Decoder:
     return ConfluentDecoder(RegistryClient(http, settings.schema_registry_url or ""))
 
 
-def make_sink(settings: Settings, metrics: Metrics, clock: Clock) -> OmnisendSink:
+def make_sink(
+    settings: Settings, metrics: Metrics, clock: Clock, dry_run: DryRun | None = None
+) -> OmnisendSink:
     budget = Budget(
         BudgetConfig(
             requests_per_window=settings.rate_limit_per_minute,
@@ -80,6 +92,24 @@ def make_sink(settings: Settings, metrics: Metrics, clock: Clock) -> OmnisendSin
         settle_s=settings.tag_settle_s,
         request_timeout_s=settings.request_timeout_s,
     )
+    if dry_run is not None:
+        return OmnisendSink(
+            api_key=DRY_RUN_KEY,
+            base_url=DRY_RUN_BASE_URL,
+            budget=Budget(
+                BudgetConfig(
+                    requests_per_window=1_000_000,
+                    tag_requests_per_window=500_000,
+                    window_s=60,
+                    headroom=1.0,
+                )
+            ),
+            clock=clock,
+            metrics=metrics,
+            connection=settings.connection_name,
+            config=config,
+            transport=SimulatorTransport(dry_run.simulator),
+        )
     return OmnisendSink(
         api_key=settings.api_key(),
         base_url=settings.omnisend_base_url,
@@ -97,13 +127,19 @@ def running(
     kafka: dict[str, str],
     clock: Clock | None = None,
     registry: CollectorRegistry | None = None,
+    dry_run: bool = False,
 ) -> Iterator[Running]:
-    """Everything built and started, and stopped again on exit."""
+    """Everything built and started, and stopped again on exit. A dry run sends to an
+    in-memory Omnisend, writes no dead letters, commits nothing, in a group of its own."""
     clock = clock or SystemClock()
+    dry = DryRun(dry_simulator(clock)) if dry_run else None
+    group_id = settings.kafka_group_id
+    if dry is not None:
+        group_id = f"{group_id}.dry-run.{uuid.uuid4().hex[:8]}"
     metrics = Metrics(registry or CollectorRegistry())
     metrics.build.info({"version": __version__})
     metrics.prime(settings.connection_name, settings.kafka_topic)
-    sink = make_sink(settings, metrics, clock).start()
+    sink = make_sink(settings, metrics, clock, dry).start()
 
     def on_error(err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -116,11 +152,15 @@ def running(
 
     pipeline: Pipeline
     consumer = make_consumer(
-        consumer_config(settings.kafka_bootstrap_servers, settings.kafka_group_id, kafka, on_error)
+        consumer_config(settings.kafka_bootstrap_servers, group_id, kafka, on_error)
     )
     producer = make_producer(producer_config(settings.kafka_bootstrap_servers, kafka, on_error))
 
-    def dead_letters(on_delivered: Callable[[RawRecord, str], None]) -> DeadLetters:
+    def dead_letters(on_delivered: Callable[[RawRecord, str], None]) -> DeadLetterSink:
+        if dry is not None:
+            letters = DryDeadLetters(on_delivered)
+            dry.dead_letters.append(letters)
+            return letters
         return DeadLetters(producer, settings.dlq_topic, on_delivered)
 
     pipeline = Pipeline(
@@ -136,6 +176,7 @@ def running(
             dedupe_cache_size=settings.dedupe_cache_size,
             dlq_max_invalid_share=settings.dlq_max_invalid_share,
             dlq_window_records=settings.dlq_window_records,
+            commit=dry is None,
         ),
         consumer,
         make_decoder(settings),
@@ -153,7 +194,9 @@ def running(
     admin = AdminClient(admin_config(settings.kafka_bootstrap_servers, kafka))
     readiness = Readiness(
         broker_reachable(admin, settings.kafka_topic),
-        omnisend_credentials(settings.omnisend_base_url, settings.api_key()),
+        (lambda: None)
+        if dry is not None
+        else omnisend_credentials(settings.omnisend_base_url, settings.api_key()),
         on_broker_ok=lambda: setattr(pipeline, "broker_down", False),
         on_tick=lag_updater(
             admin, lambda: (pipeline.assigned, pipeline.committed()), metrics.consumer_lag
@@ -183,7 +226,7 @@ def running(
         settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
     )
     try:
-        yield Running(pipeline, sink, metrics, health, hasher)
+        yield Running(pipeline, sink, metrics, health, hasher, dry)
     finally:
         readiness.stop()
         if health is not None:

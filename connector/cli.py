@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from collections.abc import Sequence
@@ -209,6 +210,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=_settings_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read the topic to its end in a consumer group of its own, send nothing to "
+        "Omnisend or the dead-letter topic, commit nothing, and print what would have been sent",
+    )
     p.set_defaults(func=_cmd_run)
 
 
@@ -228,6 +235,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
     install_signal_handlers(stop)
+    if args.dry_run:
+        from connector.dryrun import caught_up  # noqa: PLC0415
+
+        with running(settings, kafka, dry_run=True) as parts:
+            code = parts.pipeline.run(stop, until=caught_up())
+            report = parts.dry_run.report() if parts.dry_run is not None else {}
+        print(
+            json.dumps({"dryRun": report, "consumed": parts.pipeline.stats["consumed"]}, indent=2)
+        )
+        return code
     with running(settings, kafka) as parts:
         return parts.pipeline.run(stop)
 

@@ -7,7 +7,7 @@ is not committed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError
 
@@ -19,6 +19,21 @@ HEADER_PREFIX = "omnisend.dlq."
 MAX_DETAIL_CHARS = 1000
 
 Delivered = Callable[[RawRecord, str], None]
+
+
+class DeadLetterSink(Protocol):
+    """Where invalid records go: the DLQ topic, or only a count in a dry run."""
+
+    pending: int
+    failure: Fatal | None
+
+    def send(
+        self, record: RawRecord, reason: str, stage: str, detail: str, error_class: str
+    ) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def flush(self, timeout_s: float) -> bool: ...
 
 
 def dlq_headers(

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException
 from connector.clock import Clock
 from connector.coalesce import Outcome
 from connector.codec import Decoder
-from connector.dlq import DeadLetters
+from connector.dlq import DeadLetterSink
 from connector.errors import Fatal, InvalidRecord, Retriable
 from connector.events import ContactChange, Position, RawRecord
 from connector.kafka import topic_partitions, tp
@@ -87,6 +87,7 @@ class PipelineConfig:
     registry_retry_s: float = 1.0
     dlq_max_invalid_share: float = 0.5
     dlq_window_records: int = 1000
+    commit: bool = True  # False in a dry run: offsets are tracked, never committed
 
 
 class Pipeline:
@@ -97,7 +98,7 @@ class Pipeline:
         decoder: Decoder,
         mapper: Mapper,
         sink: OmnisendSink,
-        dead_letters: Callable[[Callable[[RawRecord, str], None]], DeadLetters],
+        dead_letters: Callable[[Callable[[RawRecord, str], None]], DeadLetterSink],
         metrics: Metrics,
         clock: Clock,
     ) -> None:
@@ -385,7 +386,7 @@ class Pipeline:
     def _commit(self) -> None:
         self._last_commit = self._clock.now()
         positions = self._tracker.to_commit()
-        if not positions:
+        if not positions or not self.config.commit:
             return
         try:
             self._consumer.commit(

@@ -1,0 +1,56 @@
+"""`run --dry-run`: the pipeline reads the topic to its end, sends nothing to Omnisend or the
+dead-letter topic, commits nothing (in a group of its own), and reports what it would have sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+from confluent_kafka.admin import AdminClient
+
+from connector.broker import Broker
+from connector.simulator import SimulatorServer
+from tests.events import event
+from tests.integration.conftest import connector_env, produce, produce_events
+from tests.integration.processes import committed_total
+
+
+def test_dry_run_reports_and_writes_nothing(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    events = [event(f"dry{i}@example.com", profile_id=f"p{i}", first_name="Ann") for i in range(40)]
+    events += [event(f"dry{i}@example.com", profile_id=f"p{i}", change="EXITED") for i in range(10)]
+    events += [event(f"vip{i}@example.com", segment_name="Churn") for i in range(5)]
+    produce_events(broker.bootstrap, topic, events)
+    produce(broker.bootstrap, topic, [(b"k", b"\x00garbage"), (None, None)])
+    env = connector_env(broker, topic, sim)
+    result = subprocess.run(
+        [sys.executable, "-m", "connector.cli", "run", "--dry-run"],
+        env={**os.environ, **env, "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = json.loads(result.stdout)
+    report = output["dryRun"]
+    assert output["consumed"] == len(events) + 2
+    assert report["contacts"] == 45
+    assert report["contactsByTag"] == {"segment: Churn": 5, "segment: VIP": 30}
+    assert report["requests"]["POST /batches"] >= 1
+    assert report["requests"]["POST /contacts/tags"] >= 2
+    assert report["requests"]["DELETE /contacts/tags"] >= 1
+    assert report["deadLettered"] == {"malformed_avro": 1}
+    assert report["samples"]
+    for sample in report["samples"]:
+        assert sample["email"].count("*") == 3  # masked
+    assert "dry1@example.com" not in result.stdout + result.stderr
+    # Nothing reached Omnisend, the dead-letter topic or the live group's offsets.
+    assert httpx.get(f"{sim.url}/_sim/requests").json()["requests"] == []
+    assert committed_total(broker.bootstrap, env["KAFKA_GROUP_ID"], topic, 3) == 0
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    assert f"{topic}.dlq" not in admin.list_topics(timeout=10).topics
