@@ -3,10 +3,12 @@ test server, and a helper that runs the connector until a condition holds."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from connector.app import running
 from connector.broker import Broker
 from connector.codec import encode_plain
 from connector.kafka import ensure_topic
+from connector.omnisend.client import API_VERSION
 from connector.pipeline import Pipeline
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
@@ -90,8 +93,13 @@ class Run:
 
 
 def connector_env(broker: Broker, topic: str, sim: SimulatorServer, **extra: str) -> dict[str, str]:
+    return bootstrap_env(broker.bootstrap, topic, sim, **extra)
+
+
+def bootstrap_env(bootstrap: str, topic: str, sim: SimulatorServer, **extra: str) -> dict[str, str]:
+    """The test settings of a connector on any Kafka (tansu or librdkafka's mock cluster)."""
     return {
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_TOPIC": topic,
         "KAFKA_GROUP_ID": f"group-{topic}",
         "VALUE_FORMAT": "avro",
@@ -160,3 +168,27 @@ def registry() -> Iterator[RegistryServer]:
     server = RegistryServer().start()
     yield server
     server.stop()
+
+
+@contextmanager
+def storm(sim: SimulatorServer, key: str) -> Iterator[None]:
+    """Another integration of the brand spends the brand's budget with `key`: the connector
+    meets 429s."""
+    stop = threading.Event()
+    headers = {"Authorization": f"Omnisend-API-Key {key}", "Omnisend-Version": API_VERSION}
+
+    def hammer() -> None:
+        with httpx.Client(headers=headers, timeout=5) as client:
+            while not stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):  # the simulator drops some
+                    client.get(f"{sim.api_url}/contacts", params={"limit": 1})
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)

@@ -16,6 +16,7 @@ from connector.codec import encode_plain
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event
+from tests.integration.conftest import bootstrap_env
 from tests.integration.test_readiness import wait_for
 from tests.mockcluster import MockCluster
 from tests.workload import actual_state
@@ -54,20 +55,7 @@ def test_connector_survives_a_broker_outage_and_resumes() -> None:
         cluster.create_topic(TOPIC, 3)
         assert produce(cluster.bootstrap, 0, 50).flush(10) == 0
         settings, kafka = load_settings(
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap,
-                "KAFKA_TOPIC": TOPIC,
-                "VALUE_FORMAT": "avro",
-                "OMNISEND_API_KEY": "test-key",
-                "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
-                "OMNISEND_BASE_URL": sim.api_url,
-                "METRICS_PORT": str(port),
-                "METRICS_HOST": "127.0.0.1",
-                "RATE_LIMIT_WINDOW_S": "6",
-                "TAG_LINGER_S": "0.05",
-                "KAFKA_CFG_SESSION_TIMEOUT_MS": "6000",
-                "KAFKA_CFG_HEARTBEAT_INTERVAL_MS": "1000",
-            }
+            bootstrap_env(cluster.bootstrap, TOPIC, sim, METRICS_PORT=str(port))
         )
         stop = threading.Event()
         exit_code: list[int] = []

@@ -3,19 +3,15 @@ the state the event log describes, and every record is committed."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from connector.broker import Broker
 from connector.kafka import ensure_topic
-from connector.omnisend.client import API_VERSION
 from connector.simulator import SimulatorConfig, SimulatorServer
-from tests.integration.conftest import connector_env, produce_events
+from tests.integration.conftest import connector_env, produce_events, storm
 from tests.integration.processes import ConnectorProcess, committed_total
 from tests.workload import expected_state, wait_for_state, workload
 
@@ -23,26 +19,6 @@ pytestmark = pytest.mark.slow
 
 EVENTS, CONTACTS, PARTITIONS = 20_000, 5_000, 3
 Metrics = dict[str, float]
-
-
-@contextmanager
-def storm(sim: SimulatorServer) -> Iterator[None]:
-    """Another integration of the brand spends its budget: the connector meets 429s."""
-    stop = threading.Event()
-    headers = {"Authorization": "Omnisend-API-Key test-key", "Omnisend-Version": API_VERSION}
-
-    def hammer() -> None:
-        with httpx.Client(headers=headers, timeout=5) as client:
-            while not stop.is_set():
-                client.get(f"{sim.api_url}/contacts", params={"limit": 1})
-
-    thread = threading.Thread(target=hammer, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def consumed(m: Metrics) -> bool:
@@ -88,7 +64,7 @@ def test_kill_9_at_five_moments_loses_nothing(broker: Broker, tmp_path: Path) ->
             try:
                 if moment is rate_limited:
                     process.wait_for(consumed)
-                    with storm(sim):
+                    with storm(sim, "test-key"):
                         process.wait_for(moment)
                 else:
                     process.wait_for(moment)

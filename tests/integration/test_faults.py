@@ -5,11 +5,8 @@ requests never exceed its budget."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -17,10 +14,9 @@ import pytest
 from connector.app import running
 from connector.broker import Broker
 from connector.kafka import ensure_topic
-from connector.omnisend.client import API_VERSION
 from connector.settings import load_settings
 from connector.simulator import Faults, SimulatorConfig, SimulatorServer
-from tests.integration.conftest import connector_env, produce_events, sim_stats
+from tests.integration.conftest import connector_env, produce_events, sim_stats, storm
 from tests.workload import expected_state, wait_for_state, workload
 
 pytestmark = pytest.mark.slow
@@ -29,29 +25,6 @@ EVENTS, CONTACTS = 6_000, 2_000
 FAULTS = Faults(
     seed=5, error_rate=0.1, item_error_rate=0.05, spike_rate=0.05, spike_s=1.5, drop_rate=0.02
 )
-
-
-@contextmanager
-def storm(sim: SimulatorServer, key: str) -> Iterator[None]:
-    """Another integration of the same brand (its own key) spends the brand's budget."""
-    stop = threading.Event()
-    headers = {"Authorization": f"Omnisend-API-Key {key}", "Omnisend-Version": API_VERSION}
-
-    def hammer() -> None:
-        with httpx.Client(headers=headers, timeout=5) as client:
-            while not stop.is_set():
-                with contextlib.suppress(httpx.HTTPError):  # the simulator drops some
-                    client.get(f"{sim.api_url}/contacts", params={"limit": 1})
-
-    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
 
 
 def busiest_window(times: list[float], window_s: float) -> int:

@@ -15,6 +15,7 @@ from connector.codec import encode_plain
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event
+from tests.integration.conftest import bootstrap_env
 
 
 def lag_total(port: int) -> float:
@@ -39,19 +40,7 @@ def test_lag_is_end_offset_minus_committed_while_omnisend_stalls(mock_bootstrap:
     stalled = SimulatorConfig(requests_per_window=1, tag_requests_per_window=1, time_scale=0.1)
     with SimulatorServer(stalled) as sim:
         settings, kafka = load_settings(
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": mock_bootstrap,
-                "KAFKA_TOPIC": "lag-topic",
-                "VALUE_FORMAT": "avro",
-                "OMNISEND_API_KEY": "test-key",
-                "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
-                "OMNISEND_BASE_URL": sim.api_url,
-                "METRICS_PORT": str(port),
-                "METRICS_HOST": "127.0.0.1",
-                "RATE_LIMIT_WINDOW_S": "6",
-                "KAFKA_CFG_SESSION_TIMEOUT_MS": "6000",
-                "KAFKA_CFG_HEARTBEAT_INTERVAL_MS": "1000",
-            }
+            bootstrap_env(mock_bootstrap, "lag-topic", sim, METRICS_PORT=str(port))
         )
         stop = threading.Event()
         with running(settings, kafka) as parts:

@@ -28,6 +28,7 @@ from connector.codec import encode_plain
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event
+from tests.integration.conftest import bootstrap_env
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "base" / "prometheusrule.yaml"
@@ -131,21 +132,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     stop = threading.Event()
     with SimulatorServer(SimulatorConfig(time_scale=0.1)) as sim:
         settings, kafka = load_settings(
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "KAFKA_TOPIC": "prom-topic",
-                "VALUE_FORMAT": "avro",
-                "OMNISEND_API_KEY": "test-key",
-                "OMNISEND_PRIVACY_ACKNOWLEDGED": "true",
-                "OMNISEND_BASE_URL": sim.api_url,
-                "METRICS_PORT": str(port),
-                "METRICS_HOST": "127.0.0.1",
-                "RATE_LIMIT_WINDOW_S": "6",
-                "UPSERT_LINGER_S": "0.05",
-                "TAG_LINGER_S": "0.05",
-                "KAFKA_CFG_SESSION_TIMEOUT_MS": "6000",
-                "KAFKA_CFG_HEARTBEAT_INTERVAL_MS": "1000",
-            }
+            bootstrap_env(bootstrap, "prom-topic", sim, METRICS_PORT=str(port))
         )
         with running(settings, kafka) as parts:
             runner = threading.Thread(target=parts.pipeline.run, args=(stop,))
