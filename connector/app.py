@@ -92,32 +92,20 @@ def make_sink(
         settle_s=settings.tag_settle_s,
         request_timeout_s=settings.request_timeout_s,
     )
-    if dry_run is not None:
-        return OmnisendSink(
-            api_key=DRY_RUN_KEY,
-            base_url=DRY_RUN_BASE_URL,
-            budget=Budget(
-                BudgetConfig(
-                    requests_per_window=1_000_000,
-                    tag_requests_per_window=500_000,
-                    window_s=60,
-                    headroom=1.0,
-                )
-            ),
-            clock=clock,
-            metrics=metrics,
-            connection=settings.connection_name,
-            config=config,
-            transport=SimulatorTransport(dry_run.simulator),
-        )
+    api_key, base_url, transport = settings.api_key(), settings.omnisend_base_url, None
+    if dry_run is not None:  # an in-memory Omnisend without limits
+        api_key, base_url = DRY_RUN_KEY, DRY_RUN_BASE_URL
+        transport = SimulatorTransport(dry_run.simulator)
+        budget = Budget(BudgetConfig(1_000_000, 500_000, headroom=1.0))
     return OmnisendSink(
-        api_key=settings.api_key(),
-        base_url=settings.omnisend_base_url,
+        api_key=api_key,
+        base_url=base_url,
         budget=budget,
         clock=clock,
         metrics=metrics,
         connection=settings.connection_name,
         config=config,
+        transport=transport,
     )
 
 
