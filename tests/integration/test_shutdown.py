@@ -57,7 +57,7 @@ def test_sigterm_under_load_commits_what_was_accepted_and_nothing_is_redelivered
         finished = stopped["done"] + stopped["skipped"] + stopped["dead_lettered"]
         assert committed <= finished <= stopped["consumed"]
 
-        run = run_connector(env, caught_up(topic, EVENTS), timeout_s=120)
+        run = run_connector(env, caught_up(topic, EVENTS), timeout_s=300)
         assert run.pipeline.stats["consumed"] == EVENTS - committed
         diff = wait_for_state(sim.url, expected_state(events))
         assert diff == [], "\n".join(diff)
