@@ -329,6 +329,7 @@ class Coalescer:
                 self._maybe_ready(intent, now)
             else:
                 newer.tickets.extend(intent.tickets)
+                self._maybe_ready(newer, now)  # it waited for this call; nothing is in flight now
 
     def tags_failed(self, intents: list[TagIntent], reason: str, detail: str) -> None:
         """Omnisend refused a tag call: its records fail; what waited behind it may go."""

@@ -37,11 +37,6 @@ def busiest_window(times: list[float], window_s: float) -> int:
     return busiest
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, intermittent: Omnisend's state ends right but a record's ticket never "
-    "settles, so the last offsets are not committed within 300 s (seen twice on 2026-11-28)",
-)
 def test_everything_going_wrong_at_once_loses_nothing(broker: Broker) -> None:
     topic = f"faults-{time.monotonic_ns()}"
     ensure_topic(broker.bootstrap, {}, topic, 3)
