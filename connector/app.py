@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -20,13 +20,14 @@ from prometheus_client import CollectorRegistry
 from connector import __version__
 from connector.clock import Clock, SystemClock
 from connector.codec import ConfluentDecoder, Decoder, PlainAvroDecoder, RegistryClient
+from connector.config import Config, Connection, Router
 from connector.dlq import DeadLetters, DeadLetterSink
 from connector.dryrun import (
     DRY_RUN_BASE_URL,
-    DRY_RUN_KEY,
     DryDeadLetters,
     DryRun,
     SimulatorTransport,
+    dry_run_key,
     dry_simulator,
 )
 from connector.events import RawRecord
@@ -40,10 +41,10 @@ from connector.kafka import (
 )
 from connector.lag import lag_updater
 from connector.logs import EmailHasher
-from connector.mapping import Mapper
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.sink import OmnisendSink, SinkConfig
+from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
 from connector.readiness import Readiness, broker_reachable, omnisend_credentials
 from connector.settings import Settings
@@ -54,14 +55,33 @@ log = structlog.get_logger("connector")
 STUCK_AFTER_S = 60.0
 
 
+@dataclass(frozen=True)
+class Job:
+    """A one-off run beside the live connector: `topic`'s partitions read from the given
+    offsets, outside the consumer group, using `share` of each brand's budget."""
+
+    name: str
+    topic: str
+    assignment: dict[tuple[str, int], int]
+    share: float = 0.5
+    select: Callable[[RawRecord], bool] | None = None
+
+
 @dataclass
 class Running:
     pipeline: Pipeline
-    sink: OmnisendSink
+    sinks: Sinks
     metrics: Metrics
     health: HealthServer | None
     hasher: EmailHasher
     dry_run: DryRun | None = None
+    # A job's records that would have gone to the DLQ (a job never writes there).
+    counted_letters: list[DryDeadLetters] = field(default_factory=list)
+
+    @property
+    def sink(self) -> OmnisendSink:
+        """The first connection's sink (the only one in the single-export setup)."""
+        return next(iter(self.sinks.by_connection.values()))
 
 
 def make_decoder(settings: Settings) -> Decoder:
@@ -76,12 +96,17 @@ def make_decoder(settings: Settings) -> Decoder:
 
 
 def make_sink(
-    settings: Settings, metrics: Metrics, clock: Clock, dry_run: DryRun | None = None
+    settings: Settings,
+    connection: Connection,
+    metrics: Metrics,
+    clock: Clock,
+    dry_run: DryRun | None = None,
 ) -> OmnisendSink:
+    """The sink of one connection: its own client and its own share of its brand's budget."""
     budget = Budget(
         BudgetConfig(
-            requests_per_window=settings.rate_limit_per_minute,
-            tag_requests_per_window=settings.tag_rate_limit_per_minute,
+            requests_per_window=connection.rate_limit_per_minute,
+            tag_requests_per_window=connection.tag_rate_limit_per_minute,
             window_s=settings.rate_limit_window_s,
             headroom=settings.rate_limit_headroom,
         )
@@ -92,9 +117,10 @@ def make_sink(
         settle_s=settings.tag_settle_s,
         request_timeout_s=settings.request_timeout_s,
     )
-    api_key, base_url, transport = settings.api_key(), settings.omnisend_base_url, None
+    api_key, base_url = connection.api_key.get_secret_value(), connection.base_url
+    transport = None
     if dry_run is not None:  # an in-memory Omnisend without limits
-        api_key, base_url = DRY_RUN_KEY, DRY_RUN_BASE_URL
+        api_key, base_url = dry_run_key(connection.name), DRY_RUN_BASE_URL
         transport = SimulatorTransport(dry_run.simulator)
         budget = Budget(BudgetConfig(1_000_000, 500_000, headroom=1.0))
     return OmnisendSink(
@@ -103,7 +129,7 @@ def make_sink(
         budget=budget,
         clock=clock,
         metrics=metrics,
-        connection=settings.connection_name,
+        connection=connection.name,
         config=config,
         transport=transport,
     )
@@ -111,23 +137,39 @@ def make_sink(
 
 @contextmanager
 def running(
-    settings: Settings,
-    kafka: dict[str, str],
+    settings: Settings | Config,
+    kafka: dict[str, str] | None = None,
     clock: Clock | None = None,
     registry: CollectorRegistry | None = None,
     dry_run: bool = False,
+    job: Job | None = None,
 ) -> Iterator[Running]:
-    """Everything built and started, and stopped again on exit. A dry run sends to an
-    in-memory Omnisend, writes no dead letters, commits nothing, in a group of its own."""
+    """Everything built and started, and stopped again on exit: from a `Config`, or from the
+    settings of the single-export setup. A dry run sends to an in-memory Omnisend, writes no
+    dead letters, commits nothing, in a group of its own. A job (backfill, DLQ replay) reads
+    assigned partitions, commits nothing, counts instead of dead-lettering, serves no port."""
+    config = settings if isinstance(settings, Config) else Config.single(settings, kafka or {})
+    settings, kafka = config.settings, config.kafka
     clock = clock or SystemClock()
-    dry = DryRun(dry_simulator(clock)) if dry_run else None
+    dry = DryRun(dry_simulator(clock, list(config.connections))) if dry_run else None
     group_id = settings.kafka_group_id
-    if dry is not None:
-        group_id = f"{group_id}.dry-run.{uuid.uuid4().hex[:8]}"
+    if dry is not None or job is not None:
+        kind = "dry-run" if job is None else job.name
+        group_id = f"{group_id}.{kind}.{uuid.uuid4().hex[:8]}"
     metrics = Metrics(registry or CollectorRegistry())
     metrics.build.info({"version": __version__})
-    metrics.prime(settings.connection_name, settings.kafka_topic)
-    sink = make_sink(settings, metrics, clock, dry).start()
+    metrics.prime(config.metrics_connection, settings.kafka_topic)
+    for name in config.connections:
+        metrics.prime(name, settings.kafka_topic)
+    sinks = Sinks(
+        {
+            name: make_sink(settings, connection, metrics, clock, dry)
+            for name, connection in config.connections.items()
+        }
+    ).start()
+    if job is not None:
+        sinks.set_budget_share(job.share)
+    counted: list[DryDeadLetters] = []
 
     def on_error(err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -145,16 +187,16 @@ def running(
     producer = make_producer(producer_config(settings.kafka_bootstrap_servers, kafka, on_error))
 
     def dead_letters(on_delivered: Callable[[RawRecord, str], None]) -> DeadLetterSink:
-        if dry is not None:
+        if dry is not None or job is not None:
             letters = DryDeadLetters(on_delivered)
-            dry.dead_letters.append(letters)
+            (dry.dead_letters if dry is not None else counted).append(letters)
             return letters
         return DeadLetters(producer, settings.dlq_topic, on_delivered)
 
     pipeline = Pipeline(
         PipelineConfig(
-            topic=settings.kafka_topic,
-            connection=settings.connection_name,
+            topic=settings.kafka_topic if job is None else job.topic,
+            connection=config.metrics_connection,
             max_in_flight_records=settings.max_in_flight_records,
             max_in_flight_bytes=settings.max_in_flight_bytes,
             max_value_bytes=settings.max_value_bytes,
@@ -162,34 +204,60 @@ def running(
             shutdown_timeout_s=settings.shutdown_timeout_s,
             revoke_timeout_s=settings.revoke_timeout_s,
             dedupe_cache_size=settings.dedupe_cache_size,
-            dlq_max_invalid_share=settings.dlq_max_invalid_share,
+            dlq_max_invalid_share=settings.dlq_max_invalid_share if job is None else 1.0,
             dlq_window_records=settings.dlq_window_records,
-            commit=dry is None,
+            commit=dry is None and job is None,
+            assignment=None if job is None else job.assignment,
+            select=None if job is None else job.select,
         ),
         consumer,
         make_decoder(settings),
-        Mapper(settings.mapping()),
-        sink,
+        Router(config.exports),
+        sinks,
         dead_letters,
         metrics,
         clock,
     )
 
-    def healthy() -> tuple[bool, dict[str, Any]]:
-        age = time.monotonic() - pipeline.last_step_at
-        return age < STUCK_AFTER_S and pipeline.fatal is None, {"last_loop_s": round(age, 3)}
+    readiness = _readiness(config, pipeline, metrics, check_credentials=dry is None)
+    health = None
+    if job is None and (settings.metrics_port or settings.metrics_port == 0):
+        health = _health(settings, pipeline, metrics, readiness)
+    hasher = EmailHasher(
+        settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
+    )
+    try:
+        yield Running(pipeline, sinks, metrics, health, hasher, dry, counted)
+    finally:
+        readiness.stop()
+        if health is not None:
+            health.close()
+        producer.flush(5)
 
-    admin = AdminClient(admin_config(settings.kafka_bootstrap_servers, kafka))
-    readiness = Readiness(
+
+def _readiness(
+    config: Config, pipeline: Pipeline, metrics: Metrics, check_credentials: bool
+) -> Readiness:
+    settings = config.settings
+    admin = AdminClient(admin_config(settings.kafka_bootstrap_servers, config.kafka))
+    return Readiness(
         broker_reachable(admin, settings.kafka_topic),
-        (lambda: None)
-        if dry is not None
-        else omnisend_credentials(settings.omnisend_base_url, settings.api_key()),
+        all_credentials(config) if check_credentials else (lambda: None),
         on_broker_ok=lambda: setattr(pipeline, "broker_down", False),
         on_tick=lag_updater(
             admin, lambda: (pipeline.assigned, pipeline.committed()), metrics.consumer_lag
         ),
     ).start()
+
+
+def _health(
+    settings: Settings, pipeline: Pipeline, metrics: Metrics, readiness: Readiness
+) -> HealthServer:
+    """/healthz, /readyz and /metrics, and the `ready` and `loop_age_seconds` gauges."""
+
+    def healthy() -> tuple[bool, dict[str, Any]]:
+        age = time.monotonic() - pipeline.last_step_at
+        return age < STUCK_AFTER_S and pipeline.fatal is None, {"last_loop_s": round(age, 3)}
 
     def ready() -> tuple[bool, dict[str, Any]]:
         # Backpressure is no reason to be unready; an unreachable broker, refused credentials
@@ -205,21 +273,25 @@ def running(
 
     metrics.ready.set_function(lambda: float(ready()[0]))
     metrics.loop_age.set_function(lambda: time.monotonic() - pipeline.last_step_at)
-    health = None
-    if settings.metrics_port or settings.metrics_port == 0:
-        health = HealthServer(
-            metrics.registry, healthy, ready, settings.metrics_host, settings.metrics_port
-        ).start()
-    hasher = EmailHasher(
-        settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
-    )
-    try:
-        yield Running(pipeline, sink, metrics, health, hasher, dry)
-    finally:
-        readiness.stop()
-        if health is not None:
-            health.close()
-        producer.flush(5)
+    return HealthServer(
+        metrics.registry, healthy, ready, settings.metrics_host, settings.metrics_port
+    ).start()
+
+
+def all_credentials(config: Config) -> Callable[[], bool | None]:
+    """Every connection's key is accepted (None: some could not be checked just now)."""
+    checks = [
+        omnisend_credentials(c.base_url, c.api_key.get_secret_value())
+        for c in config.connections.values()
+    ]
+
+    def check() -> bool | None:
+        verdicts = [c() for c in checks]
+        if False in verdicts:
+            return False
+        return None if None in verdicts else True
+
+    return check
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from confluent_kafka.admin import AdminClient
 
+from connector.config import Config, Connection
 from connector.kafka import admin_config
 from connector.omnisend.client import API_VERSION, FatalApiError
 from connector.settings import Settings
@@ -63,13 +64,13 @@ def check_registry(settings: Settings, get: Callable[..., httpx.Response]) -> li
     return [Finding("schema registry", True, f"{url} reachable")]
 
 
-def check_omnisend(settings: Settings, get: Callable[..., httpx.Response]) -> list[Finding]:
-    what = f"omnisend connection {settings.connection_name!r}"
+def check_omnisend(connection: Connection, get: Callable[..., httpx.Response]) -> list[Finding]:
+    what = f"omnisend connection {connection.label}"
     headers = {
-        "Authorization": f"Omnisend-API-Key {settings.api_key()}",
+        "Authorization": f"Omnisend-API-Key {connection.api_key.get_secret_value()}",
         "Omnisend-Version": API_VERSION,
     }
-    url = settings.omnisend_base_url.rstrip("/")
+    url = connection.base_url.rstrip("/")
     try:
         response = get(f"{url}/contacts", params={"limit": 1}, headers=headers, timeout=TIMEOUT_S)
     except httpx.HTTPError as exc:
@@ -96,17 +97,28 @@ def _title(response: httpx.Response) -> str:
         return ""
 
 
-def run_checks(
-    settings: Settings, kafka: dict[str, str], get: Callable[..., httpx.Response] = httpx.get
-) -> list[Finding]:
-    return [
+def run_checks(config: Config, get: Callable[..., httpx.Response] = httpx.get) -> list[Finding]:
+    settings = config.settings
+    findings = [
         Finding(
             "configuration",
             True,
-            f"topic {settings.kafka_topic}, group {settings.kafka_group_id}, "
-            f"{settings.value_format} values, connection {settings.connection_name!r}",
+            f"{config.source}: topic {settings.kafka_topic}, group {settings.kafka_group_id}, "
+            f"{settings.value_format} values, {len(config.connections)} connection(s), "
+            f"{len(config.exports)} export(s)",
         ),
-        *check_kafka(settings, kafka),
+        *(
+            Finding(
+                f"export {e.name!r}",
+                True,
+                f"{'all segments' if e.segments is None else ', '.join(sorted(e.segments))} -> "
+                f"connection {e.connection!r}, tag {e.mapping.tag_template!r}",
+            )
+            for e in config.exports
+        ),
+        *check_kafka(settings, config.kafka),
         *check_registry(settings, get),
-        *check_omnisend(settings, get),
     ]
+    for connection in config.connections.values():
+        findings.extend(check_omnisend(connection, get))
+    return findings

@@ -7,9 +7,12 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from connector import __version__
+from connector.config import Config, load_config
+from connector.errors import ConfigError
 from connector.simulator.config import CURRENT_VERSION, RETIRED_VERSIONS, Faults, SimulatorConfig
 from connector.simulator.server import SimulatorServer
 
@@ -201,15 +204,37 @@ def _settings_epilog() -> str:
     return "settings (environment variables):\n" + "\n".join(rows) + "\n\n" + "\n".join(codes)
 
 
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file with connections and exports (README: Connections and exports); "
+        "without it, the single-export setup from environment variables",
+    )
+
+
+def _load(args: argparse.Namespace, command: str) -> Config | None:
+    """The configuration, or None after printing what is wrong."""
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"omnisend-connector {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="run the sync: Kafka segment events to Omnisend contacts and tags",
         description="Consume segment-membership changes and keep Omnisend in sync. "
-        "Configured by environment variables.",
+        "Configured by environment variables, or by a TOML file (--config) whose settings "
+        "environment variables override.",
         epilog=_settings_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_config(p)
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -223,29 +248,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import threading  # noqa: PLC0415
 
     from connector.app import install_signal_handlers, running  # noqa: PLC0415
-    from connector.errors import ConfigError  # noqa: PLC0415
     from connector.logs import configure_logging  # noqa: PLC0415
-    from connector.settings import load_settings  # noqa: PLC0415
 
-    try:
-        settings, kafka = load_settings()
-    except ConfigError as exc:
-        print(f"omnisend-connector run: {exc}", file=sys.stderr)
+    config = _load(args, "run")
+    if config is None:
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(config.settings.log_level, config.settings.log_format)
     stop = threading.Event()
     install_signal_handlers(stop)
     if args.dry_run:
         from connector.dryrun import caught_up  # noqa: PLC0415
 
-        with running(settings, kafka, dry_run=True) as parts:
+        with running(config, dry_run=True) as parts:
             code = parts.pipeline.run(stop, until=caught_up())
             report = parts.dry_run.report() if parts.dry_run is not None else {}
         print(
             json.dumps({"dryRun": report, "consumed": parts.pipeline.stats["consumed"]}, indent=2)
         )
         return code
-    with running(settings, kafka) as parts:
+    with running(config) as parts:
         return parts.pipeline.run(stop)
 
 
@@ -253,31 +274,155 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "check",
         help="validate the settings and reach Kafka, the registry and Omnisend; exit 0 or 1",
-        description="Validate the settings of `run` (the same environment), reach Kafka (the "
-        "topic and the dead-letter topic), the Schema Registry and the Omnisend connection with "
-        "one cheap authenticated call, print a report, and exit 0 if all is well, else 1.",
+        description="Validate the configuration of `run` (the same environment or --config "
+        "file), reach Kafka (the topic and the dead-letter topic), the Schema Registry and each "
+        "Omnisend connection with one cheap authenticated call, print a report, and exit 0 if "
+        "all is well, else 1.",
     )
+    _add_config(p)
     p.set_defaults(func=_cmd_check)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from connector.check import run_checks  # noqa: PLC0415
-    from connector.errors import ConfigError  # noqa: PLC0415
     from connector.logs import configure_logging  # noqa: PLC0415
-    from connector.settings import load_settings  # noqa: PLC0415
 
     configure_logging("ERROR", "console")
     try:
-        settings, kafka = load_settings()
+        config = load_config(args.config)
     except ConfigError as exc:
         print(f"FAIL  configuration: {exc}")
         return 1
-    findings = run_checks(settings, kafka)
+    findings = run_checks(config)
     for finding in findings:
         print(finding.line())
     failed = sum(not f.ok for f in findings)
     print(f"{len(findings) - failed} ok, {failed} failed")
     return 1 if failed else 0
+
+
+def _add_share(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--share",
+        type=float,
+        default=0.5,
+        help="share of each brand's budget this job may use beside the live connector "
+        "(default %(default)s; the live connector backs off on 429s too)",
+    )
+
+
+def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "backfill",
+        help="re-read the topic from a point in time and sync it again (on demand)",
+        description="Re-read every partition of the topic from the first record at or after "
+        "--since up to its end as of now, and send it through the pipeline to Omnisend. Reads "
+        "assigned partitions outside the live consumer group (no rebalance), commits nothing, "
+        "never writes to the dead-letter topic. Progress on stderr, a JSON report on stdout.",
+    )
+    p.add_argument(
+        "--since",
+        required=True,
+        help="an ISO time (2026-11-01T08:00:00Z, UTC when no zone) or a duration back from now "
+        "(90m, 6h, 2d)",
+    )
+    _add_share(p)
+    _add_config(p)
+    p.set_defaults(func=_cmd_backfill)
+    p = sub.add_parser(
+        "replay-dlq",
+        help="send dead-lettered records through the pipeline again, after a fix",
+        description="Read the dead-letter topic from its start to its end as of now and send "
+        "each record (or those of the given reasons) through the pipeline again. What fails "
+        "again is counted by reason in the report, not written to the DLQ a second time. "
+        "Outside the live consumer group; commits nothing. Exit 1 if anything failed again.",
+    )
+    p.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        help="replay only records dead-lettered for this reason; repeatable",
+    )
+    _add_share(p)
+    _add_config(p)
+    p.set_defaults(func=_cmd_replay_dlq)
+    p = sub.add_parser(
+        "reconcile",
+        help="compare each segment's members (from the topic) with Omnisend's tags; repair",
+        description="Rebuild every segment's current membership from the whole topic and "
+        "compare it with the contacts Omnisend holds under the segment's tag. Reports missing "
+        "members and stale tags (ex-members, renamed segments, changed emails); with --apply "
+        "upserts and tags the missing and untags the stale, within the budget. Exit 1 when "
+        "drift is found and not applied, or a repair failed.",
+    )
+    p.add_argument(
+        "--export",
+        action="append",
+        default=[],
+        help="only this export (its name in the configuration); repeatable",
+    )
+    p.add_argument("--apply", action="store_true", help="repair the drift")
+    _add_share(p)
+    _add_config(p)
+    p.set_defaults(func=_cmd_reconcile)
+
+
+def _job_config(args: argparse.Namespace, command: str) -> Config | None:
+    from connector.logs import configure_logging  # noqa: PLC0415
+
+    config = _load(args, command)
+    if config is not None:
+        configure_logging("WARNING", config.settings.log_format)
+    if not 0 < args.share <= 1:
+        print(f"omnisend-connector {command}: --share must be in (0, 1]", file=sys.stderr)
+        return None
+    return config
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from connector.tools import backfill, parse_since  # noqa: PLC0415
+
+    config = _job_config(args, "backfill")
+    if config is None:
+        return 2
+    try:
+        since_ms = parse_since(args.since)
+    except ConfigError as exc:
+        print(f"omnisend-connector backfill: {exc}", file=sys.stderr)
+        return 2
+    report = backfill(config, since_ms, args.share)
+    print(json.dumps(report, indent=2))
+    return int(report["exitCode"]) or (0 if report["complete"] else 1)
+
+
+def _cmd_replay_dlq(args: argparse.Namespace) -> int:
+    from connector.tools import replay_dlq  # noqa: PLC0415
+
+    config = _job_config(args, "replay-dlq")
+    if config is None:
+        return 2
+    report = replay_dlq(config, args.reason, args.share)
+    print(json.dumps(report, indent=2))
+    if report["exitCode"]:
+        return int(report["exitCode"])
+    return 1 if report["failedAgain"] or not report["complete"] else 0
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from connector.reconcile import reconcile  # noqa: PLC0415
+
+    config = _job_config(args, "reconcile")
+    if config is None:
+        return 2
+    try:
+        report = reconcile(config, args.export, args.apply, args.share)
+    except ConfigError as exc:
+        print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
+    drifted = any(t["missing"] or t["stale"] for e in report["exports"] for t in e["tags"])
+    failed = any(e.get("repair", {}).get("failed") for e in report["exports"])
+    return 1 if failed or (drifted and not args.apply) else 0
 
 
 def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -405,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_check(sub)
+    _add_jobs(sub)
     _add_generate(sub)
     _add_demo(sub)
     _add_simulate(sub)

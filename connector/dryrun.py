@@ -19,7 +19,6 @@ from connector.errors import Fatal
 from connector.events import RawRecord
 from connector.simulator import Request, Simulator, SimulatorConfig
 
-DRY_RUN_KEY = "dry-run"
 DRY_RUN_BASE_URL = "http://omnisend.dry-run.invalid/api"
 SAMPLES = 5
 
@@ -72,10 +71,15 @@ class DryDeadLetters:
         return True
 
 
-def dry_simulator(clock: Clock) -> Simulator:
+def dry_run_key(connection: str) -> str:
+    """The in-memory Omnisend's key of a connection: each connection is a brand of its own."""
+    return f"dry-run:{connection}"
+
+
+def dry_simulator(clock: Clock, connections: list[str]) -> Simulator:
     return Simulator(
         SimulatorConfig(
-            api_keys={DRY_RUN_KEY: "dry-run"},
+            api_keys={dry_run_key(name): name for name in connections},
             unlimited=True,
             batch_latency_s=0.0,
             item_latency_s=0.0,
@@ -91,22 +95,41 @@ class DryRun:
     dead_letters: list[DryDeadLetters] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
-        """Counts and a few masked samples of what a real run would have sent."""
+        """Counts and a few masked samples of what a real run would have sent: in total, and
+        per connection."""
         log = self.simulator.request_times()
-        calls = Counter(r["endpoint"] for r in log if r["endpoint"] != "GET /contacts")
-        state = self.simulator.state()["brands"]["dry-run"]
-        contacts = state["contacts"]
-        tags: Counter[str] = Counter(tag for c in contacts for tag in c["tags"])
+        brands = self.simulator.state()["brands"]
+        per = {name: _brand_report(name, brand, log) for name, brand in sorted(brands.items())}
         dlq: Counter[str] = Counter()
         for letters in self.dead_letters:
             dlq.update(letters.reasons)
+        total: dict[str, Any] = {"contacts": 0, "contactsByTag": Counter(), "requests": Counter()}
+        for part in per.values():
+            total["contacts"] += part["contacts"]
+            total["contactsByTag"].update(part["contactsByTag"])
+            total["requests"].update(part["requests"])
         return {
-            "contacts": len(contacts),
-            "contactsByTag": dict(sorted(tags.items())),
-            "requests": dict(sorted(calls.items())),
+            "contacts": total["contacts"],
+            "contactsByTag": dict(sorted(total["contactsByTag"].items())),
+            "requests": dict(sorted(total["requests"].items())),
             "deadLettered": dict(sorted(dlq.items())),
-            "samples": [_sample(c) for c in contacts[:SAMPLES]],
+            "samples": [s for part in per.values() for s in part["samples"]][:SAMPLES],
+            "connections": per,
         }
+
+
+def _brand_report(name: str, brand: dict[str, Any], log: list[dict[str, Any]]) -> dict[str, Any]:
+    calls = Counter(
+        r["endpoint"] for r in log if r["brand"] == name and r["endpoint"] != "GET /contacts"
+    )
+    contacts = brand["contacts"]
+    tags: Counter[str] = Counter(tag for c in contacts for tag in c["tags"])
+    return {
+        "contacts": len(contacts),
+        "contactsByTag": dict(sorted(tags.items())),
+        "requests": dict(sorted(calls.items())),
+        "samples": [_sample(c) for c in contacts[:SAMPLES]],
+    }
 
 
 def _sample(contact: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,8 @@ class Mapping:
     # Off by default: the connector never touches subscriptions unless told which attribute
     # holds an authoritative email status.
     email_status_attribute: str | None = None
+    # customProperties name ← profile attribute ("add attribute" of the bulk export).
+    custom_properties: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_tag_template(self.tag_template)
@@ -137,6 +139,13 @@ class Mapper:
                 out["countryCode"] = value.upper()  # a two-letter value is an ISO code
             else:
                 out[target] = value
+        custom = {
+            name: value.strip()
+            for name, attribute in self.mapping.custom_properties.items()
+            if (value := change.profile.get(attribute)) is not None and value.strip()
+        }
+        if custom:
+            out["customProperties"] = custom
         status_attr = self.mapping.email_status_attribute
         if status_attr and (status := change.profile.get(status_attr)) in CHANNEL_STATUSES:
             changed = datetime.fromtimestamp(change.occurred_at_ms / 1000, UTC)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from connector.reasons import REASONS
 
 # Why a record needed no Omnisend call (the `reason` label of events_skipped).
-SKIP_REASONS = ("duplicate", "superseded", "tombstone")
+SKIP_REASONS = ("duplicate", "superseded", "tombstone", "no_export", "not_selected")
 
 NAMESPACE = "omnisend_connector"
 

@@ -76,6 +76,15 @@ class OffsetTracker:
     def committed_positions(self) -> dict[TopicPartition, int]:
         return dict(self._committed)
 
+    def done_positions(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset before which every record is done, committed or not."""
+        out = {}
+        for tp, partition in self._partitions.items():
+            position = partition.position()
+            if position is not None:
+                out[tp] = position
+        return out
+
     def forget(self, tps: list[TopicPartition]) -> None:
         """Drop the state of revoked partitions."""
         for tp in tps:

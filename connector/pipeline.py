@@ -20,14 +20,14 @@ from confluent_kafka import KafkaError, KafkaException
 from connector.clock import Clock
 from connector.coalesce import Outcome
 from connector.codec import Decoder
+from connector.config import Router
 from connector.dlq import DeadLetterSink
 from connector.errors import Fatal, InvalidRecord, Retriable
 from connector.events import ContactChange, Position, RawRecord
 from connector.kafka import topic_partitions, tp
-from connector.mapping import Mapper
 from connector.metrics import Metrics
 from connector.offsets import OffsetTracker
-from connector.omnisend.sink import OmnisendSink
+from connector.omnisend.sinks import Sinks
 
 log = structlog.get_logger("connector.pipeline")
 
@@ -88,6 +88,11 @@ class PipelineConfig:
     dlq_max_invalid_share: float = 0.5
     dlq_window_records: int = 1000
     commit: bool = True  # False in a dry run: offsets are tracked, never committed
+    # Tools (backfill, replay): read these partitions from these offsets, without joining the
+    # consumer group: {(topic, partition): first offset}.
+    assignment: dict[tuple[str, int], int] | None = None
+    # Tools: records this rejects are skipped as `not_selected` (e.g. replay of one reason).
+    select: Callable[[RawRecord], bool] | None = None
 
 
 class Pipeline:
@@ -96,8 +101,8 @@ class Pipeline:
         config: PipelineConfig,
         consumer: Any,
         decoder: Decoder,
-        mapper: Mapper,
-        sink: OmnisendSink,
+        router: Router,
+        sinks: Sinks,
         dead_letters: Callable[[Callable[[RawRecord, str], None]], DeadLetterSink],
         metrics: Metrics,
         clock: Clock,
@@ -105,13 +110,15 @@ class Pipeline:
         self.config = config
         self._consumer = consumer
         self._decoder = decoder
-        self._mapper = mapper
-        self._sink = sink
+        self._router = router
+        self._sink = sinks
         self._dlq = dead_letters(self._dead_lettered)
         self._metrics = metrics
         self._clock = clock
         self._tracker = OffsetTracker()
         self._records: dict[Position, RawRecord] = {}
+        # Records sent to several exports: how many of their fates are still to come.
+        self._fanout: dict[Position, int] = {}
         self._dlq_bound: set[Position] = set()
         self._bytes = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -133,12 +140,17 @@ class Pipeline:
 
     def run(self, stop: threading.Event, until: Callable[[Pipeline], bool] | None = None) -> int:
         """Consume until `stop` is set, `until(self)` holds, or something fatal happens."""
-        self._consumer.subscribe(
-            [self.config.topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        if self.config.assignment is not None:
+            partitions = [tp(t, p, o) for (t, p), o in self.config.assignment.items()]
+            self._consumer.assign(partitions)
+            self._on_assign(self._consumer, partitions)
+        else:
+            self._consumer.subscribe(
+                [self.config.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
         try:
             while not stop.is_set() and self.fatal is None:
                 self.step()
@@ -159,12 +171,11 @@ class Pipeline:
         if self._held:
             self._held.extend(messages)
             messages = self._retry_held()
-        changes = []
+        changes: list[tuple[str, ContactChange]] = []
         for message in messages:
             if self.fatal is not None:
                 break  # stop at once: what follows is not processed, so not committed
-            if (change := self._accept(message)) is not None:
-                changes.append(change)
+            changes.extend(self._accept(message))
         self._sink.submit(changes)
         self._collect()
         self._dlq.poll()
@@ -191,17 +202,17 @@ class Pipeline:
         fatal = self._sink.fatal or self._dlq.failure
         if fatal is not None and self.fatal is None:
             self.fatal = fatal
-            self.exit_code = EXIT_OMNISEND_FATAL if fatal is self._sink.fatal else EXIT_KAFKA_FATAL
+            self.exit_code = EXIT_KAFKA_FATAL if fatal is self._dlq.failure else EXIT_OMNISEND_FATAL
             log.error("fatal", error=str(fatal), exit_code=self.exit_code)
 
     # ---- one record ----------------------------------------------------------------------------
 
-    def _accept(self, message: Any) -> ContactChange | None:
+    def _accept(self, message: Any) -> list[tuple[str, ContactChange]]:
         error = message.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume_error", error=error.str())
-            return None
+            return []
         position = Position(message.topic(), message.partition(), message.offset())
         raw = RawRecord(
             position,
@@ -215,8 +226,8 @@ class Pipeline:
         self._bytes += raw.size
         self.stats["consumed"] += 1
         self._metrics.events_consumed.labels(position.topic).inc()
-        change = self._prepare(raw, message)
-        self._recent.add(invalid=change is None and position in self._dlq_bound)
+        changes = self._prepare(raw, message)
+        self._recent.add(invalid=position in self._dlq_bound)
         if self._recent.exceeds(self.config.dlq_max_invalid_share) and self.fatal is None:
             self.fatal = Fatal(
                 f"{self._recent.share():.0%} of the last {len(self._recent)} records were invalid "
@@ -227,9 +238,9 @@ class Pipeline:
             log.error(
                 "dlq_limit_reached", share=round(self._recent.share(), 3), window=len(self._recent)
             )
-        return change
+        return changes
 
-    def _prepare(self, raw: RawRecord, message: Any) -> ContactChange | None:
+    def _prepare(self, raw: RawRecord, message: Any) -> list[tuple[str, ContactChange]]:
         try:
             return self._validated(raw)
         except InvalidRecord as exc:
@@ -242,12 +253,15 @@ class Pipeline:
             self._held.append(message)
             self._held_until = self._clock.now() + self.config.registry_retry_s
             self._pause(True)
-        return None
+        return []
 
-    def _validated(self, raw: RawRecord) -> ContactChange | None:
+    def _validated(self, raw: RawRecord) -> list[tuple[str, ContactChange]]:
+        if self.config.select is not None and not self.config.select(raw):
+            self._skip(raw.position, "not_selected")
+            return []
         if raw.value is None:
             self._skip(raw.position, "tombstone")
-            return None
+            return []
         if len(raw.value) > self.config.max_value_bytes:
             raise InvalidRecord(
                 "oversized_value",
@@ -262,10 +276,14 @@ class Pipeline:
         event = self._decoder.decode(raw.value)
         if event.event_id in self._seen:
             self._skip(raw.position, "duplicate")
-            return None
-        change = self._mapper.map(event, raw.position, raw.size, int(self._clock.now() * 1000))
+            return []
+        routed = self._router.route(event, raw.position, raw.size, int(self._clock.now() * 1000))
         self._remember(event.event_id)
-        return change
+        if not routed:
+            self._skip(raw.position, "no_export")
+        elif len(routed) > 1:
+            self._fanout[raw.position] = len(routed)
+        return routed
 
     def _remember(self, event_id: str) -> None:
         if self.config.dedupe_cache_size == 0:
@@ -288,7 +306,7 @@ class Pipeline:
                 ready.append(message)
                 continue
             try:
-                change = self._validated(raw)
+                changes = self._validated(raw)
             except InvalidRecord as exc:
                 self._metrics.invalid_records.labels(exc.stage, exc.reason).inc()
                 self._dead_letter(
@@ -299,8 +317,7 @@ class Pipeline:
                 self._held = held[index:]
                 self._held_until = self._clock.now() + self.config.registry_retry_s
                 return ready
-            if change is not None:
-                self._sink.submit([change])
+            self._sink.submit(changes)
         log.info("schema_registry_recovered")
         return ready
 
@@ -312,8 +329,14 @@ class Pipeline:
 
     def _apply(self, outcome: Outcome) -> None:
         raw = self._records.get(outcome.position)
-        if raw is None:
-            return  # its partition was revoked meanwhile
+        if raw is None or outcome.position in self._dlq_bound:
+            return  # its partition was revoked meanwhile, or another export failed it
+        if outcome.reason is None and outcome.position in self._fanout:
+            left = self._fanout[outcome.position] - 1
+            if left:
+                self._fanout[outcome.position] = left
+                return  # other exports still owe their fate
+        self._fanout.pop(outcome.position, None)
         if outcome.reason is not None:
             self._dead_letter(raw, outcome.reason, "omnisend", outcome.detail, "Rejected")
         elif outcome.skipped is not None:
@@ -420,7 +443,8 @@ class Pipeline:
         self._paused = False
         total = topic_partitions(consumer, self.config.topic)
         share = len(partitions) / total if total else 1.0
-        self._sink.budget.share = max(share, 1.0 / max(total, 1))
+        if self.config.assignment is None:  # a tool's share is set by the tool
+            self._sink.set_budget_share(max(share, 1.0 / max(total, 1)))
         log.info(
             "assigned",
             partitions=len(partitions),
@@ -442,6 +466,7 @@ class Pipeline:
         self._sink.reset()
         self._tracker.forget(self._tracker.partitions())
         self._records.clear()
+        self._fanout.clear()
         self._dlq_bound.clear()
         self._bytes = 0
         self._held.clear()
@@ -456,6 +481,10 @@ class Pipeline:
     @property
     def in_flight(self) -> int:
         return len(self._records)
+
+    def done_positions(self) -> dict[tuple[str, int], int]:
+        """Per partition, the offset before which every record is done (committed or not)."""
+        return self._tracker.done_positions()
 
     def committed(self) -> dict[tuple[str, int], int]:
         """Committed position per assigned partition."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping as AnyMapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -27,6 +27,18 @@ OWNED_KAFKA_PROPERTIES = {
     "bootstrap.servers": "use KAFKA_BOOTSTRAP_SERVERS",
 }
 
+
+# Settings of the single-export environment setup that a configuration file puts in its
+# connections and exports instead.
+CONNECTION_SETTINGS = frozenset(
+    {
+        "omnisend_api_key",
+        "omnisend_api_key_file",
+        "connection_name",
+        "omnisend_privacy_acknowledged",
+    }
+)
+EXPORT_SETTINGS = frozenset({"field_map"})
 
 PRIVACY_REFUSAL = (
     "OMNISEND_PRIVACY_ACKNOWLEDGED is not set: this connector sends personal data (emails, "
@@ -177,11 +189,18 @@ def kafka_overrides(environ: AnyMapping[str, str]) -> dict[str, str]:
 def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
     """Settings and librdkafka overrides, or a `ConfigError` naming every bad setting."""
     env = dict(os.environ if environ is None else environ)
+    # Validated from exactly this environment (tests pass their own), not from os.environ.
+    settings = settings_from(
+        {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+    )
+    return settings, kafka_overrides(env)
+
+
+def settings_from(values: dict[str, Any], check_connection: bool = True) -> Settings:
+    """Validated settings; with `check_connection`, also the single-export connection (API key,
+    mapping, privacy acknowledgement), which a configuration file's connections replace."""
     try:
-        # Validated from exactly this environment (tests pass their own), not from os.environ.
-        settings = Settings.model_validate(
-            {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
-        )
+        settings = Settings.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
@@ -193,11 +212,12 @@ def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings
             "SCHEMA_REGISTRY_URL is required with VALUE_FORMAT=confluent "
             "(or set VALUE_FORMAT=avro for plain Avro with the bundled schema)"
         )
-    settings.api_key()
-    settings.mapping()
-    if not settings.omnisend_privacy_acknowledged:
-        raise ConfigError(PRIVACY_REFUSAL)
-    return settings, kafka_overrides(env)
+    if check_connection:
+        settings.api_key()
+        settings.mapping()
+        if not settings.omnisend_privacy_acknowledged:
+            raise ConfigError(PRIVACY_REFUSAL)
+    return settings
 
 
 # Every setting of `run`, with its default and meaning: printed by `run --help` and listed in the

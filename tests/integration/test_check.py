@@ -41,7 +41,8 @@ def test_everything_ready_exits_0(
     assert f"ok    dead-letter topic: {topic}.dlq, 1 partitions" in lines
     assert any(line.startswith("ok    schema registry") for line in lines)
     assert any(line.startswith("ok    omnisend connection 'default'") for line in lines)
-    assert lines[-1] == "6 ok, 0 failed"
+    assert any(line.startswith("ok    export 'default': all segments") for line in lines)
+    assert lines[-1] == "7 ok, 0 failed"
 
 
 def test_each_problem_is_reported_and_exits_1(
@@ -53,7 +54,7 @@ def test_each_problem_is_reported_and_exits_1(
     assert f"FAIL  dead-letter topic: {topic}.dlq does not exist" in out
     assert "FAIL  omnisend connection 'default': Omnisend answered 401" in out
     assert "wrong-key" not in out + result.stderr
-    assert out.splitlines()[-1] == "3 ok, 2 failed"
+    assert out.splitlines()[-1] == "4 ok, 2 failed"
 
 
 def test_unreachable_broker_and_omnisend_fail(broker: Broker, topic: str) -> None:

@@ -1,0 +1,370 @@
+"""Connections and exports: what a deployment syncs, to which Omnisend brand, and how.
+
+Two ways to configure, one model:
+- the single-export environment setup (`OMNISEND_API_KEY`, `TAG_TEMPLATE`, `FIELD_MAP`, …): one
+  connection, one export of every segment;
+- a TOML file (`--config`, read with the standard library) with `[connections.<name>]` tables
+  and `[[exports]]`; its top-level keys are settings of `run` by their lower-case names, and
+  environment variables still override single settings.
+
+A connection is a brand: its API key (from an environment variable or a file it names, never
+from the configuration file), its rate budget and its privacy acknowledgement. An export picks
+segments (ids or names, or all), maps profile attributes to contact fields and
+`customProperties`, and names the tag of each segment. Every mistake is reported at once, each
+with where it is and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable
+from collections.abc import Mapping as AnyMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from connector.errors import ConfigError
+from connector.events import ContactChange, Position, SegmentChange
+from connector.mapping import DEFAULT_FIELD_MAP, Mapper, Mapping
+from connector.settings import (
+    CONNECTION_SETTINGS,
+    EXPORT_SETTINGS,
+    Settings,
+    kafka_overrides,
+    load_settings,
+    settings_from,
+)
+
+CONNECTION_KEYS = frozenset(
+    {
+        "display_name",
+        "api_key_env",
+        "api_key_file",
+        "base_url",
+        "privacy_acknowledged",
+        "users",
+        "rate_limit_per_minute",
+        "tag_rate_limit_per_minute",
+    }
+)
+EXPORT_KEYS = frozenset(
+    {
+        "name",
+        "connection",
+        "segments",
+        "tag_template",
+        "email_attribute",
+        "email_preserve_case",
+        "email_status_attribute",
+        "fields",
+        "custom_properties",
+    }
+)
+TOP_LEVEL_TABLES = frozenset({"connections", "exports", "kafka_properties"})
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One Omnisend brand, reached with one API key."""
+
+    name: str
+    api_key: SecretStr
+    base_url: str
+    rate_limit_per_minute: int
+    tag_rate_limit_per_minute: int
+    display_name: str = ""
+    users: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.name!r}" + (f" ({self.display_name})" if self.display_name else "")
+
+
+@dataclass(frozen=True)
+class Export:
+    """Which segments go to which connection, and how a profile becomes a contact."""
+
+    name: str
+    connection: str
+    mapping: Mapping
+    segments: frozenset[str] | None = None  # ids or names; None: every segment
+
+    def wants(self, change: SegmentChange) -> bool:
+        return (
+            self.segments is None
+            or change.segment_id in self.segments
+            or change.segment_name in self.segments
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    settings: Settings
+    kafka: dict[str, str]
+    connections: dict[str, Connection]
+    exports: tuple[Export, ...]
+    source: str = "environment"
+
+    @classmethod
+    def single(cls, settings: Settings, kafka: dict[str, str]) -> Config:
+        """The single-export environment setup: one connection, every segment."""
+        connection = Connection(
+            name=settings.connection_name,
+            api_key=SecretStr(settings.api_key()),
+            base_url=settings.omnisend_base_url,
+            rate_limit_per_minute=settings.rate_limit_per_minute,
+            tag_rate_limit_per_minute=settings.tag_rate_limit_per_minute,
+        )
+        export = Export("default", connection.name, settings.mapping())
+        return cls(settings, kafka, {connection.name: connection}, (export,))
+
+    @property
+    def metrics_connection(self) -> str:
+        """The `connection` label of counts that belong to no single connection (records
+        skipped or dead-lettered before routing): the connection's name when there is one."""
+        names = list(self.connections)
+        return names[0] if len(names) == 1 else "all"
+
+
+@dataclass
+class Router:
+    """A decoded event → the contact change of every export that wants it, with the
+    connection it goes to. No export: an empty list (the record is skipped as `no_export`)."""
+
+    exports: tuple[Export, ...]
+    _mappers: list[tuple[Export, Mapper]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._mappers = [(export, Mapper(export.mapping)) for export in self.exports]
+
+    def route(
+        self, change: SegmentChange, position: Position, size: int, now_ms: int
+    ) -> list[tuple[str, ContactChange]]:
+        """Raises `InvalidRecord` when any export that wants the event cannot take it."""
+        return [
+            (export.connection, mapper.map(change, position, size, now_ms))
+            for export, mapper in self._mappers
+            if export.wants(change)
+        ]
+
+
+def load_config(path: Path | None, environ: AnyMapping[str, str] | None = None) -> Config:
+    """The deployment's configuration, or a `ConfigError` listing every mistake."""
+    env = dict(os.environ if environ is None else environ)
+    if path is None:
+        settings, kafka = load_settings(env)
+        return Config.single(settings, kafka)
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return _from_document(document, env, str(path))
+
+
+def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -> Config:
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        if key in TOP_LEVEL_TABLES:
+            continue
+        if key in CONNECTION_SETTINGS:
+            problems.append(f"{key}: belongs to a connection, in [connections.<name>]")
+        elif key in EXPORT_SETTINGS:
+            problems.append(f"{key}: belongs to an export, in [[exports]]")
+        elif key not in Settings.model_fields:
+            problems.append(f"{key}: not a setting (see `omnisend-connector run --help`)")
+        else:
+            values[key] = value
+    # Environment variables override single settings of the file.
+    values |= {
+        k.lower(): v
+        for k, v in env.items()
+        if k.lower() in Settings.model_fields
+        and k.lower() not in CONNECTION_SETTINGS | EXPORT_SETTINGS
+    }
+    settings: Settings | None = None
+    try:
+        settings = settings_from(values, check_connection=False)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    kafka: dict[str, str] = {}
+    properties = document.get("kafka_properties", {})
+    if not isinstance(properties, dict):
+        problems.append("kafka_properties: must be a table of librdkafka properties")
+    else:
+        as_env = {"KAFKA_CFG_" + k.upper().replace(".", "_"): str(v) for k, v in properties.items()}
+        try:
+            kafka = kafka_overrides(as_env) | kafka_overrides(env)
+        except ConfigError as exc:
+            problems.append(f"kafka_properties: {exc}")
+    raw_connections = document.get("connections")
+    connections = _connections(raw_connections, settings, env, problems)
+    declared = set(raw_connections) if isinstance(raw_connections, dict) else set()
+    exports = _exports(document.get("exports"), settings, declared, problems)
+    if problems or settings is None:
+        raise ConfigError(
+            f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+    return Config(settings, kafka, connections, exports, source)
+
+
+def _unknown(where: str, table: dict[str, Any], known: Iterable[str]) -> list[str]:
+    return [
+        f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})"
+        for key in table
+        if key not in known
+    ]
+
+
+def _connections(
+    raw: Any, settings: Settings | None, env: dict[str, str], problems: list[str]
+) -> dict[str, Connection]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append("connections: at least one [connections.<name>] table is required")
+        return {}
+    out: dict[str, Connection] = {}
+    for name, table in raw.items():
+        where = f"connections.{name}"
+        if not isinstance(table, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        problems.extend(_unknown(where, table, CONNECTION_KEYS | {"api_key"}))
+        if "api_key" in table:
+            problems.append(
+                f"{where}: the API key must not be written in the configuration file; "
+                "name an environment variable (api_key_env) or a file (api_key_file)"
+            )
+        if table.get("privacy_acknowledged") is not True:
+            problems.append(
+                f"{where}: privacy not acknowledged. This connection sends personal data "
+                "(emails, names, addresses) from your Kafka topic to Omnisend, outside your "
+                "source's compliance boundary. Confirm that this transfer is permitted, then set "
+                f"privacy_acknowledged = true in [{where}]"
+            )
+        key = None if "api_key" in table else _api_key(where, table, env, problems)
+        limits = {}
+        for limit in ("rate_limit_per_minute", "tag_rate_limit_per_minute"):
+            value = table.get(limit, getattr(settings, limit, 1))
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{where}.{limit}: must be a whole number of at least 1")
+                value = 1
+            limits[limit] = value
+        users = table.get("users", [])
+        if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+            problems.append(f"{where}.users: must be a list of strings")
+            users = []
+        if key is not None and settings is not None:
+            out[name] = Connection(
+                name=name,
+                api_key=SecretStr(key),
+                base_url=str(table.get("base_url", settings.omnisend_base_url)),
+                display_name=str(table.get("display_name", "")),
+                users=tuple(users),
+                **limits,
+            )
+    return out
+
+
+def _api_key(
+    where: str, table: dict[str, Any], env: dict[str, str], problems: list[str]
+) -> str | None:
+    variable, file = table.get("api_key_env"), table.get("api_key_file")
+    if (variable is None) == (file is None):
+        problems.append(f"{where}: set exactly one of api_key_env or api_key_file")
+        return None
+    if variable is not None:
+        key = env.get(str(variable), "").strip()
+        if not key:
+            problems.append(f"{where}.api_key_env: the environment variable {variable} is unset")
+            return None
+        return key
+    try:
+        key = Path(str(file)).read_text().strip()
+    except OSError as exc:
+        problems.append(f"{where}.api_key_file: {file}: {exc.strerror}")
+        return None
+    if not key:
+        problems.append(f"{where}.api_key_file: {file} is empty")
+        return None
+    return key
+
+
+def _exports(
+    raw: Any,
+    settings: Settings | None,
+    connections: set[str],
+    problems: list[str],
+) -> tuple[Export, ...]:
+    if not isinstance(raw, list) or not raw:
+        problems.append("exports: at least one [[exports]] table is required")
+        return ()
+    out: list[Export] = []
+    names: set[str] = set()
+    for index, table in enumerate(raw):
+        if not isinstance(table, dict):
+            problems.append(f"exports[{index}]: must be a table")
+            continue
+        name = str(table.get("name", f"export-{index + 1}"))
+        where = f"exports[{index}] ({name})"
+        if name in names:
+            problems.append(f"{where}: another export has the name {name!r}")
+        names.add(name)
+        problems.extend(_unknown(where, table, EXPORT_KEYS))
+        connection = table.get("connection")
+        if connection is None and len(connections) == 1:
+            connection = next(iter(connections))
+        if connection is None:
+            problems.append(f"{where}.connection: required when there are several connections")
+        elif connection not in connections:
+            problems.append(
+                f"{where}.connection: no connection {connection!r} "
+                f"(known: {', '.join(sorted(connections)) or 'none'})"
+            )
+        segments = _segments(where, table.get("segments", "all"), problems)
+        mapping = _mapping(where, table, settings, problems)
+        if mapping is not None and connection is not None:
+            out.append(Export(name, str(connection), mapping, segments))
+    return tuple(out)
+
+
+def _segments(where: str, raw: Any, problems: list[str]) -> frozenset[str] | None:
+    if raw == "all":
+        return None
+    if isinstance(raw, list) and raw and all(isinstance(s, str) and s.strip() for s in raw):
+        return frozenset(s.strip() for s in raw)
+    problems.append(f'{where}.segments: a list of segment ids or names, or "all"')
+    return None
+
+
+def _mapping(
+    where: str, table: dict[str, Any], settings: Settings | None, problems: list[str]
+) -> Mapping | None:
+    fields = table.get("fields", DEFAULT_FIELD_MAP)
+    custom = table.get("custom_properties", {})
+    for key, value in (("fields", fields), ("custom_properties", custom)):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            problems.append(f'{where}.{key}: a table of omnisendName = "profile_attribute"')
+            return None
+    if settings is None:
+        return None
+    try:
+        return Mapping(
+            email_attribute=str(table.get("email_attribute", settings.email_attribute)),
+            fields=dict(fields),
+            custom_properties=dict(custom),
+            preserve_email_case=bool(
+                table.get("email_preserve_case", settings.email_preserve_case)
+            ),
+            tag_template=str(table.get("tag_template", settings.tag_template)),
+            email_status_attribute=table.get(
+                "email_status_attribute", settings.email_status_attribute
+            ),
+        )
+    except ConfigError as exc:
+        problems.append(f"{where}: {exc}")
+        return None

@@ -1,0 +1,67 @@
+"""Several connections (brands) behind the interface the pipeline uses for one: each keeps its
+own client, coalescer and budget; changes go to the sink of their connection."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from connector.coalesce import Outcome
+from connector.errors import Fatal
+from connector.events import ContactChange
+from connector.omnisend.sink import OmnisendSink
+
+
+class Sinks:
+    def __init__(self, sinks: dict[str, OmnisendSink]) -> None:
+        if not sinks:
+            raise ValueError("at least one sink is needed")
+        self.by_connection = sinks
+
+    def __iter__(self) -> Iterable[OmnisendSink]:
+        return iter(self.by_connection.values())
+
+    def start(self) -> Sinks:
+        for sink in self.by_connection.values():
+            sink.start()
+        return self
+
+    def submit(self, changes: list[tuple[str, ContactChange]]) -> None:
+        grouped: dict[str, list[ContactChange]] = {}
+        for connection, change in changes:
+            grouped.setdefault(connection, []).append(change)
+        for connection, group in grouped.items():
+            self.by_connection[connection].submit(group)
+
+    def take_outcomes(self) -> list[Outcome]:
+        return [o for sink in self.by_connection.values() for o in sink.take_outcomes()]
+
+    def saturated(self, fraction: float = 1.0) -> bool:
+        """Any connection has all the unsent work it can use: reading more would only pile up
+        behind it (the records it needs are shared with the others)."""
+        return any(sink.saturated(fraction) for sink in self.by_connection.values())
+
+    def drain(self, timeout_s: float) -> bool:
+        """The sinks work in parallel on their own threads; this waits for each in turn."""
+        deadline = time.monotonic() + timeout_s
+        done = True
+        for sink in self.by_connection.values():
+            done = sink.drain(max(0.0, deadline - time.monotonic())) and done
+        return done
+
+    def reset(self) -> None:
+        for sink in self.by_connection.values():
+            sink.reset()
+
+    def stop(self) -> None:
+        for sink in self.by_connection.values():
+            sink.stop()
+
+    @property
+    def fatal(self) -> Fatal | None:
+        return next((s.fatal for s in self.by_connection.values() if s.fatal is not None), None)
+
+    def set_budget_share(self, share: float) -> None:
+        """Every brand's budget is shared by the group's members in the same proportion."""
+        for sink in self.by_connection.values():
+            sink.budget.share = share

@@ -1,0 +1,177 @@
+"""Several exports to several connections from one process, configured by a TOML file: each
+brand receives only its exports' segments, mapped its way, within its own budget; events for no
+export are skipped and counted; `check --config` reports each connection."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connector.app import running
+from connector.broker import Broker
+from connector.config import load_config
+from connector.simulator import SimulatorConfig, SimulatorServer
+from tests.events import event
+from tests.integration.conftest import caught_up, produce_events
+
+T0 = 1_790_000_000_000
+
+CONFIG = """
+kafka_bootstrap_servers = "{bootstrap}"
+kafka_topic = "{topic}"
+kafka_group_id = "group-{topic}"
+value_format = "avro"
+omnisend_base_url = "{api}"
+rate_limit_window_s = {window}
+metrics_port = 0
+upsert_linger_s = 0.05
+tag_linger_s = 0.05
+tag_settle_s = 0.3
+
+[connections.eu]
+display_name = "EU store"
+api_key_env = "OMNISEND_KEY_EU"
+privacy_acknowledged = true
+
+[connections.us]
+api_key_file = "{key_file}"
+privacy_acknowledged = true
+rate_limit_per_minute = 200
+
+[[exports]]
+name = "vip-to-eu"
+connection = "eu"
+segments = ["seg-vip"]
+fields = {{ firstName = "first_name" }}
+custom_properties = {{ loyaltyTier = "tier" }}
+
+[[exports]]
+name = "churn-to-both"
+connection = "eu"
+segments = ["Churn"]
+tag_template = "churn risk"
+
+[[exports]]
+name = "churn-to-us"
+connection = "us"
+segments = ["Churn"]
+"""
+
+
+@pytest.fixture
+def two_brands() -> Iterator[SimulatorServer]:
+    config = SimulatorConfig(time_scale=0.1, api_keys={"key-eu": "eu", "key-us": "us"})
+    with SimulatorServer(config) as server:
+        yield server
+
+
+def write_config(tmp_path: Path, broker: Broker, topic: str, sim: SimulatorServer) -> Path:
+    key_file = tmp_path / "us.key"
+    key_file.write_text("key-us\n")
+    path = tmp_path / "connector.toml"
+    path.write_text(
+        CONFIG.format(
+            bootstrap=broker.bootstrap,
+            topic=topic,
+            api=sim.api_url,
+            window=sim.simulator.config.window_s,
+            key_file=key_file,
+        )
+    )
+    return path
+
+
+def brand(sim: SimulatorServer, name: str) -> dict[str, dict[str, object]]:
+    time.sleep(0.3)  # queued tag operations apply after the simulator's delay
+    state = httpx.get(f"{sim.url}/_sim/state").json()["brands"][name]["contacts"]
+    return {c["email"]: c for c in state}
+
+
+def test_each_brand_gets_its_exports(
+    tmp_path: Path, broker: Broker, topic: str, two_brands: SimulatorServer
+) -> None:
+    sim = two_brands
+    events = [
+        event("ann@x.io", segment_id="seg-vip", first_name="Ann", tier="gold", occurred_at=T0),
+        event(
+            "bob@x.io",
+            segment_id="seg-2",
+            segment_name="Churn",
+            first_name="Bob",
+            occurred_at=T0 + 1,
+            profile_id="p-2",
+        ),
+        event(
+            "cy@x.io",
+            segment_id="seg-3",
+            segment_name="Newsletter",
+            occurred_at=T0 + 2,
+            profile_id="p-3",
+        ),
+    ]
+    produce_events(broker.bootstrap, topic, events)
+    config = load_config(write_config(tmp_path, broker, topic, sim), {"OMNISEND_KEY_EU": "key-eu"})
+    registry = CollectorRegistry()
+    with running(config, registry=registry) as parts:
+        parts.pipeline.run(threading.Event(), until=caught_up(topic, len(events)))
+        limits = {
+            n: s.budget.config.requests_per_window for n, s in parts.sinks.by_connection.items()
+        }
+    eu, us = brand(sim, "eu"), brand(sim, "us")
+    assert set(eu) == {"ann@x.io", "bob@x.io"}
+    assert eu["ann@x.io"]["tags"] == ["segment: VIP"]
+    assert eu["ann@x.io"]["firstName"] == "Ann"
+    assert eu["ann@x.io"]["customProperties"] == {"loyaltyTier": "gold"}
+    assert eu["bob@x.io"]["tags"] == ["churn risk"]
+    assert set(us) == {"bob@x.io"}
+    assert us["bob@x.io"]["tags"] == ["segment: Churn"]
+    assert limits == {"eu": 400, "us": 200}
+    skipped = registry.get_sample_value(
+        "omnisend_connector_events_skipped_total", {"connection": "all", "reason": "no_export"}
+    )
+    assert skipped == 1  # the Newsletter event: no export wants it, yet it is committed
+
+
+def test_check_reports_each_connection_and_every_mistake(
+    tmp_path: Path, broker: Broker, topic: str, two_brands: SimulatorServer
+) -> None:
+    path = write_config(tmp_path, broker, topic, two_brands)
+    env = {"PATH": os.environ["PATH"], "OMNISEND_KEY_EU": "key-eu"}
+    command = [sys.executable, "-m", "connector.cli", "check", "--config", str(path)]
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=90, check=False
+    )
+    lines = result.stdout.splitlines()
+    assert "ok    omnisend connection 'eu' (EU store): API key accepted" in "\n".join(lines)
+    assert any(line.startswith("ok    omnisend connection 'us'") for line in lines)
+    assert any(
+        line.startswith("ok    export 'churn-to-us': Churn -> connection 'us'") for line in lines
+    )
+    assert result.returncode == 1  # the dead-letter topic does not exist
+    assert any(line.startswith("FAIL  dead-letter topic") for line in lines)
+
+    path.write_text(path.read_text().replace("privacy_acknowledged = true\nrate", "rate"))
+    result = subprocess.run(
+        command,
+        env={**env, "OMNISEND_KEY_EU": ""},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "2 problem(s)" in result.stdout
+    assert (
+        "connections.eu.api_key_env: the environment variable OMNISEND_KEY_EU is unset"
+        in result.stdout
+    )
+    assert "connections.us: privacy not acknowledged" in result.stdout

@@ -1,0 +1,180 @@
+"""`backfill`, `replay-dlq` and `reconcile` as users run them: against the real broker and the
+simulator, outside the live consumer group, committing nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from connector.broker import Broker
+from connector.codec import encode_plain
+from connector.kafka import ensure_topic
+from connector.simulator import SimulatorServer
+from tests.events import event
+from tests.integration.conftest import (
+    connector_env,
+    produce,
+    produce_events,
+    read_all,
+    sim_contacts,
+)
+
+T0 = 1_790_000_000_000
+
+
+def job(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "connector.cli", *args],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.strip(), result.stderr
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def committed(bootstrap: str, group: str, topic: str) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(3)]
+        return [tp.offset for tp in consumer.committed(parts, timeout=10)]
+    finally:
+        consumer.close()
+
+
+def test_backfill_resyncs_the_topic_without_the_live_group(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    events = [event(f"p{i}@x.io", profile_id=f"p{i}", occurred_at=T0 + i) for i in range(30)]
+    produce_events(broker.bootstrap, topic, events)
+    env = connector_env(broker, topic, sim)
+    code, report, progress = job(env, "backfill", "--since", "2d")
+    assert code == 0, progress
+    assert report["records"] == 30
+    assert report["read"] == 30
+    assert report["complete"] is True
+    assert "backfill [" in progress
+    assert "30/30 records (100%)" in progress
+    contacts = sim_contacts(sim)
+    assert len(contacts) == 30
+    assert all(c["tags"] == ["segment: VIP"] for c in contacts.values())
+    assert committed(broker.bootstrap, env["KAFKA_GROUP_ID"], topic) == [-1001] * 3
+
+
+def test_backfill_starts_at_the_first_record_of_its_time(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    """Records of three days ago, then of now: `--since 1d` reads only the recent ones, whatever
+    the broker answers to OffsetsForTimes (the test broker answers 0)."""
+    now_ms = int(time.time() * 1000)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "log.connection.close": False})
+    for i in range(40):
+        old = i < 25
+        e = event(f"{'old' if old else 'new'}{i}@x.io", profile_id=f"p{i}", occurred_at=T0 + i)
+        stamp = now_ms - (3 * 86_400_000 if old else 0) + i
+        producer.produce(topic, value=encode_plain(e), key=b"k", partition=i % 3, timestamp=stamp)
+    assert producer.flush(30) == 0
+    code, report, progress = job(connector_env(broker, topic, sim), "backfill", "--since", "1d")
+    assert code == 0, progress
+    assert report["records"] == 15
+    assert report["read"] == 15
+    assert all(email.startswith("new") for email in sim_contacts(sim))
+
+
+def test_replay_dlq_by_reason_reports_what_failed_again(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    dlq = f"{topic}.dlq"
+    ensure_topic(broker.bootstrap, {}, dlq, 1)
+    fixed = [event(f"f{i}@x.io", profile_id=f"f{i}", occurred_at=T0 + i) for i in range(5)]
+    rejected: list[tuple[str, str | bytes | None]] = [
+        ("omnisend.dlq.reason", b"rejected_by_omnisend")
+    ]
+    produce(broker.bootstrap, dlq, [(b"k", encode_plain(e)) for e in fixed], headers=rejected)
+    poison: list[tuple[str, str | bytes | None]] = [("omnisend.dlq.reason", b"malformed_avro")]
+    produce(broker.bootstrap, dlq, [(b"k", b"\x00not avro")], headers=poison)
+    env = connector_env(broker, topic, sim)
+
+    code, report, progress = job(env, "replay-dlq", "--reason", "rejected_by_omnisend")
+    assert code == 0, progress
+    assert report["sent"] == 5
+    assert report["skipped"] == 1  # the malformed record: not selected
+    assert report["failedAgain"] == {}
+    assert set(sim_contacts(sim)) == {f"f{i}@x.io" for i in range(5)}
+
+    code, report, _ = job(env, "replay-dlq")
+    assert code == 1
+    assert report["failedAgain"] == {"malformed_avro": 1}
+    assert len(read_all(broker.bootstrap, dlq, 6)) == 6  # nothing written back to the DLQ
+
+
+def tag(sim: SimulatorServer, email: str, tags: list[str]) -> None:
+    """Another integration of the brand writes a contact with these tags."""
+    response = httpx.post(
+        f"{sim.api_url}/contacts",
+        headers={"Authorization": "Omnisend-API-Key test-key", "Omnisend-Version": "2026-03-15"},
+        json={"identifiers": [{"type": "email", "id": email}], "tags": tags},
+    )
+    assert response.status_code in (200, 201), response.text
+
+
+def test_reconcile_finds_and_repairs_drift(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    events = [
+        # ann: a member; missing in Omnisend (as after an outage).
+        event("ann@x.io", profile_id="p-ann", first_name="Ann", occurred_at=T0),
+        # bob: entered then left; Omnisend still has the tag.
+        event("bob@x.io", profile_id="p-bob", occurred_at=T0 + 1),
+        event("bob@x.io", profile_id="p-bob", change="EXITED", occurred_at=T0 + 2),
+        # cy changed address: the old one keeps the tag.
+        event("cy@x.io", profile_id="p-cy", occurred_at=T0 + 3),
+        event("cy.new@x.io", profile_id="p-cy", occurred_at=T0 + 4),
+        # The segment was renamed: its members' old tag is stale.
+        event(
+            "dee@x.io", profile_id="p-dee", segment_id="s2", segment_name="Old", occurred_at=T0 + 5
+        ),
+        event(
+            "dee@x.io", profile_id="p-dee", segment_id="s2", segment_name="New", occurred_at=T0 + 6
+        ),
+    ]
+    produce_events(broker.bootstrap, topic, events)
+    tag(sim, "bob@x.io", ["segment: VIP"])
+    tag(sim, "cy@x.io", ["segment: VIP"])
+    tag(sim, "cy.new@x.io", ["segment: VIP"])
+    tag(sim, "dee@x.io", ["segment: Old", "segment: New"])
+    tag(sim, "zed@x.io", ["segment: VIP"])  # never a member at all
+    env = connector_env(broker, topic, sim)
+
+    code, report, _ = job(env, "reconcile")
+    assert code == 1  # drift found, not applied
+    by_tag = {t["tag"]: t for t in report["exports"][0]["tags"]}
+    assert set(by_tag) == {"segment: VIP", "segment: Old", "segment: New"}
+    vip = by_tag["segment: VIP"]
+    assert (vip["members"], vip["missing"], vip["stale"]) == (2, 1, 3)  # ann; bob, cy, zed
+    assert (by_tag["segment: Old"]["stale"], by_tag["segment: New"]["stale"]) == (1, 0)
+    assert "ann@x.io" not in json.dumps(report)  # samples are masked
+
+    code, report, _ = job(env, "reconcile", "--apply")
+    assert code == 0
+    assert report["exports"][0]["repair"] == {"repaired": 5, "failed": 0}
+    time.sleep(0.3)
+    contacts = sim_contacts(sim)
+    assert contacts["ann@x.io"]["tags"] == ["segment: VIP"]
+    assert contacts["ann@x.io"]["firstName"] == "Ann"
+    for email in ("bob@x.io", "cy@x.io", "zed@x.io"):
+        assert contacts[email]["tags"] == [], email
+    assert contacts["dee@x.io"]["tags"] == ["segment: New"]
+
+    code, report, _ = job(env, "reconcile")
+    assert code == 0, report
+    assert committed(broker.bootstrap, env["KAFKA_GROUP_ID"], topic) == [-1001] * 3

@@ -1,0 +1,122 @@
+"""The pure parts of the jobs: `--since`, progress arithmetic, finding the first record of a
+time whatever the broker answers, and rebuilding segment membership for `reconcile`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from connector.config import Export
+from connector.errors import ConfigError
+from connector.events import SegmentChange
+from connector.mapping import Mapping
+from connector.reconcile import Membership, drift
+from connector.tools import Span, _Probe, parse_since
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def test_since_takes_a_time_or_a_duration() -> None:
+    assert parse_since("2026-11-01T08:00:00Z") == int(
+        datetime(2026, 11, 1, 8, tzinfo=UTC).timestamp() * 1000
+    )
+    assert parse_since("2026-11-01") == int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
+    assert parse_since("6h", NOW) == int(NOW.timestamp() * 1000) - 6 * 3_600_000
+    assert parse_since("2d", NOW) == int(NOW.timestamp() * 1000) - 2 * 86_400_000
+    with pytest.raises(ConfigError, match="ISO time"):
+        parse_since("yesterday")
+
+
+def test_span_counts_done_records_per_partition() -> None:
+    s = Span("t", {0: 10, 1: 0}, {0: 20, 1: 5})
+    assert s.total == 15
+    assert s.done({("t", 0): 15}) == 5
+    assert s.done({("t", 0): 25, ("t", 1): 5}) == 15  # never past the end
+
+
+class Message:
+    def __init__(self, offset: int, ts: int) -> None:
+        self._offset, self._ts = offset, ts
+
+    def error(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)
+
+
+class Partition:
+    """One partition's records (timestamps by offset) behind the consumer calls a probe uses,
+    and a broker whose OffsetsForTimes answer is given."""
+
+    def __init__(self, timestamps: list[int], answer: int | None) -> None:
+        self.timestamps, self.answer = timestamps, answer
+        self.at = 0
+        self.reads = 0
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.at = partitions[0].offset
+
+    def poll(self, timeout: float) -> Message | None:
+        self.reads += 1
+        if self.at >= len(self.timestamps):
+            raise AssertionError("a probe read past the end")
+        return Message(self.at, self.timestamps[self.at])
+
+    def offsets_for_times(self, partitions: list[Any], timeout: float) -> list[Any]:
+        found = partitions[0]
+        if self.answer is None:  # a correct broker
+            found.offset = next(
+                (i for i, ts in enumerate(self.timestamps) if ts >= found.offset), -1
+            )
+        else:
+            found.offset = self.answer
+        return [found]
+
+
+TIMES = [100, 200, 300, 400, 500, 600, 700, 800]
+
+
+@pytest.mark.parametrize("answer", [None, 0, -1, 7])
+@pytest.mark.parametrize(("since", "first"), [(50, 0), (300, 2), (350, 3), (800, 7), (900, 8)])
+def test_first_record_of_a_time(answer: int | None, since: int, first: int) -> None:
+    partition = Partition(TIMES, answer)
+    assert _Probe(partition, "t", 0).first_at_or_after(since, 0, len(TIMES)) == first
+
+
+def test_a_right_answer_costs_at_most_two_reads() -> None:
+    partition = Partition(list(range(0, 100_000, 10)), None)
+    _Probe(partition, "t", 0).first_at_or_after(50_005, 0, 10_000)
+    assert partition.reads <= 2
+
+
+def change(profile: str, email: str, at: int, entered: bool = True, name: str = "VIP") -> Any:
+    return SegmentChange(
+        f"e{at}", at, "s1", name, entered, profile, {"email": email, "first_name": "A"}
+    )
+
+
+def test_membership_follows_the_latest_change_of_each_profile() -> None:
+    export = Export("all", "c", Mapping())
+    m = Membership([export])
+    now = 10_000
+    for c in (
+        change("p1", "a@x.io", 2, entered=False),
+        change("p1", "a@x.io", 1),  # older: the exit wins
+        change("p2", "b@x.io", 3),
+        change("p2", "b2@x.io", 4),  # the email changed
+        change("p3", "c@x.io", 5, name="Old"),
+        change("p3", "c@x.io", 6, name="New"),  # the segment was renamed
+    ):
+        m.add(c, now)
+    expected = m.expected(export)
+    assert set(expected) == {"segment: VIP", "segment: Old", "segment: New"}
+    assert set(expected["segment: New"]) == {"b2@x.io", "c@x.io"}
+    assert expected["segment: VIP"] == {}
+    assert expected["segment: Old"] == {}
+    d = drift("segment: New", expected["segment: New"], {"b@x.io", "c@x.io"})
+    assert set(d.missing) == {"b2@x.io"}
+    assert d.stale == {"b@x.io"}
+    assert d.missing["b2@x.io"] == {"firstName": "A"}
