@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from connector.app import running
 from connector.broker import Broker
 from connector.config import load_config
+from connector.pipeline import Pipeline
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event
 from tests.integration.conftest import caught_up, produce_events
@@ -175,3 +176,29 @@ def test_check_reports_each_connection_and_every_mistake(
         in result.stdout
     )
     assert "connections.us: privacy not acknowledged" in result.stdout
+
+
+def test_dry_run_reports_per_connection(
+    tmp_path: Path, broker: Broker, topic: str, two_brands: SimulatorServer
+) -> None:
+    events = [
+        event("ann@x.io", segment_id="seg-vip", occurred_at=T0),
+        event("bob@x.io", segment_name="Churn", occurred_at=T0 + 1, profile_id="p-2"),
+    ]
+    produce_events(broker.bootstrap, topic, events)
+    config = load_config(
+        write_config(tmp_path, broker, topic, two_brands), {"OMNISEND_KEY_EU": "key-eu"}
+    )
+    with running(config, dry_run=True) as parts:
+        parts.pipeline.run(threading.Event(), until=caught_up_dry(len(events)))
+        assert parts.dry_run is not None
+        report = parts.dry_run.report()
+    assert report["connections"]["eu"]["contactsByTag"] == {"churn risk": 1, "segment: VIP": 1}
+    assert report["connections"]["us"]["contactsByTag"] == {"segment: Churn": 1}
+    assert report["contacts"] == 3
+    assert httpx.get(f"{two_brands.url}/_sim/state").json()["brands"]["eu"]["contacts"] == []
+
+
+def caught_up_dry(count: int) -> Callable[[Pipeline], bool]:
+    """A dry run commits nothing: done records are what counts."""
+    return lambda p: sum(p.done_positions().values()) >= count and not p.in_flight

@@ -64,7 +64,12 @@ def test_everything_going_wrong_at_once_loses_nothing(broker: Broker) -> None:
                 produce_events(broker.bootstrap, topic, events[EVENTS // 2 :])
                 time.sleep(7)
                 with storm(sim, "other-key"):
-                    time.sleep(5)
+                    # Until the brand is rate limited (slow machines take longer to get there),
+                    # then a little longer so the connector meets it too.
+                    until = time.monotonic() + 60
+                    while sim_stats(sim)["rateLimitedTotal"] == 0 and time.monotonic() < until:
+                        time.sleep(0.2)
+                    time.sleep(3)
                 diff = wait_for_state(sim.url, expected_state(events), timeout_s=240)
                 assert diff == [], "\n".join(diff)
                 while sum(parts.pipeline.committed().values()) < EVENTS:
