@@ -38,6 +38,10 @@ upsert_linger_s = 0.05
 tag_linger_s = 0.05
 tag_settle_s = 0.3
 
+[kafka_properties]
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 1000
+
 [connections.eu]
 display_name = "EU store"
 api_key_env = "OMNISEND_KEY_EU"
