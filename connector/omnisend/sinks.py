@@ -4,7 +4,7 @@ own client, coalescer and budget; changes go to the sink of their connection."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 
 from connector.coalesce import Outcome
 from connector.errors import Fatal
@@ -18,7 +18,7 @@ class Sinks:
             raise ValueError("at least one sink is needed")
         self.by_connection = sinks
 
-    def __iter__(self) -> Iterable[OmnisendSink]:
+    def __iter__(self) -> Iterator[OmnisendSink]:
         return iter(self.by_connection.values())
 
     def start(self) -> Sinks:
