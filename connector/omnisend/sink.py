@@ -185,6 +185,7 @@ class OmnisendSink:
             # has these fields" would skip a needed upsert (found by the rebalance test).
             self._coalescer = Coalescer(settle_s=self.config.settle_s)
             self._batches.clear()
+            self._count_batches()
             while not self._inbox.empty():
                 self._inbox.get_nowait()
             self._idle.set()
@@ -293,6 +294,10 @@ class OmnisendSink:
 
     # ---- scheduling --------------------------------------------------------------------------
 
+    def _count_batches(self) -> None:
+        """The gauge follows every change: batches may finish within one report interval."""
+        self.metrics.batches_in_flight.labels(self.connection).set(len(self._batches))
+
     def _room(self) -> bool:
         return len(self._tasks) < self.config.max_concurrent_requests
 
@@ -322,7 +327,6 @@ class OmnisendSink:
             m.budget_limit.labels(c, "all").set(limit_all)
             m.budget_limit.labels(c, "tags").set(limit_tags)
             m.budget_share.labels(c).set(self.budget.share)
-            m.batches_in_flight.labels(c).set(len(self._batches))
 
     def _dispatch_polls(self, now: float) -> None:
         """Item reads first (they unblock tag calls). Then status: while several batches are
@@ -414,6 +418,7 @@ class OmnisendSink:
         self._batches[batch_id] = InFlightBatch(
             batch_id, {i.email: i for i in intents}, now, now + self._batch_seconds
         )
+        self._count_batches()
 
     def _create_failed(self, intents: list[UpsertIntent], exc: Exception) -> None:
         now = self.clock.now()
@@ -508,6 +513,7 @@ class OmnisendSink:
     ) -> None:
         now = self.clock.now()
         del self._batches[batch.batch_id]
+        self._count_batches()
         c, accepted = self._coalescer, 0
         for email, intent in batch.intents.items():
             if email in ok:
