@@ -219,17 +219,17 @@ def running(
         clock,
     )
 
-    readiness = _readiness(config, pipeline, metrics, check_credentials=dry is None)
-    health = None
-    if job is None and (settings.metrics_port or settings.metrics_port == 0):
-        health = _health(settings, pipeline, metrics, readiness)
+    # A job serves no probes: it needs neither readiness checks nor a port.
+    readiness = None if job is not None else _readiness(config, pipeline, metrics, dry is None)
+    health = None if readiness is None else _health(settings, pipeline, metrics, readiness)
     hasher = EmailHasher(
         settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
     )
     try:
         yield Running(pipeline, sinks, metrics, health, hasher, dry, counted)
     finally:
-        readiness.stop()
+        if readiness is not None:
+            readiness.stop()
         if health is not None:
             health.close()
         producer.flush(5)

@@ -301,7 +301,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _add_share(p: argparse.ArgumentParser) -> None:
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
     p.add_argument(
         "--share",
         type=float,
@@ -326,8 +327,7 @@ def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="an ISO time (2026-11-01T08:00:00Z, UTC when no zone) or a duration back from now "
         "(90m, 6h, 2d)",
     )
-    _add_share(p)
-    _add_config(p)
+    _add_job_options(p)
     p.set_defaults(func=_cmd_backfill)
     p = sub.add_parser(
         "replay-dlq",
@@ -343,8 +343,7 @@ def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         help="replay only records dead-lettered for this reason; repeatable",
     )
-    _add_share(p)
-    _add_config(p)
+    _add_job_options(p)
     p.set_defaults(func=_cmd_replay_dlq)
     p = sub.add_parser(
         "reconcile",
@@ -362,8 +361,7 @@ def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="only this export (its name in the configuration); repeatable",
     )
     p.add_argument("--apply", action="store_true", help="repair the drift")
-    _add_share(p)
-    _add_config(p)
+    _add_job_options(p)
     p.set_defaults(func=_cmd_reconcile)
 
 

@@ -109,9 +109,10 @@ class Mapper:
         )
 
     def tag(self, change: SegmentChange) -> str:
-        return self.mapping.tag_template.format(
-            segment_name=change.segment_name, segment_id=change.segment_id
-        )
+        return self.tag_of(change.segment_id, change.segment_name)
+
+    def tag_of(self, segment_id: str, segment_name: str) -> str:
+        return self.mapping.tag_template.format(segment_name=segment_name, segment_id=segment_id)
 
     def _email(self, profile: dict[str, str]) -> str:
         raw = profile.get(self.mapping.email_attribute)

@@ -95,7 +95,7 @@ class Membership:
         for (name, segment_id), segment in self._segments.items():
             if name != export.name:
                 continue
-            tag = mapper.tag(SegmentChange("", 0, segment_id, segment.name, True, "", {}))
+            tag = mapper.tag_of(segment_id, segment.name)
             members = out.setdefault(tag, {})
             for member in segment.profiles.values():
                 if member.entered:
