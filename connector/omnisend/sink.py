@@ -167,12 +167,21 @@ class OmnisendSink:
 
     def drain(self, timeout_s: float) -> bool:
         """Send everything submitted without lingering; True if all of it finished in time."""
-        self._flushing = True
-        self._call(self._poke)
+        self.flush(True)
         try:
-            return self._idle.wait(timeout_s)
+            return self.wait_idle(timeout_s)
         finally:
-            self._flushing = False
+            self.flush(False)
+
+    def flush(self, on: bool) -> None:
+        """While on, partial batches and tag calls go out at once instead of lingering."""
+        self._flushing = on
+        if on:
+            self._call(self._poke)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Whether everything submitted finished within `timeout_s`."""
+        return self._idle.wait(timeout_s)
 
     def reset(self) -> None:
         """Forget every unfinished change (after a rebalance); late answers are ignored."""

@@ -42,12 +42,18 @@ class Sinks:
         return any(sink.saturated(fraction) for sink in self.by_connection.values())
 
     def drain(self, timeout_s: float) -> bool:
-        """The sinks work in parallel on their own threads; this waits for each in turn."""
+        """Every sink stops lingering at once and they drain in parallel, on their own threads,
+        within one shared deadline; True if all of them finished in time."""
         deadline = time.monotonic() + timeout_s
-        done = True
-        for sink in self.by_connection.values():
-            done = sink.drain(max(0.0, deadline - time.monotonic())) and done
-        return done
+        sinks = list(self.by_connection.values())
+        for sink in sinks:
+            sink.flush(True)
+        try:
+            finished = [sink.wait_idle(max(0.0, deadline - time.monotonic())) for sink in sinks]
+            return all(finished)  # every sink waited for, even after one did not finish
+        finally:
+            for sink in sinks:
+                sink.flush(False)
 
     def reset(self) -> None:
         for sink in self.by_connection.values():
