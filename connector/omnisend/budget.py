@@ -45,10 +45,11 @@ class Slot:
     came it is moved to that moment: Omnisend counted it somewhere in between, and only the later
     bound keeps our count from falling behind Omnisend's when requests are slow to arrive."""
 
-    __slots__ = ("t",)
+    __slots__ = ("answered", "t")
 
     def __init__(self, t: float) -> None:
         self.t = t
+        self.answered = False
 
 
 class _Window:
@@ -142,9 +143,11 @@ class Budget:
 
     @staticmethod
     def answered(slot: Slot | None, now: float) -> None:
-        """The request of `slot` got its answer (or failed) at `now`."""
-        if slot is not None:
+        """The request of `slot` got its answer (or failed) at `now`; later calls change
+        nothing, so the caller may also say it when it is done with the answer."""
+        if slot is not None and not slot.answered:
             slot.t = max(slot.t, now)
+            slot.answered = True
 
     def rate_limited(self, now: float, retry_after_s: float | None) -> None:
         """A 429: stop until `retryAfter` and slow down."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import queue
 import random
 import threading
@@ -43,6 +44,10 @@ LIST_POLL_LIMIT = 250
 # Requests a batch costs: its POST, about one status read, and a margin so that batches use no
 # more than 80 % of the budget left after tag calls.
 UPSERT_REQUEST_COST = 2.5
+# The budget slot of the request the current task makes (a task makes one request).
+_SLOT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar("budget_slot", default=None)
+# Concurrent request slots only tag calls may use (see `OmnisendSink._room`).
+TAG_CALL_SLOTS = 2
 # How often the budget and in-flight gauges are refreshed.
 REPORT_EVERY_S = 1.0
 
@@ -284,7 +289,9 @@ class OmnisendSink:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run one request; always called right after the budget granted it its slot."""
         slot = self.budget.last_slot
-        task = self._loop.create_task(self._guard(coro, self._generation, slot))
+        context = contextvars.copy_context()
+        context.run(_SLOT.set, slot)
+        task = self._loop.create_task(self._guard(coro, self._generation, slot), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -298,7 +305,7 @@ class OmnisendSink:
                 self.fatal = exc
                 log.error("omnisend_fatal", error=str(exc))
         finally:
-            Budget.answered(slot, self.clock.now())
+            Budget.answered(slot, self.clock.now())  # no answer (cancelled): counts from now
             self._poke()
 
     # ---- scheduling --------------------------------------------------------------------------
@@ -307,8 +314,14 @@ class OmnisendSink:
         """The gauge follows every change: batches may finish within one report interval."""
         self.metrics.batches_in_flight.labels(self.connection).set(len(self._batches))
 
-    def _room(self) -> bool:
-        return len(self._tasks) < self.config.max_concurrent_requests
+    def _room(self, tag_call: bool = False) -> bool:
+        """Whether another request may start. Tag calls bound a sync, so the last
+        `TAG_CALL_SLOTS` request slots are theirs: a burst of batches and status reads never
+        keeps a tag call waiting that the budget would let out."""
+        limit = self.config.max_concurrent_requests
+        if not tag_call:
+            limit = max(1, limit - TAG_CALL_SLOTS)
+        return len(self._tasks) < limit
 
     def _dispatch(self) -> None:
         now = self.clock.now()
@@ -373,7 +386,7 @@ class OmnisendSink:
         # small groups, holding the commit of the records before them for the whole sync).
         groups = sorted(self._coalescer.ready_groups(), key=lambda g: g[2])
         for group, count, since in groups:
-            if not self._room():
+            if not self._room(tag_call=True):
                 return
             if count < size and now - since < linger and not self._flushing:
                 continue
@@ -598,6 +611,8 @@ class OmnisendSink:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * max(sample, self.config.tick_s)
 
     def _observe(self, endpoint: str, status: str, seconds: float) -> None:
+        # The answer is here: its slot counts from now, not from when the task is done with it.
+        Budget.answered(_SLOT.get(), self.clock.now())
         self.metrics.requests.labels(self.connection, endpoint, status).inc()
         self.metrics.request_seconds.labels(self.connection, endpoint).observe(seconds)
 

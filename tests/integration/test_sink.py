@@ -3,6 +3,8 @@ rate limits and fatal answers."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -41,7 +43,12 @@ def sim_factory() -> Iterator[Any]:
         s.close()
 
 
-def make_sink(server: SimulatorServer, key: str = "test-key", **config: Any) -> OmnisendSink:
+def make_sink(
+    server: SimulatorServer,
+    key: str = "test-key",
+    transport: httpx.AsyncBaseTransport | None = None,
+    **config: Any,
+) -> OmnisendSink:
     config.setdefault("upsert_linger_s", 0.05)
     config.setdefault("tag_linger_s", 0.05)
     config.setdefault("settle_s", 0.2)
@@ -54,6 +61,7 @@ def make_sink(server: SimulatorServer, key: str = "test-key", **config: Any) -> 
         clock=SystemClock(),
         metrics=Metrics(CollectorRegistry()),
         config=SinkConfig(**config),
+        transport=transport,
     ).start()
 
 
@@ -104,6 +112,42 @@ def test_many_contacts_fill_batches_and_tag_calls(sim_factory: Any) -> None:
         assert sum(stats["POST /contacts/tags"].values()) <= 4  # 250 emails a call
         assert sum(1 for c in contacts(server).values() if c["tags"] == ["segment: VIP"]) == 600
     finally:
+        sink.stop()
+
+
+class HeldBatches(httpx.AsyncBaseTransport):
+    """The simulator over a socket, except that new batches wait while `hold` is set."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.hold = threading.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/batches"):
+            while self.hold.is_set():
+                await asyncio.sleep(0.01)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_burst_of_batches_never_takes_the_request_slots_of_tag_calls(sim_factory: Any) -> None:
+    server = sim_factory()
+    transport = HeldBatches()
+    sink = make_sink(server, transport=transport, max_concurrent_requests=4)
+    try:
+        sink.submit([change(0, "known@example.com")])
+        assert len(wait_outcomes(sink, 1)) == 1
+        transport.hold.set()
+        # Four batches that cannot finish would hold every request slot but the reserved ones.
+        sink.submit([change(i, f"new{i}@example.com") for i in range(1, 401)])
+        # `known` is in Omnisend already: its exit is a tag call and nothing else.
+        sink.submit([change(401, "known@example.com", entered=False)])
+        (outcome,) = wait_outcomes(sink, 1, timeout=10)
+        assert (outcome.position.offset, outcome.reason) == (401, None)
+    finally:
+        transport.hold.clear()
         sink.stop()
 
 
