@@ -19,6 +19,8 @@ from connector.simulator.config import SimulatorConfig
 INSPECTION_PREFIX = "/_sim/"
 # How often the serving loop checks for shutdown; the stdlib's 0.5 s makes every stop slow.
 _SHUTDOWN_POLL_S = 0.05
+# How often the background worker applies the operations that fell due.
+_ADVANCE_EVERY_S = 0.01
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -140,9 +142,12 @@ class SimulatorServer:
         self.api_url = f"{self.url}/api"
         self.simulator.base_url = self.api_url
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._worker = threading.Thread(target=self._advance, name="omnisend-sim-due", daemon=True)
 
     def start(self) -> SimulatorServer:
         """Serve from a background thread."""
+        self._worker.start()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             args=(_SHUTDOWN_POLL_S,),
@@ -153,13 +158,23 @@ class SimulatorServer:
         return self
 
     def serve_forever(self) -> None:
+        self._worker.start()
         self._server.serve_forever(_SHUTDOWN_POLL_S)
 
     def close(self) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._worker.is_alive():
+            self._worker.join(timeout=5)
+
+    def _advance(self) -> None:
+        """Apply operations as they fall due, a chunk per hold of the simulator's lock."""
+        while not self._closing.wait(_ADVANCE_EVERY_S):
+            while self.simulator.advance_due() and not self._closing.is_set():
+                pass
 
     def __enter__(self) -> SimulatorServer:
         return self.start()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
-from connector.simulator.config import Faults
-from tests.simulator.conftest import MakeSim, Sim, contact
+from connector.clock import ManualClock
+from connector.simulator.app import Request, Simulator
+from connector.simulator.config import Faults, SimulatorConfig
+from tests.simulator.conftest import HEADERS, MakeSim, Sim, contact
+
+LOWER_HEADERS = {k.lower(): v for k, v in HEADERS.items()}
 
 
 def _batch(n: int, start: int = 0, **extra: Any) -> dict[str, Any]:
@@ -111,3 +117,43 @@ def test_list_batches_pages_with_offset(sim: Sim) -> None:
     assert (
         sim.api.get("/batches", params={"endpoint": "contacts", "limit": "251"}).status_code == 400
     )
+
+
+def test_due_items_are_applied_in_the_background_in_due_order(make_sim: MakeSim) -> None:
+    """The server applies work as it falls due, so no request waits behind a backlog of it; a
+    request then sees the same state as when it applies that backlog itself."""
+    background = make_sim(batch_latency_s=1.0, item_latency_s=0.01)
+    lazy_clock = ManualClock(background.clock.now())
+    lazy = Simulator(background.server.simulator.config, lazy_clock)
+    for start in (0, 100, 200):
+        body = json.dumps(_batch(100, start)).encode()
+        background.api.post("/batches", content=body)
+        lazy.handle(Request("POST", "/api/batches", headers=LOWER_HEADERS, body=body))
+    background.clock.advance(10.0)
+    lazy_clock.advance(10.0)
+    deadline = time.monotonic() + 10
+    while background.server.simulator.advance_due(limit=0) and time.monotonic() < deadline:
+        time.sleep(0.01)  # limit 0 only asks whether anything due is left
+    assert not background.server.simulator.advance_due(limit=0)
+    lazy_state = lazy.state()  # applies all 300 items now, in one go
+    assert len(lazy_state["brands"]["brand-1"]["contacts"]) == 300
+    assert _by_email(background.inspect("state")) == _by_email(json.loads(json.dumps(lazy_state)))
+
+
+def _by_email(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Contacts by email, without their random ids."""
+    contacts = state["brands"]["brand-1"]["contacts"]
+    return {c["email"]: {k: v for k, v in c.items() if k != "id"} for c in contacts}
+
+
+def test_due_work_is_applied_a_chunk_at_a_time() -> None:
+    clock = ManualClock()
+    sim = Simulator(SimulatorConfig(batch_latency_s=1.0, item_latency_s=0.0), clock)
+    for start in (0, 100, 200):
+        body = json.dumps(_batch(100, start)).encode()
+        sim.handle(Request("POST", "/api/batches", headers=LOWER_HEADERS, body=body))
+    assert not sim.advance_due()  # nothing is due yet
+    clock.advance(2.0)
+    assert sim.advance_due(limit=200)  # 100 left
+    assert not sim.advance_due(limit=200)
+    assert len(sim.state()["brands"]["brand-1"]["contacts"]) == 300
