@@ -19,6 +19,7 @@ from connector.app import running
 from connector.broker import Broker, free_port
 from connector.generate import GenerateOptions, produce
 from connector.pipeline import Pipeline
+from connector.runtime import tune_gc
 from connector.settings import load_settings
 
 # Omnisend's real limits with the window and every latency compressed tenfold (a 6 s window),
@@ -95,6 +96,7 @@ def run_until_caught_up(
     setup: Callable[[Any], None] | None = None,
 ) -> tuple[Pipeline, float]:
     """Run the connector in this process until every produced record is committed."""
+    tune_gc()  # as the command line does
     settings, kafka = load_settings(env)
     deadline = time.monotonic() + timeout_s
 

@@ -13,6 +13,7 @@ from types import FrameType
 from connector import __version__
 from connector.config import Config, load_config
 from connector.errors import ConfigError
+from connector.runtime import tune_gc
 from connector.simulator.config import CURRENT_VERSION, RETIRED_VERSIONS, Faults, SimulatorConfig
 from connector.simulator.server import SimulatorServer
 
@@ -556,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_gc()
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
