@@ -288,16 +288,13 @@ class OmnisendSink:
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run one request; always called right after the budget granted it its slot."""
-        slot = self.budget.last_slot
         context = contextvars.copy_context()
-        context.run(_SLOT.set, slot)
-        task = self._loop.create_task(self._guard(coro, self._generation, slot), context=context)
+        context.run(_SLOT.set, self.budget.last_slot)
+        task = self._loop.create_task(self._guard(coro, self._generation), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(
-        self, coro: Coroutine[Any, Any, None], generation: int, slot: Slot | None
-    ) -> None:
+    async def _guard(self, coro: Coroutine[Any, Any, None], generation: int) -> None:
         try:
             await coro
         except Fatal as exc:
@@ -305,7 +302,7 @@ class OmnisendSink:
                 self.fatal = exc
                 log.error("omnisend_fatal", error=str(exc))
         finally:
-            Budget.answered(slot, self.clock.now())  # no answer (cancelled): counts from now
+            Budget.answered(_SLOT.get(), self.clock.now())  # no answer (cancelled): from now
             self._poke()
 
     # ---- scheduling --------------------------------------------------------------------------
