@@ -73,3 +73,21 @@ def test_a_tag_limit_as_large_as_the_shared_one_leaves_room_for_other_requests()
     assert budget.limits() == (1000, 500)
     _tags, others = drive(budget, 60.0, step=0.01)
     assert len(others) >= 450
+
+
+def test_a_slot_answered_early_frees_on_time_behind_one_answered_late() -> None:
+    # Two tag calls a window: A is sent first but answered late, B answered early. B's place
+    # in the window frees 10 s after its answer, however long A still counts.
+    budget = Budget(BudgetConfig(tag_requests_per_window=2, window_s=10.0, headroom=1.0))
+    assert budget.try_acquire(0.0, tag_call=True) == 0
+    a = budget.last_slot
+    assert budget.try_acquire(5.0, tag_call=True) == 0
+    b = budget.last_slot
+    Budget.answered(b, 5.2)
+    Budget.answered(a, 6.0)
+    assert budget.used(15.1) == (2, 2)
+    assert budget.try_acquire(15.1, tag_call=True) > 0
+    assert budget.used(15.3) == (1, 1)
+    assert budget.try_acquire(15.3, tag_call=True) == 0
+    assert budget.used(15.9) == (2, 2)
+    assert budget.used(16.1) == (1, 1)  # A went at 16
