@@ -260,7 +260,7 @@ class Coalescer:
         return newer
 
     def untake_upserts(self, intents: list[UpsertIntent]) -> None:
-        """Put upserts back, unsent (no budget after all), at the front of the line."""
+        """Put upserts back, unsent (their batch failed transiently), at the front of the line."""
         for intent in reversed(intents):
             self.upserts_in_flight.pop(intent.email)
             newer = self.upserts.get(intent.email)

@@ -147,6 +147,7 @@ class OmnisendSink:
         self._report_at = 0.0
         self._generation = 0
         self._wake: asyncio.Event | None = None
+        self._wake_at = 0.0  # when the budget lets the next held-back request go
         # Called on the sink's thread with the end-to-end latencies of accepted tag changes.
         self.on_accepted: Callable[[list[float]], None] | None = None
 
@@ -263,8 +264,9 @@ class OmnisendSink:
                 self._dispatch()
                 self._publish()
                 self._wake.clear()
+                sleep_s = min(self.config.tick_s, max(0.0, self._wake_at - self.clock.now()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.tick_s)
+                    await asyncio.wait_for(self._wake.wait(), sleep_s)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -286,8 +288,17 @@ class OmnisendSink:
         if self._coalescer.idle and not self._tasks and self._inbox.empty():
             self._idle.set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run one request; always called right after the budget granted it its slot."""
+    def _may_send(self, now: float, tag_call: bool) -> bool:
+        """Whether the budget lets a request go now. If not, the loop wakes when it will: a
+        freed place in the window is used at once, not at the next tick."""
+        wait = self.budget.wait(now, tag_call)
+        if wait > 0:
+            self._wake_at = min(self._wake_at, now + wait)
+        return wait == 0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], now: float, tag_call: bool = False) -> None:
+        """Run one request; called right after `_may_send` allowed it: takes its budget slot."""
+        self.budget.try_acquire(now, tag_call)
         context = contextvars.copy_context()
         context.run(_SLOT.set, self.budget.last_slot)
         task = self._loop.create_task(self._guard(coro, self._generation), context=context)
@@ -322,6 +333,7 @@ class OmnisendSink:
 
     def _dispatch(self) -> None:
         now = self.clock.now()
+        self._wake_at = now + self.config.tick_s
         if now < self._backoff.until:
             self._account_wait(now, limited=False)
             return
@@ -353,28 +365,28 @@ class OmnisendSink:
         a lone batch, or one that fell off the list's newest page, is read by its id."""
         idle = [b for b in self._batches.values() if not b.busy]
         for batch in [b for b in idle if b.need_items and b.next_poll_at <= now]:
-            if not self._room() or self.budget.try_acquire(now, tag_call=False) > 0:
+            if not self._room() or not self._may_send(now, tag_call=False):
                 return
             batch.busy = True
-            self._spawn(self._items(batch))
+            self._spawn(self._items(batch), now)
         pending = [b for b in idle if not b.need_items]
         listable = [b for b in pending if not b.unlisted]
         by_id = [b for b in pending if b.unlisted or len(listable) < LIST_POLL_MIN_BATCHES]
         list_due = len(listable) >= LIST_POLL_MIN_BATCHES and now >= self._next_list_at
         if list_due and self._room() and any(b.next_poll_at <= now for b in listable):
-            if self.budget.try_acquire(now, tag_call=False) > 0:
+            if not self._may_send(now, tag_call=False):
                 return
             for batch in listable:
                 batch.busy = True
             self._next_list_at = now + max(self.config.tick_s, 0.5 * self._batch_seconds)
-            self._spawn(self._list(listable))
+            self._spawn(self._list(listable), now)
         for batch in by_id:
             if batch.next_poll_at > now:
                 continue
-            if not self._room() or self.budget.try_acquire(now, tag_call=False) > 0:
+            if not self._room() or not self._may_send(now, tag_call=False):
                 return
             batch.busy = True
-            self._spawn(self._poll(batch))
+            self._spawn(self._poll(batch), now)
 
     def _dispatch_tags(self, now: float) -> None:
         size, linger = self.config.tag_batch_size, self.config.tag_linger_s
@@ -387,13 +399,14 @@ class OmnisendSink:
                 return
             if count < size and now - since < linger and not self._flushing:
                 continue
+            # Ask first: taking a call's intents and putting them back costs a millisecond
+            # and sends them to the back of their group.
+            if not self._may_send(now, tag_call=True):
+                return
             intents = self._coalescer.take_tags(group, size, now)
             if not intents:
                 continue
-            if self.budget.try_acquire(now, tag_call=True) > 0:
-                self._coalescer.tags_retry(intents, now)
-                return
-            self._spawn(self._change_tags(group[0], group[1], intents))
+            self._spawn(self._change_tags(group[0], group[1], intents), now, tag_call=True)
 
     def _upsert_linger(self) -> float:
         """How long a partial batch may wait to fill: the configured linger, but never so short
@@ -411,13 +424,12 @@ class OmnisendSink:
             oldest = next(iter(c.upserts.values())).since
             if len(c.upserts) < size and now - oldest < linger and not self._flushing:
                 return
+            if not self._may_send(now, tag_call=False):
+                return
             intents = c.take_upserts(size)
             if not intents:
                 return
-            if self.budget.try_acquire(now, tag_call=False) > 0:
-                c.untake_upserts(intents)
-                return
-            self._spawn(self._create_batch(intents))
+            self._spawn(self._create_batch(intents), now)
 
     # ---- requests ----------------------------------------------------------------------------
 

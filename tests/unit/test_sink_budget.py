@@ -1,12 +1,12 @@
 """The sink's requests in the budget: a slot counts from the request's answer, not from the
-moment the sink is done with it."""
+moment the sink is done with it; a request the budget held back goes when it allows."""
 
 from __future__ import annotations
 
 import httpx
 from prometheus_client import CollectorRegistry
 
-from connector.clock import ManualClock
+from connector.clock import ManualClock, SystemClock
 from connector.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
@@ -53,3 +53,35 @@ def test_a_slot_keeps_its_first_answer() -> None:
     Budget.answered(slot, 15.0)  # the caller finished with the answer later
     assert budget.used(70.9) == (1, 0)
     assert budget.used(71.1) == (0, 0)
+
+
+def test_a_request_held_by_the_budget_goes_when_the_budget_allows_not_at_the_next_tick() -> None:
+    sent: list[str] = []
+
+    def omnisend(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(204)
+
+    # Two tag calls a half-second window: the second waits a quarter second for its turn. The
+    # loop's own tick is half a minute, so only a wake-up timed by the budget sends it in time.
+    budget = Budget(BudgetConfig(tag_requests_per_window=2, window_s=0.5, headroom=1.0))
+    sink = OmnisendSink(
+        api_key="test-key",
+        base_url="https://omnisend.test/api",
+        budget=budget,
+        clock=SystemClock(),
+        metrics=Metrics(CollectorRegistry()),
+        config=SinkConfig(tick_s=30.0),
+        transport=httpx.MockTransport(omnisend),
+    )
+    sink.start()
+    try:
+        exits = [
+            ContactChange(Position("t", 0, i), f"e{i}", 1_000, "a@example.com", tag, False, {}, 9)
+            for i, tag in enumerate(("vip", "churned"))
+        ]
+        sink.submit(exits)
+        assert sink.drain(10.0)
+    finally:
+        sink.stop()
+    assert sent == ["/api/contacts/tags", "/api/contacts/tags"]
