@@ -74,7 +74,8 @@ class ConnectorProcess:
         return code
 
 
-def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (0 where nothing was committed)."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "log.connection.close": False}
     )
@@ -84,4 +85,8 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> 
         )
     finally:
         consumer.close()
-    return sum(max(tp.offset, 0) for tp in offsets)
+    return {tp.partition: max(tp.offset, 0) for tp in offsets}
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    return sum(committed_offsets(bootstrap, group, topic, partitions).values())
