@@ -31,6 +31,7 @@ from connector.mapping import contact_request
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, Slot
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected, describe_problem
+from connector.omnisend.transport import SinkTransport
 
 log = structlog.get_logger("connector.sink")
 
@@ -253,9 +254,8 @@ class OmnisendSink:
         timeout = httpx.Timeout(
             self.config.request_timeout_s, connect=min(5.0, self.config.request_timeout_s)
         )
-        async with httpx.AsyncClient(
-            timeout=timeout, limits=limits, transport=self._transport
-        ) as http:
+        transport = self._transport or SinkTransport(limits)
+        async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
             self._client = OmnisendClient(
                 http, self._api_key, self._base_url, observe=self._observe
             )
