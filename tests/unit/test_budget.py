@@ -91,3 +91,13 @@ def test_a_slot_answered_early_frees_on_time_behind_one_answered_late() -> None:
     assert budget.try_acquire(15.3, tag_call=True) == 0
     assert budget.used(15.9) == (2, 2)
     assert budget.used(16.1) == (1, 1)  # A went at 16
+
+
+def test_a_retry_after_counts_as_waiting_for_the_budget() -> None:
+    # The sink's `omnisend_rate_limit_wait_seconds` counts time after a wait was reported.
+    budget = Budget(BudgetConfig())
+    budget.rate_limited(10.0, 5.0)
+    assert budget.wait(12.0, tag_call=False) == 3.0
+    assert budget.waits == 1
+    assert budget.wait(15.0, tag_call=False) == 0
+    assert budget.waits == 1
