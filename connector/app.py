@@ -193,6 +193,9 @@ def running(
             return letters
         return DeadLetters(producer, settings.dlq_topic, on_delivered)
 
+    hasher = EmailHasher(
+        settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
+    )
     pipeline = Pipeline(
         PipelineConfig(
             topic=settings.kafka_topic if job is None else job.topic,
@@ -217,14 +220,12 @@ def running(
         dead_letters,
         metrics,
         clock,
+        email_hash=hasher,
     )
 
     # A job serves no probes: it needs neither readiness checks nor a port.
     readiness = None if job is not None else _readiness(config, pipeline, metrics, dry is None)
     health = None if readiness is None else _health(settings, pipeline, metrics, readiness)
-    hasher = EmailHasher(
-        settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
-    )
     try:
         yield Running(pipeline, sinks, metrics, health, hasher, dry, counted)
     finally:

@@ -33,6 +33,7 @@ class Ticket:
 
     position: Position
     size: int
+    email: str
     remaining: int = 0
     failure: tuple[str, str] | None = None  # (reason, detail)
 
@@ -46,6 +47,7 @@ class Outcome:
     reason: str | None = None
     detail: str = ""
     skipped: str | None = None  # why it needed no call: "superseded"
+    email: str = ""  # of a failed record, for its log line's keyed hash
 
 
 @dataclass(eq=False, slots=True)
@@ -121,7 +123,7 @@ class Coalescer:
     # ---- intake --------------------------------------------------------------------------------
 
     def add(self, change: ContactChange, now: float) -> None:
-        ticket = Ticket(change.position, change.size)
+        ticket = Ticket(change.position, change.size, change.email)
         key = (change.email, change.tag)
         if change.occurred_at_ms < self._latest(key):
             self.outcomes.append(Outcome(ticket.position, ticket.size, skipped="superseded"))
@@ -376,4 +378,4 @@ def _outcome(ticket: Ticket) -> Outcome:
     if ticket.failure is None:
         return Outcome(ticket.position, ticket.size)
     reason, detail = ticket.failure
-    return Outcome(ticket.position, ticket.size, reason, detail)
+    return Outcome(ticket.position, ticket.size, reason, detail, email=ticket.email)

@@ -106,8 +106,11 @@ class Pipeline:
         dead_letters: Callable[[Callable[[RawRecord, str], None]], DeadLetterSink],
         metrics: Metrics,
         clock: Clock,
+        email_hash: Callable[[str], str] | None = None,
     ) -> None:
         self.config = config
+        # Logs name a contact by a keyed hash of its email, never by the address.
+        self._email_hash = email_hash
         self._consumer = consumer
         self._decoder = decoder
         self._router = router
@@ -338,7 +341,9 @@ class Pipeline:
                 return  # other exports still owe their fate
         self._fanout.pop(outcome.position, None)
         if outcome.reason is not None:
-            self._dead_letter(raw, outcome.reason, "omnisend", outcome.detail, "Rejected")
+            self._dead_letter(
+                raw, outcome.reason, "omnisend", outcome.detail, "Rejected", outcome.email
+            )
         elif outcome.skipped is not None:
             self._skip(outcome.position, outcome.skipped)
         else:
@@ -359,9 +364,18 @@ class Pipeline:
         self._tracker.done((position.topic, position.partition), position.offset)
 
     def _dead_letter(
-        self, raw: RawRecord, reason: str, stage: str, detail: str, error_class: str
+        self,
+        raw: RawRecord,
+        reason: str,
+        stage: str,
+        detail: str,
+        error_class: str,
+        email: str = "",
     ) -> None:
         self._dlq_bound.add(raw.position)
+        contact: dict[str, str] = {}
+        if email and self._email_hash is not None:
+            contact["email_hash"] = self._email_hash(email)
         log.info(
             "dead_lettering",
             reason=reason,
@@ -369,6 +383,7 @@ class Pipeline:
             topic=raw.position.topic,
             partition=raw.position.partition,
             offset=raw.position.offset,
+            **contact,
         )
         self._dlq.send(raw, reason, stage, detail, error_class)
 

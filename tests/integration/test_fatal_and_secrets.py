@@ -4,6 +4,9 @@ error text, and emails are never logged in clear."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -92,3 +95,25 @@ def test_the_api_key_and_emails_stay_out_of_every_output(
         assert KEY not in text
     for i in range(len(good)):
         assert f"private{i}@example.com" not in logs
+
+
+def test_a_contact_omnisend_refused_is_named_in_the_log_by_its_keyed_hash(
+    broker: Broker, topic: str, tmp_path: Path
+) -> None:
+    # The simulator refuses gender "x" (Omnisend takes m or f); the connector lets it through.
+    produce_events(broker.bootstrap, topic, [event("refused@example.com", sex="x")])
+    hash_key = "correlate-me"
+    with SimulatorServer(SimulatorConfig(time_scale=0.1)) as sim:
+        env = connector_env(broker, topic, sim, FIELD_MAP="gender=sex", EMAIL_HASH_KEY=hash_key)
+        log = tmp_path / "connector.log"
+        process = ConnectorProcess(env, log)
+        try:
+            process.wait_for(lambda m: m.get("omnisend_connector_dlq_records_total", 0) == 1)
+        finally:
+            assert process.stop() == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    dead = [line for line in lines if line.get("event") == "dead_lettering"]
+    assert [line["reason"] for line in dead] == ["rejected_by_omnisend"]
+    expected = hmac.new(hash_key.encode(), b"refused@example.com", hashlib.sha256).hexdigest()
+    assert dead[0]["email_hash"] == expected[:16]
+    assert "refused@example.com" not in log.read_text()

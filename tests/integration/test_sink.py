@@ -172,6 +172,7 @@ def test_rejected_item_goes_to_dlq_with_the_problem_detail(sim_factory: Any) -> 
         sink.submit([change(0, "x@example.com", birthdate=5), change(1, "ok@example.com")])
         outcomes = {o.position.offset: o for o in wait_outcomes(sink, 2)}
         assert outcomes[0].reason == "rejected_by_omnisend"
+        assert outcomes[0].email == "x@example.com"  # for the keyed hash in its log line
         assert "birthdate" in outcomes[0].detail
         assert outcomes[1].reason is None
     finally:
