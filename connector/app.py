@@ -73,7 +73,6 @@ class Running:
     sinks: Sinks
     metrics: Metrics
     health: HealthServer | None
-    hasher: EmailHasher
     dry_run: DryRun | None = None
     # A job's records that would have gone to the DLQ (a job never writes there).
     counted_letters: list[DryDeadLetters] = field(default_factory=list)
@@ -193,9 +192,8 @@ def running(
             return letters
         return DeadLetters(producer, settings.dlq_topic, on_delivered)
 
-    hasher = EmailHasher(
-        settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
-    )
+    key = settings.email_hash_key
+    hasher = EmailHasher(key.get_secret_value().encode() if key else None)
     pipeline = Pipeline(
         PipelineConfig(
             topic=settings.kafka_topic if job is None else job.topic,
@@ -227,7 +225,7 @@ def running(
     readiness = None if job is not None else _readiness(config, pipeline, metrics, dry is None)
     health = None if readiness is None else _health(settings, pipeline, metrics, readiness)
     try:
-        yield Running(pipeline, sinks, metrics, health, hasher, dry, counted)
+        yield Running(pipeline, sinks, metrics, health, dry, counted)
     finally:
         if readiness is not None:
             readiness.stop()
