@@ -150,11 +150,16 @@ class Budget:
         wait = self.wait(now, tag_call)
         if wait > 0:
             return wait
+        self.take(now, tag_call)
+        return 0.0
+
+    def take(self, now: float, tag_call: bool) -> Slot:
+        """Count one request that `wait` just allowed, and return its slot."""
         window, _ = self._lane(tag_call)
         self.last_slot = Slot(now)
         window.times.append(self.last_slot)
         window.tokens = (window.tokens or 0.0) - 1.0
-        return 0.0
+        return self.last_slot
 
     def _lane(self, tag_call: bool) -> tuple[_Window, int]:
         all_limit, tag_limit = self.limits()

@@ -298,9 +298,8 @@ class OmnisendSink:
 
     def _spawn(self, coro: Coroutine[Any, Any, None], now: float, tag_call: bool = False) -> None:
         """Run one request; called right after `_may_send` allowed it: takes its budget slot."""
-        self.budget.try_acquire(now, tag_call)
         context = contextvars.copy_context()
-        context.run(_SLOT.set, self.budget.last_slot)
+        context.run(_SLOT.set, self.budget.take(now, tag_call))
         task = self._loop.create_task(self._guard(coro, self._generation), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
