@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from connector import __version__
 from connector.clock import Clock, SystemClock
-from connector.codec import ConfluentDecoder, Decoder, PlainAvroDecoder, RegistryClient
+from connector.codec import ConfluentDecoder, Decoder, PlainAvroDecoder
 from connector.config import Config, Connection, Router
 from connector.dlq import DeadLetters, DeadLetterSink
 from connector.dryrun import (
@@ -47,6 +47,7 @@ from connector.omnisend.sink import OmnisendSink, SinkConfig
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
 from connector.readiness import Readiness, broker_reachable, omnisend_credentials
+from connector.registry import RegistryClient
 from connector.settings import Settings
 
 log = structlog.get_logger("connector")

@@ -1,8 +1,8 @@
 """Avro decoding of segment events: plain schemaless Avro with the bundled schema, or the
 Confluent wire format with writer schemas fetched from a Schema Registry.
 
-Decoding is a pure function of the bytes once a writer schema is known; the registry lookup is
-the only I/O and is cached per schema id.
+Decoding is a pure function of the bytes once a writer schema is known; the writer schemas come
+from a `SchemaSource` (the Schema Registry client in `connector.registry`, or the tests' own).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.read import SchemaResolutionError
 
-from connector.errors import InvalidRecord, Retriable
+from connector.errors import InvalidRecord
 from connector.events import SegmentChange
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "segment_membership_change.avsc"
@@ -118,43 +118,6 @@ class ConfluentDecoder:
         (schema_id,) = struct.unpack_from(">I", value, 1)
         writer = self._schemas.writer_schema(schema_id)
         return _to_change(_read(value, 5, writer, self._reader))
-
-
-class RegistryClient:
-    """Fetches writer schemas by id from a Confluent-compatible Schema Registry, cached forever
-    (ids are immutable). A 404 is an invalid record; anything else is retried by the caller."""
-
-    def __init__(self, http: Any, base_url: str) -> None:
-        self._http = http  # httpx.Client, injected so tests can use a MockTransport
-        self._base = base_url.rstrip("/")
-        self._cache: dict[int, Any] = {}
-
-    def writer_schema(self, schema_id: int) -> Any:
-        cached = self._cache.get(schema_id)
-        if cached is not None:
-            return cached
-        parsed = fastavro.parse_schema(strip_logical_types(self._fetch(schema_id)))
-        self._cache[schema_id] = parsed
-        return parsed
-
-    def _fetch(self, schema_id: int) -> Any:
-        import httpx  # noqa: PLC0415 - keeps the pure decoders importable without the HTTP stack
-
-        url = f"{self._base}/schemas/ids/{schema_id}"
-        try:
-            response = self._http.get(url)
-        except httpx.HTTPError as exc:
-            raise Retriable(f"Schema Registry unreachable: {type(exc).__name__}") from exc
-        if response.status_code == 404:
-            raise InvalidRecord("unknown_schema_id", "decode", f"schema id {schema_id} not found")
-        if response.status_code != 200:
-            raise Retriable(f"Schema Registry answered {response.status_code}")
-        try:
-            return json.loads(response.json()["schema"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidRecord(
-                "unknown_schema_id", "decode", f"schema id {schema_id} is not Avro"
-            ) from exc
 
 
 def encode_plain(record: dict[str, Any]) -> bytes:

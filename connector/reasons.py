@@ -23,6 +23,11 @@ REASONS: dict[str, tuple[Stage, str]] = {
         "decode",
         "the writer schema cannot be resolved into the bundled reader schema",
     ),
+    "unsupported_schema": (
+        "decode",
+        "the schema id names a schema the connector cannot read: JSON Schema, Protobuf, "
+        "invalid Avro, or a reference the registry cannot give",
+    ),
     "invalid_key": ("decode", "the Kafka key is not UTF-8"),
     "oversized_value": ("decode", "the value is larger than MAX_VALUE_BYTES"),
     # validate: readable, but not something Omnisend can take

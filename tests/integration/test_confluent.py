@@ -90,3 +90,56 @@ def test_unreachable_registry_is_retried_not_dead_lettered(
     assert time.monotonic() - started >= 2.5  # it waited for the registry
     assert run.pipeline.stats["dead_lettered"] == 0
     assert len(sim_contacts(sim)) == 10
+
+
+def test_schemas_the_connector_cannot_read_are_dead_lettered_and_asked_for_once(
+    broker: Broker,
+    topic: str,
+    sim: SimulatorServer,
+    registry: RegistryServer,
+    run_connector: RunConnector,
+) -> None:
+    """JSON Schema and Protobuf subjects in the same registry, and an Avro schema referencing
+    one the registry resolves: the first two are dead-lettered (asked for once each), the third
+    decodes; good records flow on around them."""
+    good = registry.register(f"{topic}-value", json.dumps(bundled_schema_json()))
+    json_id = registry.register("other-json", json.dumps({"type": "object"}), "JSON")
+    proto_id = registry.register("other-proto", 'syntax = "proto3"; message M {}', "PROTOBUF")
+    change_enum = copy.deepcopy(bundled_schema_json()["fields"][4]["type"])
+    change_enum["namespace"] = "cdp.segments.v1"
+    registry.register("membership-change", json.dumps(change_enum))
+    writer = copy.deepcopy(bundled_schema_json())
+    writer["fields"][4]["type"] = "cdp.segments.v1.MembershipChange"
+    reference = {
+        "name": "cdp.segments.v1.MembershipChange",
+        "subject": "membership-change",
+        "version": 1,
+    }
+    with_reference = registry.register(f"{topic}-value", json.dumps(writer), None, [reference])
+    named: dict[str, object] = {}
+    fastavro.parse_schema(change_enum, named_schemas=named)
+    parsed_writer = fastavro.parse_schema(writer, named_schemas=named)
+    records = []
+    for i in range(12):
+        e = event(f"r{i}@example.com", profile_id=f"p{i}")
+        schema_id = (good, json_id, proto_id, with_reference)[i % 4]
+        value = encode_confluent(
+            e, schema_id, parsed_writer if schema_id == with_reference else None
+        )
+        records.append((f"p{i}".encode(), value))
+    produce(broker.bootstrap, topic, records)
+    env = connector_env(
+        broker, topic, sim, VALUE_FORMAT="confluent", SCHEMA_REGISTRY_URL=registry.url
+    )
+    run = run_connector(env, caught_up(topic, 12))
+    assert run.exit_code == 0
+    assert set(sim_contacts(sim)) == {f"r{i}@example.com" for i in range(12) if i % 4 in (0, 3)}
+    dead = read_all(broker.bootstrap, f"{topic}.dlq", 6)
+    assert (
+        sorted(dict(m.headers())["omnisend.dlq.reason"] for m in dead)
+        == [b"unsupported_schema"] * 6
+    )
+    asked = [path for path in registry.requests if path.startswith("/schemas/ids/")]
+    assert sorted(asked) == sorted(
+        f"/schemas/ids/{i}" for i in (good, json_id, proto_id, with_reference)
+    )

@@ -14,12 +14,12 @@ import pytest
 from connector.codec import (
     ConfluentDecoder,
     PlainAvroDecoder,
-    RegistryClient,
     bundled_schema_json,
     encode_confluent,
     encode_plain,
 )
 from connector.errors import InvalidRecord, Retriable
+from connector.registry import RegistryClient
 from tests.events import event
 
 
@@ -126,4 +126,108 @@ def test_unreachable_registry_is_retriable() -> None:
         raise httpx.ConnectError("refused", request=request)
 
     with pytest.raises(Retriable, match="unreachable"):
+        registry(handler).writer_schema(1)
+
+
+JSON_SCHEMA = {"type": "object", "properties": {"event_id": {"type": "string"}}}
+PROTOBUF = 'syntax = "proto3"; message SegmentMembershipChange { string event_id = 1; }'
+
+
+def test_a_schema_that_is_not_avro_is_unsupported_and_asked_for_once() -> None:
+    """JSON Schema and Protobuf subjects share the registry's ids with Avro ones; a record that
+    names one is dead-lettered, and the registry's answer is remembered."""
+    answers = {
+        1: {"schemaType": "JSON", "schema": json.dumps(JSON_SCHEMA)},
+        2: {"schemaType": "PROTOBUF", "schema": PROTOBUF},
+        # A JSON Schema registered without its type would reach the Avro parser.
+        3: {"schema": json.dumps(JSON_SCHEMA)},
+        4: {"schema": "not json at all"},
+    }
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, json=answers[int(request.url.path.rsplit("/", 1)[1])])
+
+    client = registry(handler)
+    for schema_id in answers:
+        for _ in range(3):
+            with pytest.raises(InvalidRecord) as info:
+                client.writer_schema(schema_id)
+            assert info.value.reason == "unsupported_schema"
+    assert sorted(calls) == [f"/schemas/ids/{i}" for i in sorted(answers)]
+
+
+def referenced_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bundled schema with its `change` enum moved into a schema of its own, referenced."""
+    change_enum = copy.deepcopy(bundled_schema_json()["fields"][4]["type"])
+    change_enum["namespace"] = "cdp.segments.v1"
+    writer = copy.deepcopy(bundled_schema_json())
+    writer["fields"][4]["type"] = "cdp.segments.v1.MembershipChange"
+    return writer, change_enum
+
+
+def test_schema_references_are_resolved_from_their_subjects() -> None:
+    writer, change_enum = referenced_schemas()
+    reference = {"name": "cdp.segments.v1.MembershipChange", "subject": "change", "version": 2}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/schemas/ids/8":
+            return httpx.Response(
+                200, json={"schema": json.dumps(writer), "references": [reference]}
+            )
+        if request.url.path == "/subjects/change/versions/2":
+            return httpx.Response(
+                200,
+                json={
+                    "subject": "change",
+                    "version": 2,
+                    "id": 5,
+                    "schema": json.dumps(change_enum),
+                },
+            )
+        return httpx.Response(404, json={"error_code": 40401})
+
+    named: dict[str, Any] = {}
+    fastavro.parse_schema(change_enum, named_schemas=named)
+    value = encode_confluent(
+        event(change="EXITED"), 8, fastavro.parse_schema(writer, named_schemas=named)
+    )
+    change = ConfluentDecoder(registry(handler)).decode(value)
+    assert not change.entered
+
+
+def test_a_reference_the_registry_cannot_give_is_unsupported() -> None:
+    writer, _ = referenced_schemas()
+    reference = {"name": "cdp.segments.v1.MembershipChange", "subject": "gone", "version": 1}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/schemas/ids/8":
+            return httpx.Response(
+                200, json={"schema": json.dumps(writer), "references": [reference]}
+            )
+        return httpx.Response(404, json={"error_code": 40401})
+
+    with pytest.raises(InvalidRecord) as info:
+        registry(handler).writer_schema(8)
+    assert info.value.reason == "unsupported_schema"
+
+    # Without the reference resolved, the parser meets an unknown type: the same answer.
+    def no_references(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"schema": json.dumps(writer)})
+
+    with pytest.raises(InvalidRecord) as info:
+        registry(no_references).writer_schema(8)
+    assert info.value.reason == "unsupported_schema"
+
+
+def test_a_registry_answer_that_is_not_the_registry_is_retried_not_dead_lettered() -> None:
+    """A proxy's login page or a gateway's HTML says nothing about the schema."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, text="<html>Sign in</html>", headers={"Content-Type": "text/html"}
+        )
+
+    with pytest.raises(Retriable):
         registry(handler).writer_schema(1)

@@ -1,0 +1,135 @@
+"""The Schema Registry client: writer schemas by id, for the Confluent wire format.
+
+Every answer is remembered: ids are immutable, so a schema the connector can read is parsed once,
+and one it cannot read (a JSON Schema or Protobuf subject, invalid Avro, a reference the registry
+cannot give) is refused once and then from memory, so a stream of such records costs no
+requests. An id the registry does not know (404) is asked again after `UNKNOWN_ID_RETRY_S`: it
+may be registered late. What says nothing about the schema (the registry unreachable, a 5xx, a
+proxy's HTML page) is `Retriable`: the pipeline holds the records and asks again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import fastavro
+import httpx
+
+from connector.codec import strip_logical_types
+from connector.errors import InvalidRecord, Retriable
+
+# How long a 404 for a schema id is believed before the registry is asked again.
+UNKNOWN_ID_RETRY_S = 60.0
+# Schema references deeper than this are refused rather than followed (a cycle, or abuse).
+MAX_REFERENCE_DEPTH = 16
+
+
+def _unsupported(schema_id: int, why: str) -> InvalidRecord:
+    return InvalidRecord("unsupported_schema", "decode", f"schema id {schema_id}: {why}")
+
+
+class RegistryClient:
+    """Fetches writer schemas by id from a Confluent-compatible Schema Registry. Raises
+    `InvalidRecord` (unknown id, unsupported schema) or `Retriable` (no usable answer)."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        base_url: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http  # injected so tests can use a MockTransport
+        self._base = base_url.rstrip("/")
+        self._clock = clock
+        self._schemas: dict[int, Any] = {}
+        self._refused: dict[int, InvalidRecord] = {}
+        self._unknown: dict[int, tuple[float, InvalidRecord]] = {}
+
+    def writer_schema(self, schema_id: int) -> Any:
+        cached = self._schemas.get(schema_id)
+        if cached is not None:
+            return cached
+        refused = self._refused.get(schema_id)
+        if refused is not None:
+            raise refused
+        unknown = self._unknown.get(schema_id)
+        if unknown is not None and self._clock() < unknown[0]:
+            raise unknown[1]
+        try:
+            parsed = self._parse(schema_id, self._get(f"/schemas/ids/{schema_id}", schema_id))
+        except InvalidRecord as exc:
+            if exc.reason == "unknown_schema_id":
+                self._unknown[schema_id] = (self._clock() + UNKNOWN_ID_RETRY_S, exc)
+            else:
+                self._refused[schema_id] = exc
+            raise
+        self._unknown.pop(schema_id, None)
+        self._schemas[schema_id] = parsed
+        return parsed
+
+    def _parse(self, schema_id: int, answer: dict[str, Any]) -> Any:
+        named: dict[str, Any] = {}
+        self._resolve_references(schema_id, answer, named, depth=0)
+        return _parse_avro(schema_id, answer, named)
+
+    def _resolve_references(
+        self, schema_id: int, answer: dict[str, Any], named: dict[str, Any], depth: int
+    ) -> None:
+        """Parse every schema `answer` references (depth first) into `named`."""
+        references = answer.get("references") or []
+        if not isinstance(references, list):
+            raise _unsupported(schema_id, "its references are not a list")
+        if references and depth >= MAX_REFERENCE_DEPTH:
+            raise _unsupported(schema_id, f"references nested deeper than {MAX_REFERENCE_DEPTH}")
+        for reference in references:
+            subject = reference.get("subject") if isinstance(reference, dict) else None
+            version = reference.get("version") if isinstance(reference, dict) else None
+            if not isinstance(subject, str) or not isinstance(version, int | str):
+                raise _unsupported(schema_id, "a reference without subject and version")
+            path = f"/subjects/{quote(subject, safe='')}/versions/{quote(str(version), safe='')}"
+            try:
+                referenced = self._get(path, schema_id)
+            except InvalidRecord:
+                raise _unsupported(
+                    schema_id, f"the registry has no {subject!r} version {version}"
+                ) from None
+            self._resolve_references(schema_id, referenced, named, depth + 1)
+            _parse_avro(schema_id, referenced, named)
+
+    def _get(self, path: str, schema_id: int) -> dict[str, Any]:
+        try:
+            response = self._http.get(self._base + path)
+        except httpx.HTTPError as exc:
+            raise Retriable(f"Schema Registry unreachable: {type(exc).__name__}") from exc
+        if response.status_code == 404:
+            raise InvalidRecord("unknown_schema_id", "decode", f"schema id {schema_id} not found")
+        if response.status_code != 200:
+            raise Retriable(f"Schema Registry answered {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
+            kind = response.headers.get("content-type", "no content type")
+            raise Retriable(f"Schema Registry answered 200 without a schema ({kind})")
+        return body
+
+
+def _parse_avro(schema_id: int, answer: dict[str, Any], named: dict[str, Any]) -> Any:
+    kind = answer.get("schemaType") or "AVRO"
+    if kind != "AVRO":
+        raise _unsupported(schema_id, f"a {kind} schema, not Avro")
+    try:
+        schema = json.loads(answer["schema"])
+    except ValueError:
+        raise _unsupported(schema_id, "the schema is not JSON, so not Avro") from None
+    try:
+        return fastavro.parse_schema(strip_logical_types(schema), named_schemas=named)
+    # fastavro raises its own SchemaParseException and UnknownType, and plain errors on odd
+    # shapes; whatever it raises, this schema cannot be read.
+    except Exception as exc:  # noqa: BLE001
+        raise _unsupported(schema_id, f"not a usable Avro schema ({type(exc).__name__})") from None
