@@ -20,17 +20,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not registry.available:
             return self._send(503, {"error_code": 50301, "message": "unavailable"})
         if match := re.fullmatch(r"/schemas/ids/(\d+)", self.path):
-            schema_id = int(match.group(1))
-            if schema_id not in registry.schemas:
-                return self._send(404, {"error_code": 40403, "message": "Schema not found"})
-            return self._send(200, registry.answer(schema_id))
+            return self._by_id(int(match.group(1)))
         if match := re.fullmatch(r"/subjects/([^/]+)/versions/(\d+)", self.path):
-            ids = registry.subjects.get(match.group(1), [])
-            version = int(match.group(2))
-            if not 1 <= version <= len(ids):
-                return self._send(404, {"error_code": 40402, "message": "Version not found"})
-            answer = registry.answer(ids[version - 1])
-            return self._send(200, {"subject": match.group(1), "version": version, **answer})
+            return self._by_version(match.group(1), int(match.group(2)))
         if self.path == "/subjects":
             return self._send(200, sorted(registry.subjects))
         if match := re.fullmatch(r"/subjects/([^/]+)/versions", self.path):
@@ -38,6 +30,18 @@ class _Handler(BaseHTTPRequestHandler):
                 200, list(range(1, len(registry.subjects.get(match.group(1), [])) + 1))
             )
         return self._send(404, {"error_code": 404, "message": "not found"})
+
+    def _by_id(self, schema_id: int) -> None:
+        if schema_id not in self.server.schemas:
+            return self._send(404, {"error_code": 40403, "message": "Schema not found"})
+        return self._send(200, self.server.answer(schema_id))
+
+    def _by_version(self, subject: str, version: int) -> None:
+        ids = self.server.subjects.get(subject, [])
+        if not 1 <= version <= len(ids):
+            return self._send(404, {"error_code": 40402, "message": "Version not found"})
+        answer = self.server.answer(ids[version - 1])
+        return self._send(200, {"subject": subject, "version": version, **answer})
 
     def do_POST(self) -> None:
         match = re.fullmatch(r"/subjects/([^/]+)/versions", self.path)

@@ -6,6 +6,7 @@ import copy
 import json
 import threading
 import time
+from typing import Any
 
 import fastavro
 
@@ -116,7 +117,7 @@ def test_schemas_the_connector_cannot_read_are_dead_lettered_and_asked_for_once(
         "version": 1,
     }
     with_reference = registry.register(f"{topic}-value", json.dumps(writer), None, [reference])
-    named: dict[str, object] = {}
+    named: dict[str, Any] = {}
     fastavro.parse_schema(change_enum, named_schemas=named)
     parsed_writer = fastavro.parse_schema(writer, named_schemas=named)
     records = []
