@@ -35,9 +35,9 @@ from connector.health import HealthServer
 from connector.kafka import (
     admin_config,
     consumer_config,
+    dlq_producer_config,
     make_consumer,
     make_producer,
-    producer_config,
 )
 from connector.lag import lag_updater
 from connector.logs import EmailHasher
@@ -48,7 +48,7 @@ from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
 from connector.readiness import Readiness, broker_reachable, omnisend_credentials
 from connector.registry import RegistryClient
-from connector.settings import Settings
+from connector.settings import Settings, dlq_message_max_bytes
 
 log = structlog.get_logger("connector")
 
@@ -184,14 +184,17 @@ def running(
     consumer = make_consumer(
         consumer_config(settings.kafka_bootstrap_servers, group_id, kafka, on_error)
     )
-    producer = make_producer(producer_config(settings.kafka_bootstrap_servers, kafka, on_error))
+    dlq_max_bytes = dlq_message_max_bytes(settings.max_value_bytes, kafka)
+    producer = make_producer(
+        dlq_producer_config(settings.kafka_bootstrap_servers, kafka, on_error, dlq_max_bytes)
+    )
 
     def dead_letters(on_delivered: Callable[[RawRecord, str], None]) -> DeadLetterSink:
         if dry is not None or job is not None:
             letters = DryDeadLetters(on_delivered)
             (dry.dead_letters if dry is not None else counted).append(letters)
             return letters
-        return DeadLetters(producer, settings.dlq_topic, on_delivered)
+        return DeadLetters(producer, settings.dlq_topic, on_delivered, dlq_max_bytes)
 
     key = settings.email_hash_key
     hasher = EmailHasher(key.get_secret_value().encode() if key else None)

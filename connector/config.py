@@ -33,6 +33,7 @@ from connector.settings import (
     CONNECTION_SETTINGS,
     EXPORT_SETTINGS,
     Settings,
+    dlq_size_problem,
     kafka_overrides,
     load_settings,
     settings_from,
@@ -202,6 +203,8 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
             kafka = kafka_overrides(as_env) | kafka_overrides(env)
         except ConfigError as exc:
             problems.append(f"kafka_properties: {exc}")
+    if settings is not None and (problem := dlq_size_problem(settings.max_value_bytes, kafka)):
+        problems.append(f"kafka_properties: {problem}")
     raw_connections = document.get("connections")
     connections = _connections(raw_connections, settings, env, problems)
     declared = set(raw_connections) if isinstance(raw_connections, dict) else set()

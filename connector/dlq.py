@@ -2,14 +2,24 @@
 
 A DLQ'd record counts as done only once the broker confirmed the DLQ copy; until then its offset
 is not committed.
+
+Every record gets there, whatever its size. One that the producer (`message.max.bytes`) or the
+broker (the topic's `max.message.bytes`) refuses as too large goes again without its value, then
+without its own headers, then without its key, each time with `omnisend.dlq.dropped` naming what
+was left out and `omnisend.dlq.original.value.bytes` its size: the provenance headers always say
+where the original is. A full producer queue is waited out; any other failure to write is fatal
+(exit 5), since the records behind it could never be committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from connector.errors import Fatal
 from connector.events import RawRecord
@@ -17,6 +27,14 @@ from connector.reasons import REASONS
 
 HEADER_PREFIX = "omnisend.dlq."
 MAX_DETAIL_CHARS = 1000
+# Room for the headers of a dead-letter record beside a value of MAX_VALUE_BYTES: the record's
+# own headers and the connector's (the detail alone may take 4 KB of UTF-8). The DLQ producer's
+# `message.max.bytes` is MAX_VALUE_BYTES plus this unless set explicitly.
+DLQ_HEADER_ROOM = 64 * 1024
+# What a refused record leaves out, in order, until it fits.
+_DROP_ORDER = ("value", "headers", "key")
+# How long `send` waits for a full producer queue to drain, per attempt.
+_QUEUE_FULL_WAIT_S = 0.1
 
 Delivered = Callable[[RawRecord, str], None]
 
@@ -36,12 +54,9 @@ class DeadLetterSink(Protocol):
     def flush(self, timeout_s: float) -> bool: ...
 
 
-def dlq_headers(
+def _provenance(
     record: RawRecord, reason: str, stage: str, detail: str, error_class: str
 ) -> list[tuple[str, bytes]]:
-    """The record's own headers followed by the connector's; all UTF-8, numbers in decimal."""
-    if reason not in REASONS:
-        raise ValueError(f"unknown DLQ reason {reason!r}")
     position = record.position
     ours = {
         "reason": reason,
@@ -53,44 +68,133 @@ def dlq_headers(
         "original.offset": str(position.offset),
         "original.timestamp": str(record.timestamp_ms),
     }
-    headers: list[tuple[str, Any]] = list(record.headers)
-    headers += [(HEADER_PREFIX + k, v.encode()) for k, v in ours.items()]
-    return headers
+    return [(HEADER_PREFIX + k, v.encode()) for k, v in ours.items()]
+
+
+def record_size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> int:
+    """An upper bound of what librdkafka counts against `message.max.bytes`: key, value and
+    the serialized headers (name, value and their varint lengths)."""
+    size = len(key or b"") + len(value or b"")
+    return size + sum(len(name.encode()) + len(v or b"") + 10 for name, v in headers)
+
+
+@dataclass
+class _Letter:
+    """One dead-letter record on its way, and what it left out so far."""
+
+    record: RawRecord
+    reason: str
+    provenance: list[tuple[str, bytes]]
+    dropped: int = 0  # how many of `_DROP_ORDER` are left out
+
+    def message(self) -> dict[str, Any]:
+        left_out = _DROP_ORDER[: self.dropped]
+        headers: list[tuple[str, bytes | None]] = []
+        if "headers" not in left_out:
+            headers += self.record.headers
+        headers += self.provenance
+        if left_out:
+            value = self.record.value
+            headers += [
+                (HEADER_PREFIX + "dropped", ",".join(left_out).encode()),
+                (HEADER_PREFIX + "original.value.bytes", str(len(value or b"")).encode()),
+            ]
+        return {
+            "key": None if "key" in left_out else self.record.key,
+            "value": None if left_out else self.record.value,
+            "headers": headers,
+        }
+
+    def smaller(self) -> bool:
+        """Leave out the next part; False when nothing is left to leave out."""
+        if self.dropped == len(_DROP_ORDER):
+            return False
+        self.dropped += 1
+        return True
 
 
 class DeadLetters:
     """Produces DLQ records and reports each one once delivered (from `poll`, on the caller's
     thread)."""
 
-    def __init__(self, producer: Any, topic: str, on_delivered: Delivered) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        topic: str,
+        on_delivered: Delivered,
+        max_message_bytes: int | None = None,
+    ) -> None:
         self._producer = producer
         self.topic = topic
         self._on_delivered = on_delivered
+        # Known ahead, a record too large is sent without its value at once; either way the
+        # producer's and the broker's refusals are handled.
+        self._max_bytes = max_message_bytes
+        self._again: deque[_Letter] = deque()  # refused by the broker for their size
         self.pending = 0
         self.failure: Fatal | None = None
 
     def send(
         self, record: RawRecord, reason: str, stage: str, detail: str, error_class: str
     ) -> None:
-        headers = dlq_headers(record, reason, stage, detail, error_class)
-
-        def delivered(err: KafkaError | None, msg: Any) -> None:
-            self.pending -= 1
-            if err is not None:
-                self.failure = Fatal(
-                    f"cannot write to the dead-letter topic {self.topic}: {err.str()}"
-                )
-                return
-            self._on_delivered(record, reason)
-
-        self._producer.produce(
-            self.topic, value=record.value, key=record.key, headers=headers, on_delivery=delivered
-        )
+        if reason not in REASONS:
+            raise ValueError(f"unknown DLQ reason {reason!r}")
+        letter = _Letter(record, reason, _provenance(record, reason, stage, detail, error_class))
         self.pending += 1
+        self._produce(letter)
+
+    def _produce(self, letter: _Letter) -> None:
+        while True:
+            message = letter.message()
+            fits = self._max_bytes is None or (
+                record_size(message["key"], message["value"], message["headers"]) <= self._max_bytes
+            )
+            if not fits and letter.smaller():
+                continue
+            try:
+                self._producer.produce(self.topic, **message, on_delivery=self._report(letter))
+            except BufferError:
+                # The producer's queue is full: what it holds must reach the broker first.
+                self._producer.poll(_QUEUE_FULL_WAIT_S)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or not letter.smaller():
+                    self._fail(exc.args[0])
+                    return
+            else:
+                return
+
+    def _report(self, letter: _Letter) -> Callable[[KafkaError | None, Any], None]:
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            if err is None:
+                self.pending -= 1
+                self._on_delivered(letter.record, letter.reason)
+            elif err.code() == KafkaError.MSG_SIZE_TOO_LARGE and letter.smaller():
+                self._again.append(letter)  # produced again after this poll, not inside it
+            else:
+                self._fail(err)
+
+        return delivered
+
+    def _fail(self, err: KafkaError) -> None:
+        self.pending -= 1
+        if self.failure is None:
+            self.failure = Fatal(f"cannot write to the dead-letter topic {self.topic}: {err.str()}")
 
     def poll(self) -> None:
         self._producer.poll(0)
+        self._resend()
+
+    def _resend(self) -> None:
+        while self._again:
+            self._produce(self._again.popleft())
 
     def flush(self, timeout_s: float) -> bool:
         """Wait for every DLQ record to be confirmed; False if some were not in time."""
-        return bool(self._producer.flush(timeout_s) == 0)
+        deadline = time.monotonic() + timeout_s
+        left = self._producer.flush(timeout_s)
+        while self._again and self.failure is None:
+            self._resend()
+            left = self._producer.flush(max(0.0, deadline - time.monotonic()))
+        return bool(left == 0) and not self._again

@@ -73,6 +73,15 @@ def producer_config(
     return config
 
 
+def dlq_producer_config(
+    bootstrap: str, overrides: dict[str, str], on_error: ErrorCallback, message_max_bytes: int
+) -> dict[str, Any]:
+    """The dead-letter producer's: able to carry a MAX_VALUE_BYTES record and its headers."""
+    return producer_config(bootstrap, overrides, on_error) | {
+        "message.max.bytes": message_max_bytes
+    }
+
+
 def admin_config(bootstrap: str, overrides: dict[str, str]) -> dict[str, Any]:
     producer_only = {"acks", "enable.idempotence", "linger.ms", "compression.type"}
     return {

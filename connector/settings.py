@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connector.dlq import DLQ_HEADER_ROOM
 from connector.errors import ConfigError
 from connector.mapping import DEFAULT_FIELD_MAP, DEFAULT_TAG_TEMPLATE, Mapping, check_tag_template
 from connector.omnisend.client import DEFAULT_BASE_URL
@@ -186,6 +187,32 @@ def kafka_overrides(environ: AnyMapping[str, str]) -> dict[str, str]:
     return out
 
 
+def dlq_message_max_bytes(max_value_bytes: int, kafka: dict[str, str]) -> int:
+    """The DLQ producer's `message.max.bytes`: as set, or room for a MAX_VALUE_BYTES value and
+    its headers (librdkafka's own default, 1,000,000, is less than the default MAX_VALUE_BYTES)."""
+    explicit = kafka.get("message.max.bytes")
+    return int(explicit) if explicit is not None else max_value_bytes + DLQ_HEADER_ROOM
+
+
+def dlq_size_problem(max_value_bytes: int, kafka: dict[str, str]) -> str | None:
+    """What is wrong with an explicit `message.max.bytes` that cannot carry a record of
+    MAX_VALUE_BYTES to the dead-letter topic (None: nothing)."""
+    explicit = kafka.get("message.max.bytes")
+    if explicit is None:
+        return None
+    needed = max_value_bytes + DLQ_HEADER_ROOM
+    if not explicit.strip().isdigit():
+        return f"KAFKA_CFG_MESSAGE_MAX_BYTES={explicit!r} is not a whole number of bytes"
+    if int(explicit) < needed:
+        return (
+            f"KAFKA_CFG_MESSAGE_MAX_BYTES={explicit} cannot carry a record of "
+            f"MAX_VALUE_BYTES={max_value_bytes} and its headers to the dead-letter topic: "
+            f"set it to at least {needed} (MAX_VALUE_BYTES + {DLQ_HEADER_ROOM}) or lower "
+            "MAX_VALUE_BYTES"
+        )
+    return None
+
+
 def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
     """Settings and librdkafka overrides, or a `ConfigError` naming every bad setting."""
     env = dict(os.environ if environ is None else environ)
@@ -193,7 +220,11 @@ def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings
     settings = settings_from(
         {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
     )
-    return settings, kafka_overrides(env)
+    kafka = kafka_overrides(env)
+    problem = dlq_size_problem(settings.max_value_bytes, kafka)
+    if problem is not None:
+        raise ConfigError(problem)
+    return settings, kafka
 
 
 def settings_from(values: dict[str, Any], check_connection: bool = True) -> Settings:
@@ -295,7 +326,12 @@ SETTINGS_HELP: list[tuple[str, str, str]] = [
         "records whose fate is unknown before partitions are paused",
     ),
     ("MAX_IN_FLIGHT_BYTES", "67108864", "bytes of such records before partitions are paused"),
-    ("MAX_VALUE_BYTES", "1048576", "larger values go to the DLQ as oversized_value"),
+    (
+        "MAX_VALUE_BYTES",
+        "1048576",
+        "larger values go to the DLQ as oversized_value; the DLQ producer's message.max.bytes "
+        "is this plus 65536 unless set",
+    ),
     ("DEDUPE_CACHE_SIZE", "200000", "event ids remembered for de-duplication"),
     (
         "DLQ_MAX_INVALID_SHARE",

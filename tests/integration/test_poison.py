@@ -9,7 +9,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from connector.broker import Broker
-from connector.codec import encode_confluent
+from connector.codec import encode_confluent, encode_plain
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import (
@@ -68,3 +68,30 @@ def test_every_kind_of_poison_is_dead_lettered_with_its_reason(
     }
     assert reasons == {case["name"]: case["reason"] for case in manifest}
     assert len(sim_contacts(sim)) == len(manifest)  # every good record went through
+
+
+def test_large_records_are_dead_lettered_without_a_restart_loop(
+    broker: Broker, topic: str, sim: SimulatorServer, run_connector: RunConnector
+) -> None:
+    """A value between librdkafka's 1,000,000 bytes and MAX_VALUE_BYTES (1 MiB) goes to the DLQ
+    whole; one the DLQ producer cannot carry goes without its value, the header saying so."""
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "message.max.bytes": 5_000_000})
+    between = b"\x02" * 1_040_000  # not Avro: malformed_avro, and larger than 1,000,000
+    huge = b"\x02" * 2_000_000  # over MAX_VALUE_BYTES and over the DLQ producer's limit
+    for key, value in ((b"between", between), (b"huge", huge)):
+        producer.produce(topic, key=key, value=value, headers=[("trace", b"t-" + key)])
+    producer.produce(topic, key=b"good", value=encode_plain(event("good@example.com")))
+    assert producer.flush(30) == 0
+    env = connector_env(broker, topic, sim, DLQ_MAX_INVALID_SHARE="1")
+    run = run_connector(env, caught_up(topic, 3))
+    assert run.exit_code == 0
+    dead = {m.key(): m for m in read_all(broker.bootstrap, f"{topic}.dlq", 2)}
+    assert dead[b"between"].value() == between
+    assert dict(dead[b"between"].headers())["omnisend.dlq.reason"] == b"malformed_avro"
+    headers = dict(dead[b"huge"].headers())
+    assert dead[b"huge"].value() is None
+    assert headers["omnisend.dlq.reason"] == b"oversized_value"
+    assert headers["omnisend.dlq.dropped"] == b"value"
+    assert headers["omnisend.dlq.original.value.bytes"] == b"2000000"
+    assert headers["trace"] == b"t-huge"
+    assert set(sim_contacts(sim)) == {"good@example.com"}

@@ -91,3 +91,29 @@ def test_privacy_acknowledgement_is_required(value: str | None) -> None:
     assert "personal data" in message
     assert "compliance boundary" in message
     assert "OMNISEND_PRIVACY_ACKNOWLEDGED=true" in message
+
+
+def test_the_dlq_producer_can_carry_a_max_value_bytes_record_by_default() -> None:
+    """librdkafka's own `message.max.bytes` (1,000,000) is less than MAX_VALUE_BYTES (1 MiB):
+    every value between the two could not be dead-lettered."""
+    from connector.kafka import dlq_producer_config  # noqa: PLC0415
+    from connector.settings import dlq_message_max_bytes  # noqa: PLC0415
+
+    settings, kafka = load_settings(BASE)
+    limit = dlq_message_max_bytes(settings.max_value_bytes, kafka)
+    assert limit >= settings.max_value_bytes + 64 * 1024
+    config = dlq_producer_config("k:9092", kafka, lambda err: None, limit)
+    assert config["message.max.bytes"] == limit
+    settings, kafka = load_settings({**BASE, "MAX_VALUE_BYTES": "4000000"})
+    assert dlq_message_max_bytes(settings.max_value_bytes, kafka) >= 4_000_000 + 64 * 1024
+
+
+def test_an_explicit_message_max_bytes_that_cannot_carry_max_value_bytes_is_refused() -> None:
+    with pytest.raises(ConfigError, match="KAFKA_CFG_MESSAGE_MAX_BYTES"):
+        load_settings({**BASE, "KAFKA_CFG_MESSAGE_MAX_BYTES": "1000000"})
+    with pytest.raises(ConfigError, match="KAFKA_CFG_MESSAGE_MAX_BYTES"):
+        load_settings({**BASE, "KAFKA_CFG_MESSAGE_MAX_BYTES": "lots"})
+    _, kafka = load_settings(
+        {**BASE, "MAX_VALUE_BYTES": "500000", "KAFKA_CFG_MESSAGE_MAX_BYTES": "1000000"}
+    )
+    assert kafka["message.max.bytes"] == "1000000"
