@@ -3,21 +3,31 @@ is passed in.
 
 Every change becomes at most two *intents*: an upsert of the contact (ENTERED only) and a tag
 operation (add for ENTERED, remove for EXITED). While an intent waits to be sent, newer changes
-to the same contact or (contact, tag) replace it: the latest attributes of an email are sent once,
-the latest membership per (email, tag) wins by `occurred_at` (ties: the later arrival). A replaced
-change shares the fate of the one that replaced it.
+replace it. Two rules decide what is newer:
+- membership per (email, tag) by `occurred_at` (ties: the later arrival);
+- attributes per (email, export) by `occurred_at`, from entries only: each export owns the
+  contact fields it maps, so an upsert carries one *part* per export, merged, never one export's
+  fields instead of another's.
+A late ENTERED whose membership is superseded may still carry the newest attributes (or be the
+contact's only entry): its upsert goes, its tag call does not. A replaced change shares the fate
+of the one that replaced it.
 
 Order rules that Omnisend's asynchronous API needs:
-- a tag add waits until the contact's upsert finished (Omnisend drops tags for unknown emails);
+- a tag add waits until the contact exists (Omnisend drops tags for unknown emails);
 - an email is in at most one in-flight batch, so two upserts of one contact never race;
 - an operation on (email, tag) waits while another is in flight, and the opposite operation waits
-  `settle_s` more after the earlier one was accepted (tag calls are applied asynchronously).
+  `settle_s` more after the earlier one was accepted, or after its answer was lost (tag calls
+  are applied asynchronously, and a lost answer may hide an accepted call);
+- an upsert whose fate is unknown (its batch stuck, or its answer lost) is a *ghost*: it may
+  still land, over newer fields. When it is known to have landed (or given up on), the newest
+  fields of its contacts are sent once more where they differ from the ghost's.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,14 +60,36 @@ class Outcome:
     email: str = ""  # of a failed record, for its log line's keyed hash
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """The contact fields one export maps, as of `occurred_at_ms`."""
+
+    fields: dict[str, Any]
+    occurred_at_ms: int
+
+
 @dataclass(eq=False, slots=True)
 class UpsertIntent:
     email: str
-    fields: dict[str, Any]
-    occurred_at_ms: int
+    parts: dict[int, Part]  # export -> its newest fields
     since: float  # when it started waiting, for the flush age
     tickets: list[Ticket] = field(default_factory=list)
     attempts: int = 0
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The fields to send: every export's part (exports map disjoint fields)."""
+        if len(self.parts) == 1:
+            return next(iter(self.parts.values())).fields
+        merged: dict[str, Any] = {}
+        for export in sorted(self.parts):
+            merged.update(self.parts[export].fields)
+        return merged
+
+    def absorb(self, older: UpsertIntent) -> None:
+        """Take `older`'s parts where they are newer than this one's, and its records."""
+        _merge_parts(self.parts, older.parts)
+        self.tickets.extend(older.tickets)
 
 
 @dataclass(eq=False, slots=True)
@@ -79,9 +111,29 @@ class TagIntent:
         return (self.add, self.tag)
 
 
+@dataclass(slots=True)
+class _Ghost:
+    """Upserts whose fate is unknown: email -> export -> hash of the fields they carried."""
+
+    parts: dict[str, dict[int, int]]
+    until: float | None  # given up on at this time (None: until told)
+
+
 def fields_hash(fields: dict[str, Any]) -> int:
     """A fingerprint of the fields, for this process's cache only (str hashes are salted)."""
     return hash(tuple(sorted((k, v if isinstance(v, str) else repr(v)) for k, v in fields.items())))
+
+
+def _merge_parts(into: dict[int, Part], parts: dict[int, Part], later: bool = False) -> None:
+    """Keep the newest part of each export; on a tie, `parts` wins if it came `later`."""
+    for export, part in parts.items():
+        current = into.get(export)
+        if (
+            current is None
+            or part.occurred_at_ms > current.occurred_at_ms
+            or (later and part.occurred_at_ms == current.occurred_at_ms)
+        ):
+            into[export] = part
 
 
 class LRU(OrderedDict[Any, Any]):
@@ -99,38 +151,45 @@ class LRU(OrderedDict[Any, Any]):
 
 
 class Coalescer:
-    """The intents of every contact with unfinished changes."""
+    """The intents of every contact with unfinished changes. `exports` numbers the exports
+    whose changes it receives (the parts an upsert may carry)."""
 
-    def __init__(self, settle_s: float = 0.0, cache_size: int = 1_000_000) -> None:
+    def __init__(
+        self, settle_s: float = 0.0, cache_size: int = 1_000_000, exports: Iterable[int] = (0,)
+    ) -> None:
         self.settle_s = settle_s
+        self.exports = tuple(exports)
         self.upserts: OrderedDict[str, UpsertIntent] = OrderedDict()  # waiting to be sent
         self.upserts_in_flight: dict[str, UpsertIntent] = {}
         self.tags: dict[Key, TagIntent] = {}  # waiting: not yet sent
         self._tags_of: dict[str, set[str]] = {}  # email -> tags with a waiting intent
         self.tags_in_flight: dict[Key, TagIntent] = {}
         self.ready: dict[Group, OrderedDict[str, TagIntent]] = {}
-        # Contacts known to exist in Omnisend: email -> (hash of the fields last sent, their
-        # occurred_at). A known contact with unchanged fields needs no upsert.
+        # Fields known to be in Omnisend: (email, export) -> (hash of the part last accepted,
+        # its occurred_at). A known contact whose part is unchanged needs no upsert.
         self.known = LRU(cache_size)
         # The occurred_at of the last change applied per (email, tag): a late event is stale.
         self.applied = LRU(cache_size)
-        # Tag calls accepted within the last `settle_s`, oldest first: key -> (add, when). An
-        # opposite call for the same key waits until the earlier one has settled, whether it was
-        # already waiting when the earlier one was accepted or arrives later.
+        # Tag calls accepted (or whose answer was lost) within the last `settle_s`, oldest
+        # first: key -> (add, when). An opposite call for the same key waits until the earlier
+        # one has settled, whether it was already waiting or arrives later.
         self._accepted: OrderedDict[Key, tuple[bool, float]] = OrderedDict()
+        self._ghosts: dict[int, _Ghost] = {}
+        self._ghost_ids = itertools.count()
+        self._haunted: dict[str, int] = {}  # email -> live ghosts carrying it
+        self._redo: dict[str, dict[int, Part]] = {}  # parts accepted while haunted
         self.outcomes: list[Outcome] = []
 
     # ---- intake --------------------------------------------------------------------------------
 
     def add(self, change: ContactChange, now: float) -> None:
         ticket = Ticket(change.position, change.size, change.email)
-        key = (change.email, change.tag)
-        if change.occurred_at_ms < self._latest(key):
+        current = change.occurred_at_ms >= self._latest((change.email, change.tag))
+        attached = change.entered and self._want_upsert(change, ticket, now)
+        if current:
+            self._want_tag(change, ticket, now)
+        elif not attached:
             self.outcomes.append(Outcome(ticket.position, ticket.size, skipped="superseded"))
-            return
-        if change.entered:
-            self._want_upsert(change, ticket, now)
-        self._want_tag(change, ticket, now)
 
     def _latest(self, key: Key) -> int:
         latest: int = self.applied.get(key, -1)
@@ -140,30 +199,39 @@ class Coalescer:
                 latest = max(latest, intent.occurred_at_ms)
         return latest
 
-    def _want_upsert(self, change: ContactChange, ticket: Ticket, now: float) -> None:
-        """Profiles are snapshots: the fields of the latest ENTERED by `occurred_at` win."""
-        email = change.email
+    def _want_upsert(self, change: ContactChange, ticket: Ticket, now: float) -> bool:
+        """Profiles are snapshots: per export, the fields of the latest ENTERED by `occurred_at`
+        win. Whether the record waits for an upsert (False: none is needed for it)."""
+        email, export = change.email, change.export
+        part = Part(change.fields, change.occurred_at_ms)
         pending = self.upserts.get(email)
-        if pending is not None:
-            if change.occurred_at_ms >= pending.occurred_at_ms:
-                pending.fields, pending.occurred_at_ms = change.fields, change.occurred_at_ms
-            _attach(pending.tickets, ticket)
-            return
+        waiting = None if pending is None else pending.parts.get(export)
+        if waiting is None and not self._part_needed(email, export, part):
+            return False
+        if pending is None:
+            pending = self.upserts[email] = UpsertIntent(email, {}, now)
+        if waiting is None or part.occurred_at_ms >= waiting.occurred_at_ms:
+            pending.parts[export] = part
+        _attach(pending.tickets, ticket)
+        return True
+
+    def _part_needed(self, email: str, export: int, part: Part) -> bool:
         in_flight = self.upserts_in_flight.get(email)
-        if in_flight is not None and change.occurred_at_ms < in_flight.occurred_at_ms:
-            return  # newer fields are on their way; its tag add waits for that upsert
-        known = self.known.get(email)
-        if in_flight is None and known is not None:
-            known_hash, known_at = known
-            if change.occurred_at_ms < known_at:
-                return  # exists with newer fields: only the tag call is needed
-            if known_hash == fields_hash(change.fields):
-                # Exists with these very fields, now known as of this later time.
-                self.known.put(email, (known_hash, change.occurred_at_ms))
-                return
-        intent = UpsertIntent(email, change.fields, change.occurred_at_ms, now)
-        _attach(intent.tickets, ticket)
-        self.upserts[email] = intent
+        sent = None if in_flight is None else in_flight.parts.get(export)
+        if sent is not None:
+            # Newer fields are on their way (its tag add waits for them), or older ones are
+            # and these must follow.
+            return part.occurred_at_ms >= sent.occurred_at_ms
+        known = self.known.get((email, export))
+        if known is None:
+            return True
+        known_hash, known_at = known
+        if part.occurred_at_ms < known_at:
+            return False  # Omnisend has newer fields of this export
+        if known_hash == fields_hash(part.fields):
+            self.known.put((email, export), (known_hash, part.occurred_at_ms))
+            return False  # it has these very fields, now known as of this later time
+        return True
 
     def _want_tag(self, change: ContactChange, ticket: Ticket, now: float) -> None:
         key = (change.email, change.tag)
@@ -183,13 +251,17 @@ class Coalescer:
     def _maybe_ready(self, intent: TagIntent, now: float) -> None:
         if intent.key in self.tags_in_flight:
             return  # released when the call in flight completes
-        if intent.add and intent.email not in self.known and self._upserting(intent.email):
+        if intent.add and not self.exists(intent.email) and self._upserting(intent.email):
             self._unready(intent)
             return  # the contact does not exist yet: released when the upsert finishes
         last = self._accepted.get(intent.key)
         opposite = last is not None and last[0] != intent.add
         intent.not_before = last[1] + self.settle_s if last is not None and opposite else 0.0
         self.ready.setdefault(intent.group, OrderedDict())[intent.email] = intent
+
+    def exists(self, email: str) -> bool:
+        """Whether Omnisend is known to hold this contact (an upsert of it was accepted)."""
+        return any((email, export) in self.known for export in self.exports)
 
     def _upserting(self, email: str) -> bool:
         return email in self.upserts or email in self.upserts_in_flight
@@ -233,16 +305,23 @@ class Coalescer:
 
     def upsert_accepted(self, email: str, now: float) -> None:
         intent = self.upserts_in_flight.pop(email)
-        self.known.put(email, (fields_hash(intent.fields), intent.occurred_at_ms))
+        for export, part in intent.parts.items():
+            self.known.put((email, export), (fields_hash(part.fields), part.occurred_at_ms))
+        if email in self._haunted:
+            _merge_parts(self._redo.setdefault(email, {}), intent.parts, later=True)
         self._settle(intent.tickets)
         self._release_adds(email, now)
 
     def upsert_failed(self, email: str, reason: str, detail: str, now: float) -> None:
-        """Omnisend refused the contact: its records and the adds waiting on it fail too."""
+        """Omnisend refused the contact: its records fail. Adds waiting for it fail too when
+        the contact does not exist; when it does, they go (their own change was not refused)."""
         intent = self.upserts_in_flight.pop(email)
         self._fail(intent.tickets, reason, detail)
         if email in self.upserts:
             return  # a newer upsert of this contact may still succeed; adds wait for it
+        if self.exists(email):
+            self._release_adds(email, now)
+            return
         for tag_intent in self._waiting_adds(email):
             self._pop_tag(tag_intent.key)
             self._unready(tag_intent)
@@ -252,30 +331,79 @@ class Coalescer:
         """Put an upsert back in line (a transient item failure); a newer waiting one absorbs it."""
         intent = self.upserts_in_flight.pop(email)
         intent.attempts += 1
-        newer = self.upserts.get(email)
-        if newer is None:
-            self.upserts[email] = intent
-            self.upserts.move_to_end(email, last=False)  # it has waited longest
-            return intent
-        for ticket in intent.tickets:
-            newer.tickets.append(ticket)
-        return newer
+        return self._requeue(intent)
 
     def untake_upserts(self, intents: list[UpsertIntent]) -> None:
         """Put upserts back, unsent (their batch failed transiently), at the front of the line."""
         for intent in reversed(intents):
             self.upserts_in_flight.pop(intent.email)
-            newer = self.upserts.get(intent.email)
-            if newer is None:
-                self.upserts[intent.email] = intent
-                self.upserts.move_to_end(intent.email, last=False)
-            else:
-                newer.tickets.extend(intent.tickets)
+            self._requeue(intent)
+
+    def _requeue(self, intent: UpsertIntent) -> UpsertIntent:
+        newer = self.upserts.get(intent.email)
+        if newer is None:
+            self.upserts[intent.email] = intent
+            self.upserts.move_to_end(intent.email, last=False)  # it has waited longest
+            return intent
+        newer.absorb(intent)
+        return newer
 
     def _release_adds(self, email: str, now: float) -> None:
         # The contact exists now: its adds may go, even while newer fields are on their way.
         for intent in self._waiting_adds(email):
             self._maybe_ready(intent, now)
+
+    # ---- ghosts: upserts whose fate is unknown --------------------------------------------------
+
+    def haunt(self, intents: Iterable[UpsertIntent], until: float | None = None) -> int:
+        """These upserts may land later, over newer fields (a stuck batch, a lost answer):
+        remember what they carried until `ghost_gone` (or `until`). Returns the ghost's id."""
+        parts = {i.email: {e: fields_hash(p.fields) for e, p in i.parts.items()} for i in intents}
+        ghost_id = next(self._ghost_ids)
+        self._ghosts[ghost_id] = _Ghost(parts, until)
+        for email in parts:
+            self._haunted[email] = self._haunted.get(email, 0) + 1
+        return ghost_id
+
+    def ghost_gone(self, ghost_id: int, now: float) -> None:
+        """The ghost landed (or will not): send once more the newest fields it may have
+        overwritten, those accepted or sent since, where they differ from its own."""
+        ghost = self._ghosts.pop(ghost_id, None)
+        if ghost is None:
+            return
+        for email, carried in ghost.parts.items():
+            newest = dict(self._redo.get(email, {}))
+            in_flight = self.upserts_in_flight.get(email)
+            if in_flight is not None:  # sent before the ghost was seen to land
+                _merge_parts(newest, in_flight.parts, later=True)
+            redo = {
+                e: p
+                for e, p in newest.items()
+                if e in carried and fields_hash(p.fields) != carried[e]
+            }
+            if redo:
+                self._queue_redo(email, redo, now)
+            self._haunted[email] -= 1
+            if not self._haunted[email]:
+                del self._haunted[email]
+                self._redo.pop(email, None)
+
+    def expire_ghosts(self, now: float) -> None:
+        for ghost_id in [g for g, ghost in self._ghosts.items() if ghost.until is not None]:
+            until = self._ghosts[ghost_id].until
+            if until is not None and until <= now:
+                self.ghost_gone(ghost_id, now)
+
+    def _queue_redo(self, email: str, parts: dict[int, Part], now: float) -> None:
+        pending = self.upserts.get(email)
+        if pending is None:
+            self.upserts[email] = UpsertIntent(email, dict(parts), now)
+        else:
+            _merge_parts(pending.parts, parts)
+
+    @property
+    def ghosts(self) -> int:
+        return len(self._ghosts)
 
     # ---- tags ----------------------------------------------------------------------------------
 
@@ -309,9 +437,7 @@ class Coalescer:
             del self.tags_in_flight[intent.key]
             self.applied.put(intent.key, intent.occurred_at_ms)
             self._settle(intent.tickets)
-            if self.settle_s > 0:
-                self._accepted.pop(intent.key, None)
-                self._accepted[intent.key] = (intent.add, now)
+            self._hold_opposite(intent, now)
             waiting = self.tags.get(intent.key)
             if waiting is not None:
                 self._maybe_ready(waiting, now)
@@ -321,10 +447,20 @@ class Coalescer:
                 break
             del self._accepted[key]
 
-    def tags_retry(self, intents: list[TagIntent], now: float) -> None:
-        """A tag call failed transiently: its intents wait again (a newer one absorbs them)."""
+    def _hold_opposite(self, intent: TagIntent, now: float) -> None:
+        """From `now`, an opposite call for the same key waits `settle_s`."""
+        if self.settle_s > 0:
+            self._accepted.pop(intent.key, None)
+            self._accepted[intent.key] = (intent.add, now)
+
+    def tags_retry(self, intents: list[TagIntent], now: float, maybe_applied: bool = False) -> None:
+        """A tag call failed transiently: its intents wait again (a newer one absorbs them).
+        `maybe_applied`: its answer was lost, so Omnisend may have accepted it; counted as
+        accepted now for the opposite call's wait."""
         for intent in intents:
             del self.tags_in_flight[intent.key]
+            if maybe_applied:
+                self._hold_opposite(intent, now)
             newer = self.tags.get(intent.key)
             if newer is None:
                 self._put_tag(intent)

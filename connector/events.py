@@ -67,7 +67,8 @@ def _millis(value: Any) -> int:
 @dataclass(slots=True)
 class ContactChange:
     """One validated change, ready for Omnisend: who (email), which tag, in or out, and the
-    contact fields to upsert when entering."""
+    contact fields to upsert when entering. `export` numbers the export that made it: each
+    export owns the contact fields it maps."""
 
     position: Position
     event_id: str
@@ -77,3 +78,4 @@ class ContactChange:
     entered: bool
     fields: dict[str, Any] = field(default_factory=dict)
     size: int = 0
+    export: int = 0

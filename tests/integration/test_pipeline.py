@@ -76,7 +76,9 @@ def test_enter_exit_duplicates_out_of_order_and_attribute_updates(
     )
     assert contacts["dup@example.com"]["tags"] == ["segment: VIP"]
     assert all(c["welcomeMessages"] == 0 for c in contacts.values())
-    assert run.pipeline.stats["skipped"] >= 2  # the duplicate and the stale entry
+    # The duplicate is skipped; the late entry of bob's Churn changes no tag, but its attributes
+    # were bob's newest when it arrived (membership per segment, attributes per email).
+    assert run.pipeline.stats["skipped"] >= 1
 
 
 def test_bad_records_go_to_the_dlq_with_reasons_and_the_stream_goes_on(
