@@ -4,45 +4,19 @@ consumer group of its own. The report says what a real run would have sent."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
-
-import httpx
 
 from connector.clock import Clock
 from connector.errors import Fatal
 from connector.events import RawRecord
-from connector.simulator import Request, Simulator, SimulatorConfig
+from connector.simulator import Simulator, SimulatorConfig
 
 DRY_RUN_BASE_URL = "http://omnisend.dry-run.invalid/api"
 SAMPLES = 5
-
-
-class SimulatorTransport(httpx.AsyncBaseTransport):
-    """Answers the sink's requests from an in-process simulator, without a socket."""
-
-    def __init__(self, simulator: Simulator) -> None:
-        self.simulator = simulator
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        answer = self.simulator.handle(
-            Request(
-                method=request.method,
-                path=request.url.path,
-                query=dict(parse_qsl(request.url.query.decode(), keep_blank_values=True)),
-                headers={k.lower(): v for k, v in request.headers.items()},
-                body=body,
-            )
-        )
-        content = b"" if answer.body is None else json.dumps(answer.body).encode()
-        headers = {"Content-Type": "application/json"} if content else {}
-        return httpx.Response(answer.status, content=content, headers=headers)
 
 
 class DryDeadLetters:

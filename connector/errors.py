@@ -23,15 +23,25 @@ class InvalidRecord(ConnectorError):
 
 
 class Retriable(ConnectorError):
-    """A transient failure: the same call may succeed later."""
+    """A transient failure: the same call may succeed later. `maybe_applied`: the request may
+    have been carried out all the same (its answer was lost: a timeout, a reset connection, a
+    gateway's 5xx), so its effect must be assumed as well as retried."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, maybe_applied: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.maybe_applied = maybe_applied
 
 
 class Fatal(ConnectorError):
     """Nothing will succeed until a human changes something (credentials, version, config)."""
+
+
+class Crashed(Fatal):
+    """A bug: something failed that no answer or input should make fail. Stop (exit 1) without
+    committing unfinished work, rather than leave records unfinished forever."""
 
 
 class ConfigError(Fatal):

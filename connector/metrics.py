@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from connector.omnisend.client import ENDPOINTS
 from connector.reasons import REASONS
 
 # Why a record needed no Omnisend call (the `reason` label of events_skipped).
@@ -120,6 +121,45 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.batches_stuck = Counter(
+            "omnisend_batches_stuck",
+            "Batches not finished by BATCH_DEADLINE_S: their contacts were sent again.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
+        self.batches_split = Counter(
+            "omnisend_batches_split",
+            "Batches Omnisend refused as a whole, sent again as two halves to find the item "
+            "it refused.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
+        self.unexpected_answers = Counter(
+            "omnisend_unexpected_answers",
+            "Answers that were not what Omnisend's contract says (not JSON, fields missing, "
+            "a redirect), retried as failures, by endpoint.",
+            ["connection", "endpoint"],
+            namespace=ns,
+            registry=r,
+        )
+        self.retry_after_clamped = Counter(
+            "omnisend_retry_after_clamped",
+            "429 answers whose retryAfter was not usable as given (over the maximum, negative, "
+            "not a number).",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
+        self.tag_collisions = Counter(
+            "tag_collisions",
+            "Segments whose tag another segment already makes: an exit of one would remove the "
+            "other's tag (use {segment_id} in the tag template).",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
         self.end_to_end_latency = Histogram(
             "end_to_end_latency_seconds",
             "From a change's occurred_at to Omnisend accepting its tag call.",
@@ -196,4 +236,10 @@ class Metrics:
         self.rate_limited.labels(connection)
         self.rate_limit_wait.labels(connection)
         self.batches_in_flight.labels(connection)
+        self.batches_stuck.labels(connection)
+        self.batches_split.labels(connection)
+        self.retry_after_clamped.labels(connection)
+        self.tag_collisions.labels(connection)
+        for endpoint in ENDPOINTS:
+            self.unexpected_answers.labels(connection, endpoint)
         self.end_to_end_latency.labels(connection)

@@ -20,9 +20,9 @@ from confluent_kafka import KafkaError, KafkaException
 from connector.clock import Clock
 from connector.coalesce import Outcome
 from connector.codec import Decoder
-from connector.config import Router
+from connector.config import Router, TagCollision
 from connector.dlq import DeadLetterSink
-from connector.errors import Fatal, InvalidRecord, Retriable
+from connector.errors import Crashed, Fatal, InvalidRecord, Retriable
 from connector.events import ContactChange, Position, RawRecord
 from connector.kafka import topic_partitions, tp
 from connector.metrics import Metrics
@@ -32,6 +32,7 @@ from connector.omnisend.sinks import Sinks
 log = structlog.get_logger("connector.pipeline")
 
 EXIT_OK = 0
+EXIT_CRASHED = 1
 EXIT_CONFIG = 2
 EXIT_OMNISEND_FATAL = 3
 EXIT_DLQ_LIMIT = 4
@@ -205,7 +206,12 @@ class Pipeline:
         fatal = self._sink.fatal or self._dlq.failure
         if fatal is not None and self.fatal is None:
             self.fatal = fatal
-            self.exit_code = EXIT_KAFKA_FATAL if fatal is self._dlq.failure else EXIT_OMNISEND_FATAL
+            if isinstance(fatal, Crashed):
+                self.exit_code = EXIT_CRASHED
+            elif fatal is self._dlq.failure:
+                self.exit_code = EXIT_KAFKA_FATAL
+            else:
+                self.exit_code = EXIT_OMNISEND_FATAL
             log.error("fatal", error=str(fatal), exit_code=self.exit_code)
 
     # ---- one record ----------------------------------------------------------------------------
@@ -281,12 +287,24 @@ class Pipeline:
             self._skip(raw.position, "duplicate")
             return []
         routed = self._router.route(event, raw.position, raw.size, int(self._clock.now() * 1000))
+        for collision in self._router.take_collisions():
+            self._report_collision(collision)
         self._remember(event.event_id)
         if not routed:
             self._skip(raw.position, "no_export")
         elif len(routed) > 1:
             self._fanout[raw.position] = len(routed)
         return routed
+
+    def _report_collision(self, collision: TagCollision) -> None:
+        self._metrics.tag_collisions.labels(collision.connection).inc()
+        log.warning(
+            "tag_collision",
+            connection=collision.connection,
+            tag=collision.tag,
+            segments=[collision.first_segment, collision.segment_id],
+            remedy="use {segment_id} in the tag template, so each segment has its own tag",
+        )
 
     def _remember(self, event_id: str) -> None:
         if self.config.dedupe_cache_size == 0:

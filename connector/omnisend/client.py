@@ -1,12 +1,14 @@
 """A small async client for the Omnisend API (version 2026-03-15).
 
-Policy lives here (auth headers, timeouts, translating answers into the connector's errors); the
-I/O is an injected `httpx.AsyncClient`, so tests can give it a `MockTransport` or point it at the
-simulator. The API key never appears in an error, a log or a metric.
+Policy lives here (auth headers, translating answers into the connector's errors and typed
+results, `connector.omnisend.answers`); the I/O is an injected `httpx.AsyncClient`, so tests can
+give it a `MockTransport` or point it at the simulator. The API key never appears in an error, a
+log or a metric.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 import httpx
 
 from connector.errors import Fatal, Retriable
+from connector.omnisend import answers
+from connector.omnisend.answers import BatchItems, BatchStatus, ContactsPage, UnexpectedAnswer
 
 API_VERSION = "2026-03-15"
 DEFAULT_BASE_URL = "https://api.omnisend.com/api"
@@ -26,12 +30,21 @@ ENDPOINTS = (
     "tags.remove",
     "contacts.list",
 )
+# Endpoints that must exist: a 404 or 405 there means the base URL (or a proxy) is wrong.
+_WRITES = frozenset({"batches.create", "tags.add", "tags.remove"})
+# Failures that happen before the request left: it cannot have been carried out.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 RequestObserver = Callable[[str, str, float], None]  # endpoint, status, seconds
 
 
 class RateLimited(Retriable):
-    """429: wait `retry_after_s` before the next request of this brand."""
+    """429: wait `retry_after_s` before the next request of this brand. `clamped_from` is the
+    answer's own value when it was not usable as given (see `answers.MAX_RETRY_AFTER_S`)."""
+
+    def __init__(self, message: str, retry_after: answers.RetryAfter) -> None:
+        super().__init__(message, retry_after_s=retry_after.seconds)
+        self.clamped_from = retry_after.clamped_from
 
 
 class FatalApiError(Fatal):
@@ -47,6 +60,16 @@ class FatalApiError(Fatal):
         self.status = status
 
 
+class WrongEndpoint(Fatal):
+    """404 or 405 where the API has an endpoint: the base URL (or a proxy) is wrong."""
+
+    def __init__(self, endpoint: str, status: int, base_url: str) -> None:
+        super().__init__(
+            f"Omnisend answered {status} for {endpoint} at {base_url}: check "
+            "OMNISEND_BASE_URL (it ends in /api) and any proxy between the connector and Omnisend"
+        )
+
+
 class Rejected(Exception):
     """Omnisend refused this request (a 4xx other than 401/403/408/410/429): retrying the same
     request cannot help."""
@@ -57,26 +80,6 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def problem_detail(response: httpx.Response) -> str:
-    """A short, key-free description of an RFC 9457 problem body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.reason_phrase
-    if not isinstance(body, dict):
-        return response.reason_phrase
-    return describe_problem(body)
-
-
-def describe_problem(body: dict[str, Any]) -> str:
-    """Title, detail and field errors of a problem body, at most 500 characters."""
-    parts = [str(body.get("title") or ""), str(body.get("detail") or "")]
-    for error in body.get("errors") or []:
-        if isinstance(error, dict):
-            parts.append(f"{error.get('field')}: {error.get('message')}")
-    return "; ".join(p for p in parts if p)[:500]
-
-
 class OmnisendClient:
     def __init__(
         self,
@@ -84,8 +87,12 @@ class OmnisendClient:
         api_key: str,
         base_url: str = DEFAULT_BASE_URL,
         observe: RequestObserver | None = None,
+        deadline_s: float = 30.0,
     ) -> None:
         self._http = http
+        # httpx's timeouts bound each read, not the answer: one dripping a byte at a time
+        # would hold a request (and its slot) forever. This bounds the whole exchange.
+        self._deadline_s = deadline_s
         self._base = base_url.rstrip("/")
         self._headers = {
             "Authorization": f"Omnisend-API-Key {api_key}",
@@ -103,17 +110,26 @@ class OmnisendClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
     ) -> httpx.Response:
-        """One request; raises `RateLimited`, `Retriable`, `FatalApiError` or `Rejected`."""
+        """One request, answered 2xx; raises `RateLimited`, `Retriable` (`UnexpectedAnswer`
+        among them), `FatalApiError`, `WrongEndpoint` or `Rejected`."""
         start = time.monotonic()
         try:
-            response = await self._http.request(
-                method, self._base + path, json=json, params=params, headers=self._headers
-            )
+            async with asyncio.timeout(self._deadline_s):
+                response = await self._http.request(
+                    method, self._base + path, json=json, params=params, headers=self._headers
+                )
         except httpx.HTTPError as exc:
             self._observe(endpoint, "error", time.monotonic() - start)
-            raise Retriable(f"{endpoint}: {type(exc).__name__}") from None  # no URL, no key
+            raise Retriable(  # no URL, no key
+                f"{endpoint}: {type(exc).__name__}", maybe_applied=not isinstance(exc, _NOT_SENT)
+            ) from None
+        except TimeoutError:
+            self._observe(endpoint, "error", time.monotonic() - start)
+            raise Retriable(
+                f"{endpoint}: no whole answer within {self._deadline_s:g} s", maybe_applied=True
+            ) from None
         self._observe(endpoint, str(response.status_code), time.monotonic() - start)
-        _raise_for(endpoint, response)
+        self._raise_for(endpoint, response)
         return response
 
     async def create_batch(self, items: list[dict[str, Any]]) -> str:
@@ -124,57 +140,55 @@ class OmnisendClient:
             "origin": "omnisend-connector",
         }
         response = await self.call("batches.create", "POST", "/batches", json=body)
-        batch_id: str = response.json()["batchID"]
-        return batch_id
+        return answers.batch_created("batches.create", response)
 
-    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+    async def get_batch(self, batch_id: str) -> BatchStatus:
         response = await self.call("batches.get", "GET", f"/batches/{batch_id}")
-        body: dict[str, Any] = response.json()
-        return body
+        body = answers.json_body("batches.get", response)
+        return answers.batch_status("batches.get", response.status_code, body)
 
-    async def batch_items(self, batch_id: str) -> dict[str, Any]:
+    async def batch_items(self, batch_id: str) -> BatchItems:
         response = await self.call("batches.items", "GET", f"/batches/{batch_id}/items")
-        body: dict[str, Any] = response.json()
-        return body
+        return answers.batch_items("batches.items", response)
 
-    async def list_batches(self, limit: int) -> list[dict[str, Any]]:
+    async def list_batches(self, limit: int) -> list[BatchStatus]:
         """The newest contact batches of the brand, whatever their status."""
         params = {"endpoint": "contacts", "limit": limit}
         response = await self.call("batches.list", "GET", "/batches", params=params)
-        batches: list[dict[str, Any]] = response.json().get("batches") or []
-        return batches
+        return answers.batch_list("batches.list", response)
 
     async def change_tags(self, add: bool, tag: str, emails: list[str]) -> None:
+        """Accepted once answered 2xx, whatever the body (Omnisend documents none)."""
         endpoint, method = ("tags.add", "POST") if add else ("tags.remove", "DELETE")
         await self.call(endpoint, method, "/contacts/tags", json={"emails": emails, "tags": [tag]})
+
+    async def list_contacts(self, tag: str, after: str | None, limit: int) -> ContactsPage:
+        params: dict[str, Any] = {"tag": tag, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        response = await self.call("contacts.list", "GET", "/contacts", params=params)
+        return answers.contacts_page("contacts.list", response)
 
     async def check_credentials(self) -> None:
         """The cheapest authenticated call; raises `FatalApiError` for a bad key."""
         await self.call("contacts.list", "GET", "/contacts", params={"limit": 1})
 
-
-def _raise_for(endpoint: str, response: httpx.Response) -> None:
-    status = response.status_code
-    if status < 400:
-        return
-    if status == 429:
-        raise RateLimited(f"{endpoint}: rate limited", retry_after_s=_retry_after(response))
-    if status in (401, 403, 410):
-        raise FatalApiError(status, response.reason_phrase)
-    if status == 408 or status >= 500:
-        raise Retriable(f"{endpoint}: {status} {response.reason_phrase}")
-    raise Rejected(status, problem_detail(response))
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """`retryAfter` from the RateLimitProblem body, else a `Retry-After` header."""
-    try:
-        value = response.json().get("retryAfter")
-    except (ValueError, AttributeError):
-        value = None
-    if value is None:
-        value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+    def _raise_for(self, endpoint: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status < 400:
+            # A redirect or an informational answer from something between: not Omnisend's.
+            content_type = response.headers.get("content-type", "")
+            raise UnexpectedAnswer(endpoint, status, "not a final answer", content_type)
+        if status == 429:
+            raise RateLimited(f"{endpoint}: rate limited", answers.retry_after(response))
+        if status in (401, 403, 410):
+            raise FatalApiError(status, response.reason_phrase)
+        if status in (404, 405) and endpoint in _WRITES:
+            raise WrongEndpoint(endpoint, status, self._base)
+        if status == 408 or status >= 500:
+            raise Retriable(
+                f"{endpoint}: {status} {response.reason_phrase}", maybe_applied=status != 408
+            )
+        raise Rejected(status, answers.problem_detail(response))

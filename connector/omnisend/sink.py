@@ -5,6 +5,10 @@ It runs its own asyncio loop in a thread, so many requests are in flight at once
 loop keeps polling. The Kafka side talks to it through three thread-safe calls: `submit` (new
 changes), `take_outcomes` (records whose fate is known) and `drain` (finish what was submitted,
 within a deadline). Nothing here blocks the caller for longer than a queue operation.
+
+Every request's answer arrives typed (`connector.omnisend.answers`) or as an error that says what
+to do; a task that fails any other way is a bug, and stops the connector (exit 1) rather than
+leaving its records unfinished and its partition's commits pinned.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import contextvars
 import queue
 import random
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -25,23 +29,23 @@ import structlog
 
 from connector.clock import Clock
 from connector.coalesce import Coalescer, Outcome, TagIntent, UpsertIntent
-from connector.errors import Fatal, Retriable
+from connector.errors import Crashed, Fatal, Retriable
 from connector.events import ContactChange
 from connector.mapping import contact_request
 from connector.metrics import Metrics
+from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
+from connector.omnisend.batches import (
+    LIST_POLL_LIMIT,
+    BatchTracker,
+    InFlightBatch,
+    TrackerConfig,
+)
 from connector.omnisend.budget import Budget, Slot
-from connector.omnisend.client import OmnisendClient, RateLimited, Rejected, describe_problem
-from connector.omnisend.transport import SinkTransport
+from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
+from connector.omnisend.http import sink_transport
 
 log = structlog.get_logger("connector.sink")
 
-# Batch item codes worth another try: timeouts, throttling, server trouble; older API versions
-# also used 403 for throttling inside batches.
-RETRY_ITEM_CODES = frozenset({403, 408, 429})
-# With this many batches due for a status check, one `GET /batches` (newest first, up to 250)
-# answers for all of them instead of one `GET /batches/{id}` each.
-LIST_POLL_MIN_BATCHES = 2
-LIST_POLL_LIMIT = 250
 # Requests a batch costs: its POST, about one status read, and a margin so that batches use no
 # more than 80 % of the budget left after tag calls.
 UPSERT_REQUEST_COST = 2.5
@@ -68,6 +72,9 @@ class SinkConfig:
     first_poll_s: float = 0.25
     max_poll_interval_s: float = 10.0
     max_item_attempts: int = 6
+    # A batch Omnisend has not finished after this long is stuck: its contacts go again (and
+    # it is still watched, in case it lands later over newer fields).
+    batch_deadline_s: float = 600.0
     settle_s: float = 2.0  # an opposite tag operation waits this long after the earlier one
     retry_base_s: float = 0.5  # back-off after 5xx or timeouts, doubled each time, jittered
     retry_max_s: float = 30.0
@@ -80,18 +87,18 @@ class SinkConfig:
     saturation_tags: int = 15000
     # Omnisend recommends 10 s for synchronous calls; connecting should be quick.
     request_timeout_s: float = 10.0
+    # The exports whose changes this connection receives (the parts an upsert may carry).
+    exports: tuple[int, ...] = (0,)
 
-
-@dataclass(eq=False)
-class InFlightBatch:
-    batch_id: str
-    intents: dict[str, UpsertIntent]
-    sent_at: float
-    next_poll_at: float
-    polls: int = 0
-    need_items: bool = False
-    busy: bool = False
-    unlisted: bool = False  # not on the newest page of the batch list: poll by id
+    def tracker(self) -> TrackerConfig:
+        return TrackerConfig(
+            first_poll_s=self.first_poll_s,
+            max_poll_interval_s=self.max_poll_interval_s,
+            tick_s=self.tick_s,
+            deadline_s=self.batch_deadline_s,
+            stuck_poll_s=min(60.0, self.batch_deadline_s),
+            max_item_attempts=self.max_item_attempts,
+        )
 
 
 @dataclass
@@ -138,12 +145,13 @@ class OmnisendSink:
         self._flushing = False
         self._stopping = False
         self.fatal: Fatal | None = None
-        self._coalescer = Coalescer(settle_s=self.config.settle_s)
-        self._batches: dict[str, InFlightBatch] = {}
+        self._coalescer = self._new_coalescer()
+        self._batches = BatchTracker(self.config.tracker())
+        # Halves of a batch Omnisend refused as a whole, to send before anything new; their
+        # contacts stay in flight meanwhile.
+        self._splits: deque[list[UpsertIntent]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._backoff = _Backoff()
-        self._batch_seconds = self.config.first_poll_s
-        self._next_list_at = 0.0
         self._limited_at: float | None = None
         self._report_at = 0.0
         self._generation = 0
@@ -151,6 +159,9 @@ class OmnisendSink:
         self._wake_at = 0.0  # when the budget lets the next held-back request go
         # Called on the sink's thread with the end-to-end latencies of accepted tag changes.
         self.on_accepted: Callable[[list[float]], None] | None = None
+
+    def _new_coalescer(self) -> Coalescer:
+        return Coalescer(settle_s=self.config.settle_s, exports=self.config.exports)
 
     # ---- the Kafka side (any thread) ---------------------------------------------------------
 
@@ -199,8 +210,9 @@ class OmnisendSink:
             # What this process knows of Omnisend's contacts goes too: while the partitions
             # are elsewhere, another member may write the same contacts, and a stale "already
             # has these fields" would skip a needed upsert (found by the rebalance test).
-            self._coalescer = Coalescer(settle_s=self.config.settle_s)
-            self._batches.clear()
+            self._coalescer = self._new_coalescer()
+            self._batches = BatchTracker(self.config.tracker())
+            self._splits.clear()
             self._count_batches()
             while not self._inbox.empty():
                 self._inbox.get_nowait()
@@ -214,6 +226,11 @@ class OmnisendSink:
         self._stopping = True
         self._call(self._poke)
         self._thread.join(timeout=10)
+
+    @property
+    def uncertain(self) -> int:
+        """Upserts whose fate is still unknown and watched: stuck batches and lost answers."""
+        return self._coalescer.ghosts
 
     def saturated(self, fraction: float = 1.0) -> bool:
         """Whether enough unsent work waits that reading more would only cost CPU (which the
@@ -235,7 +252,7 @@ class OmnisendSink:
             self._loop.run_until_complete(self._main())
         except Exception as exc:
             log.exception("sink_crashed")
-            self.fatal = Fatal(
+            self.fatal = Crashed(
                 f"the Omnisend sink stopped unexpectedly: {type(exc).__name__}: {exc}"
             )
         finally:
@@ -254,10 +271,14 @@ class OmnisendSink:
         timeout = httpx.Timeout(
             self.config.request_timeout_s, connect=min(5.0, self.config.request_timeout_s)
         )
-        transport = self._transport or SinkTransport(limits)
+        transport = self._transport or sink_transport(self._base_url, limits)
         async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
             self._client = OmnisendClient(
-                http, self._api_key, self._base_url, observe=self._observe
+                http,
+                self._api_key,
+                self._base_url,
+                observe=self._observe,
+                deadline_s=3 * self.config.request_timeout_s,
             )
             while not self._stopping and self.fatal is None:
                 self._ingest()
@@ -311,6 +332,14 @@ class OmnisendSink:
             if generation == self._generation:
                 self.fatal = exc
                 log.error("omnisend_fatal", error=str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if generation == self._generation and self.fatal is None:
+                log.exception("sink_task_failed")
+                self.fatal = Crashed(
+                    f"an Omnisend request failed unexpectedly: {type(exc).__name__}: {exc}"
+                )
         finally:
             Budget.answered(_SLOT.get(), self.clock.now())  # no answer (cancelled): from now
             self._poke()
@@ -319,7 +348,8 @@ class OmnisendSink:
 
     def _count_batches(self) -> None:
         """The gauge follows every change: batches may finish within one report interval."""
-        self.metrics.batches_in_flight.labels(self.connection).set(len(self._batches))
+        live = len(self._batches.live)
+        self.metrics.batches_in_flight.labels(self.connection).set(live)
 
     def _room(self, tag_call: bool = False) -> bool:
         """Whether another request may start. Tag calls bound a sync, so the last
@@ -333,6 +363,7 @@ class OmnisendSink:
     def _dispatch(self) -> None:
         now = self.clock.now()
         self._wake_at = now + self.config.tick_s
+        self._deadlines(now)
         if now < self._backoff.until:
             self._account_wait(now, limited=False)
             return
@@ -358,30 +389,47 @@ class OmnisendSink:
             m.budget_limit.labels(c, "tags").set(limit_tags)
             m.budget_share.labels(c).set(self.budget.share)
 
+    def _deadlines(self, now: float) -> None:
+        """Batches past the deadline go stuck (their contacts go again); stuck batches watched
+        long enough, and ghosts of lost answers past their time, are given up on."""
+        tracker, coalescer = self._batches, self._coalescer
+        for batch in tracker.overdue(now):
+            intents = list(batch.intents.values())
+            ghost = coalescer.haunt(intents)
+            tracker.mark_stuck(batch, ghost, now)
+            for intent in intents:
+                coalescer.upsert_retry(intent.email)
+            self.metrics.batches_stuck.labels(self.connection).inc()
+            log.warning(
+                "batch_stuck",
+                batch_id=batch.batch_id,
+                age_s=round(now - batch.sent_at, 1),
+                contacts=len(intents),
+            )
+            self._count_batches()
+        for batch in tracker.given_up(now):
+            if batch.ghost is not None:
+                coalescer.ghost_gone(batch.ghost, now)
+        if coalescer.ghosts:
+            coalescer.expire_ghosts(now)
+
     def _dispatch_polls(self, now: float) -> None:
-        """Item reads first (they unblock tag calls). Then status: while several batches are
-        in flight, one list call answers for all of them, at most every half batch duration;
-        a lone batch, or one that fell off the list's newest page, is read by its id."""
-        idle = [b for b in self._batches.values() if not b.busy]
-        for batch in [b for b in idle if b.need_items and b.next_poll_at <= now]:
+        """Item reads first (they unblock tag calls), then status reads."""
+        tracker = self._batches
+        for batch in tracker.due_items(now):
             if not self._room() or not self._may_send(now, tag_call=False):
                 return
             batch.busy = True
             self._spawn(self._items(batch), now)
-        pending = [b for b in idle if not b.need_items]
-        listable = [b for b in pending if not b.unlisted]
-        by_id = [b for b in pending if b.unlisted or len(listable) < LIST_POLL_MIN_BATCHES]
-        list_due = len(listable) >= LIST_POLL_MIN_BATCHES and now >= self._next_list_at
-        if list_due and self._room() and any(b.next_poll_at <= now for b in listable):
+        listable, by_id = tracker.due_status(now)
+        if listable and self._room():
             if not self._may_send(now, tag_call=False):
                 return
             for batch in listable:
                 batch.busy = True
-            self._next_list_at = now + max(self.config.tick_s, 0.5 * self._batch_seconds)
+            tracker.listed(now)
             self._spawn(self._list(listable), now)
         for batch in by_id:
-            if batch.next_poll_at > now:
-                continue
             if not self._room() or not self._may_send(now, tag_call=False):
                 return
             batch.busy = True
@@ -416,10 +464,17 @@ class OmnisendSink:
         )
         return max(self.config.upsert_linger_s, per_batch)
 
+    def _batch_room(self) -> bool:
+        return self._room() and len(self._batches.live) < self.config.max_batches_in_flight
+
     def _dispatch_upserts(self, now: float) -> None:
+        while self._splits and self._batch_room():
+            if not self._may_send(now, tag_call=False):
+                return
+            self._spawn(self._create_batch(self._splits.popleft()), now)
         c, size = self._coalescer, self.config.batch_size
         linger = self._upsert_linger()
-        while c.upserts and self._room() and len(self._batches) < self.config.max_batches_in_flight:
+        while c.upserts and self._batch_room():
             oldest = next(iter(c.upserts.values())).since
             if len(c.upserts) < size and now - oldest < linger and not self._flushing:
                 return
@@ -443,132 +498,119 @@ class OmnisendSink:
             return
         if generation != self._generation:
             return
-        now = self.clock.now()
         self._backoff.succeeded()
-        self._batches[batch_id] = InFlightBatch(
-            batch_id, {i.email: i for i in intents}, now, now + self._batch_seconds
-        )
+        self._batches.add(batch_id, intents, self.clock.now())
         self._count_batches()
 
-    def _create_failed(self, intents: list[UpsertIntent], exc: Exception) -> None:
+    def _create_failed(self, intents: list[UpsertIntent], exc: Retriable | Rejected) -> None:
         now = self.clock.now()
         if isinstance(exc, Rejected):
-            # The batch as a whole was refused: no item of it can be accepted as it is.
-            for intent in intents:
-                self._coalescer.upsert_failed(intent.email, "rejected_by_omnisend", exc.detail, now)
+            self._refused(intents, exc)
             return
         self._transient(exc, now)
+        if exc.maybe_applied:
+            # The batch may exist (its answer was lost): it may land after the contacts' next
+            # upsert, so its fields are remembered until it must have landed.
+            self._coalescer.haunt(intents, until=now + self._batches.deadline_s)
         self._coalescer.untake_upserts(intents)
 
-    async def _read_batch(
-        self, batch: InFlightBatch, read: Callable[[str], Awaitable[dict[str, Any]]]
-    ) -> dict[str, Any] | None:
-        """One read about `batch`; None when it failed (handled here) or came too late."""
-        generation = self._generation
-        try:
-            info = await read(batch.batch_id)
-        except (Retriable, Rejected) as exc:
-            if generation == self._generation:
-                self._poll_failed(batch, exc)
-            return None
-        return info if generation == self._generation else None
+    def _refused(self, intents: list[UpsertIntent], exc: Rejected) -> None:
+        """A batch refused as a whole (413, or a 400 for one item) is sent again in halves
+        until the item it refuses is alone: only that one fails."""
+        if len(intents) == 1:
+            (intent,) = intents
+            detail, now = f"{exc.status}: {exc.detail}", self.clock.now()
+            self._coalescer.upsert_failed(intent.email, "rejected_by_omnisend", detail, now)
+            return
+        half = len(intents) // 2
+        self._splits.extend((intents[:half], intents[half:]))
+        self.metrics.batches_split.labels(self.connection).inc()
+        log.warning("batch_refused_split", status=exc.status, contacts=len(intents))
 
     async def _poll(self, batch: InFlightBatch) -> None:
-        info = await self._read_batch(batch, self._client.get_batch)
-        if info is not None:
-            self._on_status(batch, info, self.clock.now())
+        generation = self._generation
+        try:
+            status = await self._client.get_batch(batch.batch_id)
+        except (Retriable, Rejected) as exc:
+            if generation == self._generation:
+                self._read_failed([batch], exc)
+            return
+        if generation == self._generation:
+            self._on_status(batch, status, self.clock.now())
 
     async def _list(self, batches: list[InFlightBatch]) -> None:
         generation = self._generation
         try:
             # Ours are the newest unless other integrations create batches too: ask for a page
             # a little larger than what is in flight, not always the maximum.
-            limit = min(LIST_POLL_LIMIT, max(20, 2 * len(self._batches)))
+            limit = min(LIST_POLL_LIMIT, max(20, 2 * len(self._batches.live)))
             listed = await self._client.list_batches(limit)
         except (Retriable, Rejected) as exc:
             if generation == self._generation:
-                for batch in batches:
-                    self._poll_failed(batch, exc)
+                self._read_failed(batches, exc)
             return
         if generation != self._generation:
             return
         now = self.clock.now()
-        by_id = {b.get("batchID"): b for b in listed}
+        by_id = {status.batch_id: status for status in listed}
         for batch in batches:
-            if batch.batch_id not in self._batches:
-                continue
-            info = by_id.get(batch.batch_id)
-            if info is None:
-                # Other integrations of the brand created so many batches since that ours fell
-                # off the newest page: read this one by its id from now on.
-                batch.busy, batch.unlisted, batch.next_poll_at = False, True, now
-            else:
-                self._on_status(batch, info, now)
+            if self._batches.tracked(batch):
+                # Not on the newest page (other integrations created many batches since, or
+                # its entry did not parse): read by its id from now on.
+                self._on_status(batch, by_id.get(batch.batch_id), now)
 
-    def _on_status(self, batch: InFlightBatch, info: dict[str, Any], now: float) -> None:
-        batch.busy = False
-        status = info.get("status")
-        if status not in ("finished", "stopped"):
-            expected = batch.sent_at + self._batch_seconds
-            if now < expected:
-                # Answered early because a list call covered it: wait for its own time.
-                batch.next_poll_at = expected
-                return
-            batch.polls += 1
-            delay = min(self.config.max_poll_interval_s, 0.1 * self._batch_seconds * 2**batch.polls)
-            batch.next_poll_at = now + max(delay, self.config.tick_s)
-            return
-        self._learn_duration(info, now - batch.sent_at)
-        if status == "finished" and not info.get("errorsCount"):
-            self._settle_batch(batch, {}, set(batch.intents))
-        else:
-            batch.need_items, batch.next_poll_at = True, now
+    def _on_status(self, batch: InFlightBatch, status: BatchStatus | None, now: float) -> None:
+        verdict = self._batches.on_status(batch, status, now)
+        if verdict == "accepted":
+            self._settle_batch(batch, list(batch.intents), [], {})
+        elif verdict == "landed":
+            self._batches.finish(batch)
+            if batch.ghost is not None:
+                self._coalescer.ghost_gone(batch.ghost, now)
+            log.info("stuck_batch_landed", batch_id=batch.batch_id)
 
     async def _items(self, batch: InFlightBatch) -> None:
-        info = await self._read_batch(batch, self._client.batch_items)
-        if info is None:
+        generation = self._generation
+        try:
+            items = await self._client.batch_items(batch.batch_id)
+        except (Retriable, Rejected) as exc:
+            if generation == self._generation:
+                self._read_failed([batch], exc)
             return
-        ok: set[str] = set()
-        errors: dict[str, tuple[int, str]] = {}
-        for item in info.get("responses") or []:
-            if (email := _item_email(item)) is not None:
-                ok.add(email)
-        for item in info.get("errors") or []:
-            if (email := _item_email(item)) is not None:
-                errors[email] = (int(item.get("responseCode") or 0), _item_detail(item))
-        self._settle_batch(batch, errors, ok)
+        if generation != self._generation or not self._batches.tracked(batch):
+            return
+        verdict = self._batches.sort_items(batch, items)
+        self._settle_batch(batch, verdict.accepted, verdict.retry, verdict.failed)
 
     def _settle_batch(
-        self, batch: InFlightBatch, errors: dict[str, tuple[int, str]], ok: set[str]
+        self,
+        batch: InFlightBatch,
+        accepted: list[str],
+        retry: list[str],
+        failed: dict[str, tuple[str, str]],
     ) -> None:
-        now = self.clock.now()
-        del self._batches[batch.batch_id]
+        now, c = self.clock.now(), self._coalescer
+        self._batches.finish(batch)
         self._count_batches()
-        c, accepted = self._coalescer, 0
-        for email, intent in batch.intents.items():
-            if email in ok:
-                c.upsert_accepted(email, now)
-                accepted += 1
-                continue
-            code, detail = errors.get(email, (0, "not processed: the batch was stopped"))
-            retry = code == 0 or code in RETRY_ITEM_CODES or code >= 500
-            if not retry:
-                c.upsert_failed(email, "rejected_by_omnisend", f"{code}: {detail}", now)
-            elif intent.attempts + 1 >= self.config.max_item_attempts:
-                c.upsert_failed(email, "omnisend_retries_exhausted", f"{code}: {detail}", now)
-            else:
-                c.upsert_retry(email)
-        self.metrics.contacts_upserted.labels(self.connection).inc(accepted)
+        for email in accepted:
+            c.upsert_accepted(email, now)
+        for email, (reason, detail) in failed.items():
+            c.upsert_failed(email, reason, detail, now)
+        for email in retry:
+            c.upsert_retry(email)
+        self.metrics.contacts_upserted.labels(self.connection).inc(len(accepted))
 
-    def _poll_failed(self, batch: InFlightBatch, exc: Exception) -> None:
+    def _read_failed(self, batches: list[InFlightBatch], exc: Retriable | Rejected) -> None:
+        """A status or items read failed: read again later, never send the contacts again
+        while the batch may still run (the deadline decides when it is stuck)."""
         now = self.clock.now()
-        batch.busy = False
-        if isinstance(exc, Rejected):
-            # 404: the batch is gone (Omnisend keeps them 7 days); send its contacts again.
-            self._settle_batch(batch, {}, set())
-            return
-        self._transient(exc, now)
-        batch.next_poll_at = max(now + self.config.tick_s, self._backoff.until)
+        if isinstance(exc, Retriable):
+            self._transient(exc, now)
+        else:
+            log.warning("batch_read_refused", error=str(exc), batches=len(batches))
+        retry_at = max(self._backoff.until, now + self.config.retry_base_s)
+        for batch in batches:
+            self._batches.read_failed(batch, now, retry_at)
 
     async def _change_tags(self, add: bool, tag: str, intents: list[TagIntent]) -> None:
         generation = self._generation
@@ -580,8 +622,9 @@ class OmnisendSink:
             if isinstance(exc, Rejected):
                 self._coalescer.tags_failed(intents, "rejected_by_omnisend", exc.detail)
             else:
-                self._transient(exc, self.clock.now())
-                self._coalescer.tags_retry(intents, self.clock.now())
+                now = self.clock.now()
+                self._transient(exc, now)
+                self._coalescer.tags_retry(intents, now, maybe_applied=exc.maybe_applied)
             return
         if generation != self._generation:
             return
@@ -600,50 +643,33 @@ class OmnisendSink:
 
     # ---- helpers -----------------------------------------------------------------------------
 
-    def _transient(self, exc: Exception, now: float) -> None:
+    def _transient(self, exc: Retriable, now: float) -> None:
         if isinstance(exc, RateLimited):
             self.budget.rate_limited(now, exc.retry_after_s)
             self.metrics.rate_limited.labels(self.connection).inc()
-        else:
-            self._backoff.failed(now, self.config.retry_base_s, self.config.retry_max_s)
+            if exc.clamped_from is not None:
+                self.metrics.retry_after_clamped.labels(self.connection).inc()
+                log.warning(
+                    "retry_after_clamped", answered=exc.clamped_from, waiting_s=exc.retry_after_s
+                )
+            return
+        self._backoff.failed(now, self.config.retry_base_s, self.config.retry_max_s)
+        backoff_s = round(self._backoff.until - now, 3)
+        if isinstance(exc, UnexpectedAnswer):
+            self.metrics.unexpected_answers.labels(self.connection, exc.endpoint).inc()
             log.warning(
-                "omnisend_retry", error=str(exc), backoff_s=round(self._backoff.until - now, 3)
+                "omnisend_unexpected_answer",
+                endpoint=exc.endpoint,
+                status=exc.status,
+                content_type=exc.content_type,
+                why=exc.why,
+                backoff_s=backoff_s,
             )
-
-    def _learn_duration(self, info: dict[str, Any], observed_s: float) -> None:
-        # An exponentially weighted mean of how long batches take, so the first poll of the
-        # next batch comes when it is likely done rather than wasting budget on "pending".
-        # Omnisend's own createdAt/endedAt say it exactly; our observation is an upper bound.
-        server_s = _duration_s(info.get("createdAt"), info.get("endedAt"))
-        sample = server_s * 1.05 if server_s is not None else observed_s * 0.9
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * max(sample, self.config.tick_s)
+        else:
+            log.warning("omnisend_retry", error=str(exc), backoff_s=backoff_s)
 
     def _observe(self, endpoint: str, status: str, seconds: float) -> None:
         # The answer is here: its slot counts from now, not from when the task is done with it.
         Budget.answered(_SLOT.get(), self.clock.now())
         self.metrics.requests.labels(self.connection, endpoint, status).inc()
         self.metrics.request_seconds.labels(self.connection, endpoint).observe(seconds)
-
-
-def _duration_s(created: Any, ended: Any) -> float | None:
-    try:
-        start = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
-        end = datetime.fromisoformat(str(ended).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(0.0, (end - start).total_seconds())
-
-
-def _item_email(item: dict[str, Any]) -> str | None:
-    try:
-        for ident in item["request"]["identifiers"]:
-            if ident.get("type") == "email":
-                return str(ident["id"])
-    except (KeyError, TypeError):
-        return None
-    return None
-
-
-def _item_detail(item: dict[str, Any]) -> str:
-    response = item.get("response")
-    return describe_problem(response) if isinstance(response, dict) else ""

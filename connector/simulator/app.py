@@ -29,6 +29,7 @@ from connector.simulator.contacts import Contact, ContactStore, check_list_filte
 from connector.simulator.problems import FieldError, ProblemError, problem_body, validation_error
 from connector.simulator.ratelimit import BrandLimits
 from connector.simulator.validation import validate_contact, validate_tag_call
+from connector.simulator.wire import GARBLE_KINDS, ODD_RETRY_AFTER, Garble
 
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 _VERSION_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -55,6 +56,8 @@ class Response:
     body: Any = None  # JSON-serialisable, or None for an empty body
     delay_s: float = 0.0  # hold the answer this long (latency faults)
     drop: bool = False  # close the connection without answering
+    garble: Garble | None = None  # answer with this instead of the real body (faults)
+    drip_s: float = 0.0  # send the answer a byte at a time over this long (faults)
 
 
 @dataclass
@@ -163,7 +166,7 @@ class Simulator:
                 response = Response(exc.status, problem_body(exc))
             self.requests[(endpoint, response.status)] += 1
             self.request_log.append((now, brand_name, endpoint, response.status))
-            return self._with_latency(response)
+            return self._with_answer_faults(self._with_latency(response))
 
     def _route(self, request: Request) -> tuple[str, Handler, list[str]]:
         path = request.path.removeprefix("/api")
@@ -233,6 +236,22 @@ class Simulator:
         if faults.spike_rate and self._rng.random() < faults.spike_rate:
             delay += faults.spike_s
         response.delay_s = delay
+        return response
+
+    def _with_answer_faults(self, response: Response) -> Response:
+        """What happens to an answer on its way back; the request was carried out."""
+        faults = self.config.faults
+        if response.drop:
+            return response
+        if faults.lost_answer_rate and self._rng.random() < faults.lost_answer_rate:
+            response.drop = True
+            return response
+        if faults.garbage_rate and self._rng.random() < faults.garbage_rate:
+            response.garble = Garble(
+                self._rng.choice(GARBLE_KINDS), self._rng.randrange(len(ODD_RETRY_AFTER))
+            )
+        if faults.drip_rate and self._rng.random() < faults.drip_rate:
+            response.drip_s = faults.drip_s
         return response
 
     @staticmethod

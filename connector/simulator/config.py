@@ -30,13 +30,21 @@ class Faults:
     outage_start_s: float | None = None  # seconds after start (or after a reset of faults)
     outage_duration_s: float = 0.0
     tag_reorder: bool = False  # apply queued tag operations out of order
+    # Answers that are not what the contract says: HTML, truncated or empty bodies, the wrong
+    # JSON type, fields missing, odd numbers (a retryAfter of a day, or an object), the wrong
+    # content type. The request itself was carried out.
+    garbage_rate: float = 0.0
+    lost_answer_rate: float = 0.0  # carried out, then the connection is reset: no answer
+    drip_rate: float = 0.0  # share of answers sent a byte at a time over `drip_s`
+    drip_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "item_error_rate", "spike_rate", "drop_rate"):
+        rates = ("error_rate", "item_error_rate", "spike_rate", "drop_rate", "garbage_rate")
+        for name in (*rates, "lost_answer_rate", "drip_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        for name in ("latency_s", "spike_s", "outage_duration_s"):
+        for name in ("latency_s", "spike_s", "outage_duration_s", "drip_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 

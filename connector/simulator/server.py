@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 from connector.clock import Clock, SystemClock
 from connector.simulator.app import Request, Response, Simulator
 from connector.simulator.config import SimulatorConfig
+from connector.simulator.wire import render
 
 INSPECTION_PREFIX = "/_sim/"
 # How often the serving loop checks for shutdown; the stdlib's 0.5 s makes every stop slow.
@@ -102,16 +104,28 @@ class _Handler(BaseHTTPRequestHandler):
         if response.drop:
             self.close_connection = True
             return
-        payload = b"" if response.body is None else json.dumps(response.body).encode()
+        content_type, payload = render(response.status, response.body, response.garble)
         self.send_response(response.status)
-        if payload:
-            content_type = "application/json"
-            if response.status >= 400 and "title" in response.body:
-                content_type = "application/problem+json"
+        if content_type:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if response.drip_s > 0 and payload:
+            self._drip(payload, response.drip_s)
+        else:
+            self.wfile.write(payload)
+
+    def _drip(self, payload: bytes, seconds: float) -> None:
+        """A byte at a time, spread over `seconds`: each read the client makes gets something
+        soon, so only a deadline on the whole answer notices."""
+        pause = seconds / len(payload)
+        try:
+            for index in range(len(payload)):
+                self.wfile.write(payload[index : index + 1])
+                self.wfile.flush()
+                time.sleep(pause)
+        except OSError:  # the client gave up waiting
+            self.close_connection = True
 
 
 class _Server(ThreadingHTTPServer):
@@ -134,11 +148,15 @@ class SimulatorServer:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Clock | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.simulator = Simulator(config, clock or SystemClock())
         self._server = _Server((host, port), self.simulator)
+        if tls is not None:  # HTTPS, e.g. to rehearse behind a proxy with a private CA
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self.host, self.port = host, int(self._server.server_address[1])
-        self.url = f"http://{self.host}:{self.port}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://{self.host}:{self.port}"
         self.api_url = f"{self.url}/api"
         self.simulator.base_url = self.api_url
         self._thread: threading.Thread | None = None

@@ -1,0 +1,71 @@
+"""How a simulated answer goes on the wire: its status, content type and body bytes, and how the
+answer faults spoil it (`Faults.garbage_rate`). Shared by the HTTP server and the in-process
+transport, so both spoil answers the same way."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# The ways an answer is not what the contract says.
+GARBLE_KINDS = (
+    "html",  # a gateway's error page, with a 2xx
+    "truncated",  # JSON cut in the middle
+    "empty",  # no body at all
+    "wrong_type",  # JSON, but a list or a string instead of an object
+    "missing_fields",  # the fields a client needs are gone
+    "odd_numbers",  # numbers as strings, negative or huge; retryAfter of a day or an object
+    "wrong_content_type",  # the right JSON, labelled text/html
+)
+ODD_RETRY_AFTER: tuple[Any, ...] = (86400, "Infinity", {"seconds": 5}, -3, "soon", 1e308, None)
+_NEEDED = ("batchID", "status", "responses", "errors", "contacts", "batches", "paging")
+_HTML = b"<html><head><title>502 Bad Gateway</title></head><body>upstream error</body></html>"
+
+
+@dataclass(frozen=True)
+class Garble:
+    kind: str
+    variant: int = 0  # which odd value, for kinds that have several
+
+
+def render(status: int, body: Any, garble: Garble | None = None) -> tuple[str, bytes]:
+    """(content type, body bytes) of an answer; an empty body has no content type."""
+    payload = b"" if body is None else json.dumps(body).encode()
+    content_type = "application/json"
+    if status >= 400 and isinstance(body, dict) and "title" in body:
+        content_type = "application/problem+json"
+    if garble is None:
+        return (content_type if payload else ""), payload
+    return _garbled(garble, body, payload, content_type)
+
+
+def _garbled(garble: Garble, body: Any, payload: bytes, content_type: str) -> tuple[str, bytes]:
+    whole = {
+        "html": ("text/html", _HTML),
+        "truncated": (content_type, (payload or b'{"batchID": "')[: max(1, len(payload) // 2)]),
+        "empty": ("", b""),
+        "wrong_type": (content_type, json.dumps([body] if body is not None else "ok").encode()),
+        "wrong_content_type": ("text/html", payload),
+    }
+    if garble.kind in whole:
+        return whole[garble.kind]
+    if not isinstance(body, dict):
+        return content_type, payload
+    if garble.kind == "missing_fields":
+        return content_type, json.dumps(
+            {k: v for k, v in body.items() if k not in _NEEDED}
+        ).encode()
+    return content_type, json.dumps(_odd_numbers(body, garble.variant)).encode()
+
+
+def _odd_numbers(body: dict[str, Any], variant: int) -> dict[str, Any]:
+    odd = dict(body)
+    for name, value in (("errorsCount", "many"), ("totalCount", -1), ("finishedCount", 1e308)):
+        if name in odd:
+            odd[name] = value
+    if "createdAt" in odd:
+        odd["createdAt"] = 12345
+    if "retryAfter" in odd:
+        odd["retryAfter"] = ODD_RETRY_AFTER[variant % len(ODD_RETRY_AFTER)]
+    return odd

@@ -1,0 +1,341 @@
+"""The sink against Omnisend answers the contract says cannot come: every one is retried as a
+failure of its request, no record is left unfinished, no task dies; lost answers count as maybe
+carried out; a batch that never finishes is not waited for forever, and one refused as a whole
+costs only its guilty item."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from connector.errors import Crashed, Retriable
+from connector.omnisend.answers import MAX_RETRY_AFTER_S, retry_after
+from connector.omnisend.client import OmnisendClient
+from connector.simulator.transport import SimulatorTransport
+from tests.omnisend_fakes import (
+    BASE_URL,
+    Rule,
+    Scripted,
+    change,
+    contacts,
+    fast_sink,
+    forward_then,
+    instead,
+    metric,
+    simulator,
+    wait_outcomes,
+)
+
+
+def html(response: httpx.Response) -> httpx.Response:
+    body = b"<html><body>502 Bad Gateway</body></html>"
+    return httpx.Response(200, content=body, headers={"Content-Type": "text/html"})
+
+
+def truncated(response: httpx.Response) -> httpx.Response:
+    return httpx.Response(
+        response.status_code, content=response.content[: len(response.content) // 2]
+    )
+
+
+def without(*keys: str) -> Any:
+    def spoil(response: httpx.Response) -> httpx.Response:
+        body = {k: v for k, v in response.json().items() if k not in keys}
+        return httpx.Response(response.status_code, json=body)
+
+    return spoil
+
+
+# Each odd answer, and how many contacts make the sink ask what it answers: a lone batch is
+# read by its id, several are read with one list call.
+ODD_ANSWERS: dict[str, tuple[Rule, int]] = {
+    "batch created as HTML": (Rule("POST", "/batches", forward_then(html)), 1),
+    "batch created without batchID": (
+        Rule("POST", "/batches", forward_then(without("batchID"))),
+        1,
+    ),
+    "an empty 200 for a batch": (Rule("POST", "/batches", instead(200, b"")), 1),
+    "batch status truncated": (
+        Rule("GET", "/batches/[0-9a-f]+", forward_then(truncated), times=3),
+        1,
+    ),
+    "batch status a string": (
+        Rule("GET", "/batches/[0-9a-f]+", instead(200, b'"finished"'), times=3),
+        1,
+    ),
+    "batch list without batches": (
+        Rule("GET", "/batches", forward_then(without("batches"))),
+        500,
+    ),
+    "a redirect for a tag call": (
+        Rule("POST", "/contacts/tags", instead(302, b"", "text/html"), times=2),
+        1,
+    ),
+    "retryAfter an object": (
+        Rule(
+            "POST",
+            "/batches",
+            instead(429, b'{"status": 429, "retryAfter": {"seconds": 1}}'),
+            times=2,
+        ),
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_ANSWERS))
+def test_an_odd_answer_is_retried_and_every_record_finishes(name: str) -> None:
+    sim = simulator()
+    original, count = ODD_ANSWERS[name]
+    rule = dataclasses.replace(original)
+    sink = fast_sink(Scripted(sim, [rule]))
+    try:
+        emails = [f"c{i}@example.com" for i in range(count)]
+        sink.submit([change(i, email, firstName="Ann") for i, email in enumerate(emails)])
+        outcomes = wait_outcomes(sink, len(emails))
+        assert sink.fatal is None
+        assert sorted(o.position.offset for o in outcomes) == list(range(len(emails)))
+        assert all(o.reason is None for o in outcomes)
+        assert rule.times < original.times  # the odd answer was met
+        state = contacts(sim)
+        assert all(state[email]["tags"] == ["segment: VIP"] for email in emails)
+    finally:
+        sink.stop()
+
+
+def test_odd_answers_are_counted_by_endpoint() -> None:
+    sim = simulator()
+    rule = Rule("GET", "/batches/[0-9a-f]+/items", forward_then(truncated), times=2)
+    sink = fast_sink(Scripted(sim, [rule]), first_poll_s=0.01)
+    try:
+        sink.submit([change(0, "bad@example.com", birthdate=5)])  # refused: items are read
+        (outcome,) = wait_outcomes(sink, 1)
+        assert outcome.reason == "rejected_by_omnisend"
+        assert metric(sink, "omnisend_unexpected_answers_total", endpoint="batches.items") == 2
+    finally:
+        sink.stop()
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds", "clamped"),
+    [
+        (12, 12.0, False),
+        ("7", 7.0, False),
+        (86400, MAX_RETRY_AFTER_S, True),
+        (1e308, MAX_RETRY_AFTER_S, True),
+        ("Infinity", None, True),
+        ({"seconds": 5}, None, True),
+        (-3, None, True),
+        (True, None, True),
+    ],
+)
+def test_retry_after_is_clamped_to_a_documented_maximum(
+    given: Any, seconds: float | None, clamped: bool
+) -> None:
+    answer = retry_after(httpx.Response(429, json={"status": 429, "retryAfter": given}))
+    assert answer.seconds == seconds
+    assert (answer.clamped_from is not None) == clamped
+
+
+def test_a_day_long_retry_after_idles_the_connection_two_minutes_at_most() -> None:
+    sim = simulator()
+    transport = Scripted(sim, [Rule("POST", "/batches", instead(429, b'{"retryAfter": 86400}'))])
+    sink = fast_sink(transport)
+    try:
+        sink.submit([change(0, "a@example.com")])
+        deadline = time.monotonic() + 10
+        while metric(sink, "omnisend_retry_after_clamped_total") == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        now = sink.clock.now()
+        assert 0 < sink.budget.wait(now, tag_call=False) <= MAX_RETRY_AFTER_S
+    finally:
+        sink.stop()
+
+
+def test_a_failed_status_read_never_sends_the_batch_again() -> None:
+    """The batch may still run: a second upsert of its contacts could race it."""
+    sim = simulator(batch_latency_s=0.2)
+    rules = [
+        Rule("GET", "/batches/[0-9a-f]+", instead(500), times=3),
+        Rule("GET", "/batches/[0-9a-f]+", instead(404, b'{"title": "Not found"}'), times=2),
+    ]
+    transport = Scripted(sim, rules)
+    sink = fast_sink(transport)
+    try:
+        sink.submit([change(0, "a@example.com", firstName="Ann")])
+        (outcome,) = wait_outcomes(sink, 1)
+        assert outcome.reason is None
+        assert transport.count("POST", "/batches") == 1
+        assert all(rule.times == 0 for rule in rules)
+    finally:
+        sink.stop()
+
+
+class HeldBatch:
+    """The first batch is taken and answered but not handed to Omnisend until `land`: it
+    lands late, with what it carried then."""
+
+    FAKE_ID = "a" * 24
+
+    def __init__(self) -> None:
+        self.request: httpx.Request | None = None
+        self.landed = False
+
+    async def post(self, request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        await request.aread()
+        self.request = request
+        return httpx.Response(201, json={"batchID": self.FAKE_ID, "totalCount": 1})
+
+    async def status(self, request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        state = "finished" if self.landed else "inProgress"
+        return httpx.Response(
+            200, json={"batchID": self.FAKE_ID, "status": state, "errorsCount": 0}
+        )
+
+    def land(self, sim_transport: SimulatorTransport) -> None:
+        assert self.request is not None
+        asyncio.run(sim_transport.handle_async_request(self.request))
+        self.landed = True
+
+
+def test_a_batch_past_its_deadline_goes_again_and_its_late_landing_is_repaired() -> None:
+    sim = simulator()
+    held = HeldBatch()
+    rules = [
+        Rule("POST", "/batches", held.post),
+        Rule("GET", f"/batches/{HeldBatch.FAKE_ID}", held.status, times=-1),
+    ]
+    sink = fast_sink(Scripted(sim, rules), batch_deadline_s=0.3)
+    try:
+        sink.submit([change(0, "a@example.com", at=1, firstName="Old")])
+        deadline = time.monotonic() + 5
+        while held.request is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sink.submit([change(1, "a@example.com", at=2, firstName="New")])
+        outcomes = wait_outcomes(sink, 2)  # both finish: the deadline freed the contact
+        assert sorted((o.position.offset, o.reason) for o in outcomes) == [(0, None), (1, None)]
+        assert metric(sink, "omnisend_batches_stuck_total") == 1
+        assert contacts(sim)["a@example.com"]["firstName"] == "New"
+        held.land(SimulatorTransport(sim))  # the stuck batch finishes after all, with "Old"
+        assert contacts(sim)["a@example.com"]["firstName"] == "Old"
+        deadline = time.monotonic() + 5
+        while contacts(sim)["a@example.com"]["firstName"] != "New" or sink.uncertain:
+            assert time.monotonic() < deadline, "the newest fields were not sent once more"
+            time.sleep(0.01)
+    finally:
+        sink.stop()
+
+
+def refuse_bad(limit: int | None = None) -> Rule:
+    """A whole batch refused: 400 when an item has firstName "Bad"; 413 over `limit` items."""
+
+    async def answer(request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        import json  # noqa: PLC0415
+
+        items = json.loads(await request.aread())["items"]
+        if limit is not None and len(items) > limit:
+            return httpx.Response(413, json={"title": "Payload too large", "status": 413})
+        if any(item.get("firstName") == "Bad" for item in items):
+            problem = {"title": "Validation failed", "status": 400, "detail": "items[?]"}
+            return httpx.Response(400, json=problem)
+        return await inner.handle_async_request(request)
+
+    return Rule("POST", "/batches", answer, times=-1)
+
+
+def test_a_batch_refused_as_a_whole_costs_only_its_guilty_item() -> None:
+    sim = simulator()
+    transport = Scripted(sim, [refuse_bad()])
+    sink = fast_sink(transport)
+    try:
+        names = ["Ann"] * 40
+        names[27] = "Bad"
+        sink.submit([change(i, f"c{i}@example.com", firstName=n) for i, n in enumerate(names)])
+        outcomes = {o.position.offset: o for o in wait_outcomes(sink, len(names))}
+        assert sorted(outcomes) == list(range(len(names)))
+        assert [i for i, o in outcomes.items() if o.reason] == [27]
+        assert outcomes[27].reason == "rejected_by_omnisend"
+        assert "400" in outcomes[27].detail
+        assert len(contacts(sim)) == 39
+        assert transport.count("POST", "/batches") <= 2 * 6 + 1  # halves down to one item
+    finally:
+        sink.stop()
+
+
+def test_a_batch_too_large_is_sent_in_halves_until_it_fits() -> None:
+    sim = simulator()
+    sink = fast_sink(Scripted(sim, [refuse_bad(limit=30)]))
+    try:
+        sink.submit([change(i, f"c{i}@example.com", firstName="Ann") for i in range(100)])
+        outcomes = wait_outcomes(sink, 100)
+        assert len(outcomes) == 100
+        assert all(o.reason is None for o in outcomes)
+        assert metric(sink, "omnisend_batches_split_total") >= 3
+    finally:
+        sink.stop()
+
+
+def test_a_lost_tag_answer_holds_the_opposite_call_for_the_settle_time() -> None:
+    sim = simulator()
+    transport = Scripted(
+        sim, [Rule("DELETE", "/contacts/tags", forward_then(lose=httpx.ReadTimeout))]
+    )
+    sink = fast_sink(transport, settle_s=0.5)
+    try:
+        sink.submit([change(0, "a@example.com")])
+        assert len(wait_outcomes(sink, 1)) == 1
+        sink.submit([change(1, "a@example.com", entered=False)])
+        deadline = time.monotonic() + 5
+        while transport.count("DELETE", "/contacts/tags") == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        sink.submit([change(2, "a@example.com", entered=True)])  # the opposite, right behind
+        assert len(wait_outcomes(sink, 2)) == 2
+        (lost_at,) = [t for t, m, _, status in transport.log if m == "DELETE"]
+        adds = [t for t, m, p, _ in transport.log if m == "POST" and p == "/contacts/tags"]
+        assert adds[-1] - lost_at >= 0.5
+    finally:
+        sink.stop()
+
+
+def test_a_task_that_fails_unexpectedly_stops_the_sink_instead_of_dying_silently() -> None:
+    sim = simulator()
+    sink = fast_sink(Scripted(sim))
+    try:
+
+        def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("a bug")
+
+        sink._coalescer.tags_accepted = broken  # type: ignore[method-assign]
+        sink.submit([change(0, "a@example.com", entered=False)])
+        deadline = time.monotonic() + 5
+        while sink.fatal is None:
+            assert time.monotonic() < deadline, "the task died silently"
+            time.sleep(0.01)
+        assert isinstance(sink.fatal, Crashed)
+    finally:
+        sink.stop()
+
+
+def test_an_answer_that_drips_forever_is_cut_at_the_deadline() -> None:
+    async def drip(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(202)
+
+    async def call() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(drip)) as http:
+            client = OmnisendClient(http, "key", BASE_URL, deadline_s=0.2)
+            await client.change_tags(True, "vip", ["a@example.com"])
+
+    started = time.monotonic()
+    with pytest.raises(Retriable) as info:
+        asyncio.run(call())
+    assert time.monotonic() - started < 2
+    assert info.value.maybe_applied
