@@ -26,7 +26,6 @@ from connector.dryrun import (
     DRY_RUN_BASE_URL,
     DryDeadLetters,
     DryRun,
-    SimulatorTransport,
     dry_run_key,
     dry_simulator,
 )
@@ -49,6 +48,7 @@ from connector.pipeline import Pipeline, PipelineConfig
 from connector.readiness import Readiness, broker_reachable, omnisend_credentials
 from connector.registry import RegistryClient
 from connector.settings import Settings, dlq_message_max_bytes
+from connector.simulator.transport import SimulatorTransport
 
 log = structlog.get_logger("connector")
 
@@ -101,6 +101,7 @@ def make_sink(
     metrics: Metrics,
     clock: Clock,
     dry_run: DryRun | None = None,
+    exports: tuple[int, ...] = (0,),
 ) -> OmnisendSink:
     """The sink of one connection: its own client and its own share of its brand's budget."""
     budget = Budget(
@@ -116,6 +117,8 @@ def make_sink(
         tag_linger_s=settings.tag_linger_s,
         settle_s=settings.tag_settle_s,
         request_timeout_s=settings.request_timeout_s,
+        batch_deadline_s=settings.batch_deadline_s,
+        exports=exports,
     )
     api_key, base_url = connection.api_key.get_secret_value(), connection.base_url
     transport = None
@@ -163,7 +166,7 @@ def running(
         metrics.prime(name, settings.kafka_topic)
     sinks = Sinks(
         {
-            name: make_sink(settings, connection, metrics, clock, dry)
+            name: make_sink(settings, connection, metrics, clock, dry, config.exports_of(name))
             for name, connection in config.connections.items()
         }
     ).start()

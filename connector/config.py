@@ -122,12 +122,27 @@ class Config:
         export = Export("default", connection.name, settings.mapping())
         return cls(settings, kafka, {connection.name: connection}, (export,))
 
+    def exports_of(self, connection: str) -> tuple[int, ...]:
+        """The numbers of the exports that go to `connection` (their place in `exports`)."""
+        return tuple(i for i, e in enumerate(self.exports) if e.connection == connection)
+
     @property
     def metrics_connection(self) -> str:
         """The `connection` label of counts that belong to no single connection (records
         skipped or dead-lettered before routing): the connection's name when there is one."""
         names = list(self.connections)
         return names[0] if len(names) == 1 else "all"
+
+
+@dataclass(frozen=True)
+class TagCollision:
+    """Two segments make one tag on one connection: an exit of either removes the tag the
+    other gave. The remedy is `{segment_id}` in the tag template."""
+
+    connection: str
+    tag: str
+    first_segment: str
+    segment_id: str
 
 
 @dataclass
@@ -137,19 +152,44 @@ class Router:
 
     exports: tuple[Export, ...]
     _mappers: list[tuple[Export, Mapper]] = field(init=False)
+    # (connection, tag) -> the segment id that first made it, and collisions not yet taken.
+    _tag_owners: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
+    _collisions: list[TagCollision] = field(init=False, default_factory=list)
+    _reported: set[tuple[str, str]] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        self._mappers = [(export, Mapper(export.mapping)) for export in self.exports]
+        self._mappers = [
+            (export, Mapper(export.mapping, index)) for index, export in enumerate(self.exports)
+        ]
 
     def route(
         self, change: SegmentChange, position: Position, size: int, now_ms: int
     ) -> list[tuple[str, ContactChange]]:
         """Raises `InvalidRecord` when any export that wants the event cannot take it."""
-        return [
+        routed = [
             (export.connection, mapper.map(change, position, size, now_ms))
             for export, mapper in self._mappers
             if export.wants(change)
         ]
+        for connection, mapped in routed:
+            owner = self._tag_owners.setdefault((connection, mapped.tag), change.segment_id)
+            if owner != change.segment_id:
+                self._collide(TagCollision(connection, mapped.tag, owner, change.segment_id))
+        return routed
+
+    def _collide(self, collision: TagCollision) -> None:
+        # Reported once per tag: the second segment becomes its owner too, so the same two
+        # segments alternating do not report it again and again.
+        self._tag_owners[(collision.connection, collision.tag)] = collision.segment_id
+        key = (collision.connection, collision.tag)
+        if key not in self._reported:
+            self._reported.add(key)
+            self._collisions.append(collision)
+
+    def take_collisions(self) -> list[TagCollision]:
+        """Tags two segments make, found since the last call (each reported once)."""
+        found, self._collisions = self._collisions, []
+        return found
 
 
 def load_config(path: Path | None, environ: AnyMapping[str, str] | None = None) -> Config:
@@ -209,6 +249,7 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
     connections = _connections(raw_connections, settings, env, problems)
     declared = set(raw_connections) if isinstance(raw_connections, dict) else set()
     exports = _exports(document.get("exports"), settings, declared, problems)
+    problems.extend(shared_fields(exports))
     if problems or settings is None:
         raise ConfigError(
             f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
@@ -333,6 +374,26 @@ def _exports(
         if mapping is not None and connection is not None:
             out.append(Export(name, str(connection), mapping, segments))
     return tuple(out)
+
+
+def shared_fields(exports: tuple[Export, ...]) -> list[str]:
+    """Two exports of one connection that write the same contact field: each would overwrite
+    the other's (a write replaces `customProperties` and the channel status whole)."""
+    problems: list[str] = []
+    for i, first in enumerate(exports):
+        for j in range(i + 1, len(exports)):
+            second = exports[j]
+            if first.connection != second.connection:
+                continue
+            shared = first.mapping.owned() & second.mapping.owned()
+            if shared:
+                problems.append(
+                    f"exports[{i}] ({first.name}) and exports[{j}] ({second.name}) both write "
+                    f"{', '.join(sorted(shared))} on connection {first.connection!r}: each "
+                    "contact field belongs to one export; give one of them other fields "
+                    "(fields = {} writes none)"
+                )
+    return problems
 
 
 def _segments(where: str, raw: Any, problems: list[str]) -> frozenset[str] | None:

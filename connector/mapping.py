@@ -28,6 +28,8 @@ CONTACT_FIELDS = frozenset({*DEFAULT_FIELD_MAP, "countryCode", "birthdate", "gen
 DEFAULT_TAG_TEMPLATE = "segment: {segment_name}"
 _TEMPLATE_FIELDS = frozenset({"segment_name", "segment_id"})
 CHANNEL_STATUSES = frozenset({"subscribed", "nonSubscribed", "unsubscribed"})
+# An upsert replaces these whole: two exports of one connection cannot share them.
+WHOLE_FIELDS = ("customProperties", "the email channel status")
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -66,6 +68,17 @@ class Mapping:
     # customProperties name ← profile attribute ("add attribute" of the bulk export).
     custom_properties: dict[str, str] = field(default_factory=dict)
 
+    def owned(self) -> set[str]:
+        """The contact fields this mapping writes: no other export of its connection may."""
+        owned = set(self.fields)
+        if "country" in owned:
+            owned.add("countryCode")  # a two-letter country is sent as the code
+        if self.custom_properties:
+            owned.add("customProperties")
+        if self.email_status_attribute:
+            owned.add("the email channel status")
+        return owned
+
     def __post_init__(self) -> None:
         check_tag_template(self.tag_template)
         unknown = set(self.fields) - CONTACT_FIELDS
@@ -86,10 +99,11 @@ def is_valid_email(email: str) -> bool:
 
 
 class Mapper:
-    """Validates a decoded event and maps it to a `ContactChange`."""
+    """Validates a decoded event and maps it to a `ContactChange` of export number `export`."""
 
-    def __init__(self, mapping: Mapping) -> None:
+    def __init__(self, mapping: Mapping, export: int = 0) -> None:
         self.mapping = mapping
+        self.export = export
 
     def map(
         self, change: SegmentChange, position: Position, size: int, now_ms: int
@@ -106,6 +120,7 @@ class Mapper:
             entered=change.entered,
             fields=self.contact_fields(change) if change.entered else {},
             size=size,
+            export=self.export,
         )
 
     def tag(self, change: SegmentChange) -> str:

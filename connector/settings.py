@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     upsert_linger_s: float = Field(0.3, ge=0)
     tag_linger_s: float = Field(0.5, ge=0)
     tag_settle_s: float = Field(2.0, ge=0)
+    batch_deadline_s: float = Field(600.0, gt=0)
 
     @field_validator("tag_template")
     @classmethod
@@ -358,5 +359,10 @@ SETTINGS_HELP: list[tuple[str, str, str]] = [
         "TAG_SETTLE_S",
         "2",
         "wait after a tag call before the opposite call for the same contact and tag",
+    ),
+    (
+        "BATCH_DEADLINE_S",
+        "600",
+        "a batch Omnisend has not finished by then is stuck: its contacts are sent again",
     ),
 ]

@@ -64,6 +64,7 @@ name = "churn-to-both"
 connection = "eu"
 segments = ["Churn"]
 tag_template = "churn risk"
+fields = {{ city = "city" }}  # firstName belongs to vip-to-eu on this connection
 
 [[exports]]
 name = "churn-to-us"
@@ -206,3 +207,54 @@ def test_dry_run_reports_per_connection(
 def caught_up_dry(count: int) -> Callable[[Pipeline], bool]:
     """A dry run commits nothing: done records are what counts."""
     return lambda p: sum(p.done_positions().values()) >= count and not p.in_flight
+
+
+def test_two_exports_of_one_connection_each_keep_their_fields(
+    tmp_path: Path, broker: Broker, topic: str, two_brands: SimulatorServer
+) -> None:
+    """vip-to-eu maps firstName, churn-to-both city, both on "eu": a contact in both
+    segments ends with both fields, whichever change is later, in one batch or in two."""
+    events = [
+        # ann: both changes arrive together and share a batch
+        event("ann@x.io", segment_id="seg-vip", first_name="Ann", city="Oslo", occurred_at=T0),
+        event(
+            "ann@x.io", segment_name="Churn", first_name="Anne", city="Vilnius", occurred_at=T0 + 5
+        ),
+        # bob: the later one is a second batch once the first was accepted (further below)
+        event(
+            "bob@x.io",
+            segment_name="Churn",
+            first_name="Rob",
+            city="Kaunas",
+            profile_id="p-2",
+            occurred_at=T0 + 1,
+        ),
+    ]
+    produce_events(broker.bootstrap, topic, events)
+    config = load_config(
+        write_config(tmp_path, broker, topic, two_brands), {"OMNISEND_KEY_EU": "key-eu"}
+    )
+    late = event(
+        "bob@x.io",
+        segment_id="seg-vip",
+        first_name="Bob",
+        city="Riga",
+        profile_id="p-2",
+        occurred_at=T0 + 9,
+    )
+    sent: list[bool] = []
+
+    def then_late(pipeline: Pipeline) -> bool:
+        if not sent and caught_up(topic, len(events))(pipeline):
+            sent.append(True)
+            produce_events(broker.bootstrap, topic, [late])
+        return bool(sent) and caught_up(topic, len(events) + 1)(pipeline)
+
+    with running(config) as parts:
+        parts.pipeline.run(threading.Event(), until=then_late)
+    eu = brand(two_brands, "eu")
+    assert (eu["ann@x.io"]["firstName"], eu["ann@x.io"]["city"]) == ("Ann", "Vilnius")
+    assert (eu["bob@x.io"]["firstName"], eu["bob@x.io"]["city"]) == ("Bob", "Kaunas")
+    tags = eu["ann@x.io"]["tags"]
+    assert isinstance(tags, list)
+    assert set(tags) == {"churn risk", "segment: VIP"}

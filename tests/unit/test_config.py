@@ -185,3 +185,74 @@ def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
     config = load_config(path, {})
     assert list(config.connections) == ["eu-store"]
     assert config.exports[0].mapping.custom_properties == {"loyaltyTier": "loyalty_tier"}
+
+
+def test_two_exports_of_one_connection_may_not_write_the_same_field(tmp_path: Path) -> None:
+    """Each export owns the fields it maps; a write replaces customProperties whole."""
+    text = (
+        GOOD
+        + """
+[[exports]]
+name = "geo-eu"
+connection = "eu"
+segments = ["seg-geo"]
+fields = { city = "city", country = "country" }
+custom_properties = { region = "region" }
+
+[[exports]]
+name = "codes-eu"
+connection = "eu"
+segments = ["seg-codes"]
+fields = { countryCode = "iso" }
+"""
+    )
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, text)
+    message = str(refused.value)
+    assert (
+        "exports[0] (vip-eu) and exports[2] (geo-eu) both write city, customProperties" in message
+    )
+    assert "exports[2] (geo-eu) and exports[3] (codes-eu) both write countryCode" in message
+    assert "everything-us" not in message  # another connection may write the same fields
+
+
+def test_exports_of_one_connection_with_disjoint_fields_route_with_their_numbers(
+    tmp_path: Path,
+) -> None:
+    text = (
+        GOOD
+        + """
+[[exports]]
+name = "names-eu"
+connection = "eu"
+segments = ["seg-vip"]
+fields = { lastName = "last_name" }
+"""
+    )
+    config = load(tmp_path, text)
+    assert config.exports_of("eu") == (0, 2)
+    change = SegmentChange("e1", 1, "seg-vip", "VIP", True, "p", {"email": "a@x.io"})
+    routed = Router(config.exports).route(change, Position("t", 0, 0), 1, 10)
+    assert [(connection, c.export) for connection, c in routed] == [("eu", 0), ("us", 1), ("eu", 2)]
+
+
+def test_two_segments_making_one_tag_are_reported_once(tmp_path: Path) -> None:
+    text = GOOD.replace('segments = ["seg-vip", "Lapsed buyers"]', 'segments = "all"')
+    router = Router(load(tmp_path, text).exports)
+
+    def route(segment_id: str, name: str) -> None:
+        change = SegmentChange("e", 1, segment_id, name, True, "p", {"email": "a@x.io"})
+        router.route(change, Position("t", 0, 0), 1, 10)
+
+    route("seg-vip", "VIP")
+    route("seg-vip", "VIP")
+    assert router.take_collisions() == []
+    route("seg-vip-2", "VIP")  # another segment of the same name: the same "segment: VIP" tag
+    (collision,) = router.take_collisions()
+    assert (collision.connection, collision.tag) == ("eu", "segment: VIP")
+    assert {collision.first_segment, collision.segment_id} == {"seg-vip", "seg-vip-2"}
+    route("seg-vip", "VIP")
+    route("seg-vip-2", "VIP")
+    assert router.take_collisions() == []  # once
+    route("seg-other", "Other")  # "everything-us" tags by {segment_id}: never collides
+    assert router.take_collisions() == []
