@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Config, Connection
 from connector.kafka import admin_config
-from connector.omnisend.client import API_VERSION, FatalApiError
+from connector.omnisend.credentials import verify_credentials
 from connector.settings import Settings
 
 TIMEOUT_S = 10.0
@@ -64,40 +64,26 @@ def check_registry(settings: Settings, get: Callable[..., httpx.Response]) -> li
     return [Finding("schema registry", True, f"{url} reachable")]
 
 
-def check_omnisend(connection: Connection, get: Callable[..., httpx.Response]) -> list[Finding]:
+def check_omnisend(connection: Connection) -> list[Finding]:
     what = f"omnisend connection {connection.label}"
-    headers = {
-        "Authorization": f"Omnisend-API-Key {connection.api_key.get_secret_value()}",
-        "Omnisend-Version": API_VERSION,
-    }
     url = connection.base_url.rstrip("/")
-    try:
-        response = get(f"{url}/contacts", params={"limit": 1}, headers=headers, timeout=TIMEOUT_S)
-    except httpx.HTTPError as exc:
-        return [Finding(what, False, f"{url} not reachable: {type(exc).__name__}")]
-    status = response.status_code
-    if status in (401, 403, 410):
-        return [Finding(what, False, str(FatalApiError(status, _title(response))))]
-    if status >= 400:
-        return [Finding(what, False, f"{url} answered {status} {_title(response)}")]
-    return [
-        Finding(
-            what,
-            True,
-            f"API key accepted by {url} (read access; the contacts.write scope shows at the "
-            "first write)",
-        )
-    ]
-
-
-def _title(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("title", ""))
-    except ValueError:
-        return ""
+    verdict = verify_credentials(url, connection.api_key.get_secret_value(), TIMEOUT_S)
+    if verdict.ok:
+        return [
+            Finding(
+                what,
+                True,
+                f"API key accepted by {url} (read access; the contacts.write scope shows at the "
+                "first write)",
+            )
+        ]
+    if verdict.ok is False:  # refused: the message says what to change
+        return [Finding(what, False, verdict.detail)]
+    return [Finding(what, False, f"{url} not reachable or not answering: {verdict.detail}")]
 
 
 def run_checks(config: Config, get: Callable[..., httpx.Response] = httpx.get) -> list[Finding]:
+    """`get` reaches the Schema Registry; Omnisend is reached through its own client."""
     settings = config.settings
     findings = [
         Finding(
@@ -120,5 +106,5 @@ def run_checks(config: Config, get: Callable[..., httpx.Response] = httpx.get) -
         *check_registry(settings, get),
     ]
     for connection in config.connections.values():
-        findings.extend(check_omnisend(connection, get))
+        findings.extend(check_omnisend(connection))
     return findings

@@ -11,10 +11,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import httpx
 import structlog
 
-from connector.omnisend.client import API_VERSION
+from connector.omnisend.credentials import verify_credentials
 
 log = structlog.get_logger("connector.readiness")
 
@@ -79,21 +78,11 @@ def omnisend_credentials(
     base_url: str, api_key: str, timeout_s: float = 10.0
 ) -> Callable[[], bool | None]:
     """True: accepted; False: refused (401, 403, 410); None: no verdict (network, 429, 5xx)."""
-    headers = {"Authorization": f"Omnisend-API-Key {api_key}", "Omnisend-Version": API_VERSION}
 
     def check() -> bool | None:
-        try:
-            response = httpx.get(
-                f"{base_url.rstrip('/')}/contacts",
-                params={"limit": 1},
-                headers=headers,
-                timeout=timeout_s,
-            )
-        except httpx.HTTPError:
-            return None
-        if response.status_code in (401, 403, 410):
-            log.error("omnisend_credentials_refused", status=response.status_code)
-            return False
-        return True if response.status_code < 400 else None
+        verdict = verify_credentials(base_url, api_key, timeout_s)
+        if verdict.ok is False:
+            log.error("omnisend_credentials_refused", detail=verdict.detail)
+        return verdict.ok
 
     return check

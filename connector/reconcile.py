@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import httpx
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -33,6 +32,7 @@ from connector.mapping import Mapper
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.client import OmnisendClient, RateLimited
+from connector.omnisend.http import async_client
 from connector.tools import Progress, job_consumer, span
 
 log = structlog.get_logger("connector.reconcile")
@@ -163,14 +163,14 @@ def read_membership(config: Config, exports: list[Export], out: TextIO | None) -
 async def _held(client: OmnisendClient, budget: Budget, tag: str) -> set[str]:
     """Emails of the contacts Omnisend holds under `tag`, page by page within the budget."""
     emails: set[str] = set()
-    params: dict[str, Any] = {"tag": tag, "limit": PAGE}
+    after: str | None = None
     while True:
         wait = budget.try_acquire(time.monotonic(), tag_call=False)
         if wait > 0:
             await asyncio.sleep(wait)
             continue
         try:
-            response = await client.call("contacts.list", "GET", "/contacts", params=params)
+            page = await client.list_contacts(tag, after, PAGE)
         except RateLimited as exc:
             budget.rate_limited(time.monotonic(), exc.retry_after_s)
             continue
@@ -179,12 +179,10 @@ async def _held(client: OmnisendClient, budget: Budget, tag: str) -> set[str]:
             continue
         finally:
             Budget.answered(budget.last_slot, time.monotonic())
-        body = response.json()
-        emails.update(c["email"] for c in body.get("contacts", []) if c.get("email"))
-        after = (body.get("paging") or {}).get("cursors", {}).get("after")
-        if not after:
+        emails.update(page.emails)
+        if page.after is None:
             return emails
-        params["after"] = after
+        after = page.after
 
 
 def list_held(
@@ -203,8 +201,7 @@ def list_held(
     )
 
     async def all_tags() -> dict[str, set[str]]:
-        timeout = httpx.Timeout(settings.request_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout) as http:
+        async with async_client(conn.base_url, settings.request_timeout_s) as http:
             client = OmnisendClient(http, conn.api_key.get_secret_value(), conn.base_url)
             return {tag: await _held(client, budget, tag) for tag in tags}
 

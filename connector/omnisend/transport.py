@@ -5,7 +5,7 @@ and for an idle one whether its socket became readable (the server closed it). W
 backend that question builds anyio's whole table of socket attributes, `getpeername` included,
 every time: with 16 pooled connections a fifth of the sink's CPU went there (encode/httpx#3215,
 encode/httpcore#928). Here each connection looks its socket up once and the check is one
-`poll`. Everything else is httpx's transport unchanged: timeouts, errors, TLS, limits.
+`poll`. Everything else is httpx's transport unchanged: timeouts, errors, TLS, limits, proxies.
 """
 
 from __future__ import annotations
@@ -91,16 +91,17 @@ def is_readable(sock: socket.socket | None) -> bool:
 
 
 class SinkTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with `SocketCheckingBackend` under its connection pool."""
+    """httpx's transport (direct or through `proxy`) with `SocketCheckingBackend` under its
+    connection pool."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
-        # httpx builds its pool without a way to choose the network backend: build the same
-        # pool (direct connections, HTTP/1.1, default TLS) with ours.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=SocketCheckingBackend(httpcore.AnyIOBackend()),
-        )
+    def __init__(
+        self,
+        limits: httpx.Limits,
+        proxy: httpx.Proxy | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        super().__init__(limits=limits, proxy=proxy, verify=verify)
+        # httpx builds its pool without a way to choose the network backend: wrap the one it
+        # chose (the pool passes it to every connection, tunnelled through a proxy or not).
+        pool = self._pool
+        pool._network_backend = SocketCheckingBackend(pool._network_backend)
