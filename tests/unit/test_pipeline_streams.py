@@ -1,0 +1,261 @@
+"""The whole pipeline over random record streams, without a broker: valid changes and every kind
+of poison (bad framing, unknown and unreadable schema ids, a registry that is down for a while,
+oversized values, bad keys, bad emails and timestamps, duplicates, tombstones, headers too large
+for the dead-letter topic), over several partitions. Nothing raises out of the loop, every record
+gets exactly one fate, a committed offset never passes an unfinished record, everything ends
+committed, and Omnisend ends as the valid changes say."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from connector.clock import SystemClock
+from connector.codec import ConfluentDecoder, bundled_schema_json, encode_confluent
+from connector.config import Export, Router
+from connector.dlq import DeadLetters, Delivered
+from connector.events import ContactChange, Position
+from connector.mapping import Mapping
+from connector.metrics import Metrics
+from connector.omnisend.sinks import Sinks
+from connector.pipeline import Pipeline, PipelineConfig
+from connector.registry import RegistryClient
+from tests.events import event
+from tests.fake_kafka import MemoryConsumer, MemoryProducer
+from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator
+from tests.unit.test_coalesce import one_by_one
+
+TOPIC = "segments"
+T0 = 1_790_000_000_000
+MAX_VALUE_BYTES = 4096
+DLQ_MAX_BYTES = 8192  # what the dead-letter producer takes: large headers must be dropped
+BIG_HEADER = 9000
+GOOD, JSON_ID, PROTO_ID, UNKNOWN_ID, FLAKY_ID, GARBAGE_ID, UNTYPED_ID = 1, 2, 3, 4, 5, 6, 7
+EMAILS = ["ann@x.io", "bob@x.io", "cid@x.io"]
+SEGMENTS = [("seg-1", "One"), ("seg-2", "Two")]
+
+# kind -> the DLQ reason it must end with (None: it is synced, or skipped)
+KINDS: dict[str, str | None] = {
+    "valid": None,
+    "flaky_registry": None,  # valid, under a schema id the registry is down for at first
+    "duplicate": None,
+    "tombstone": None,
+    "bad_magic": "invalid_magic_byte",
+    "unknown_id": "unknown_schema_id",
+    "json_schema": "unsupported_schema",
+    "protobuf": "unsupported_schema",
+    "garbage_schema": "unsupported_schema",
+    "json_untyped": "unsupported_schema",  # a JSON Schema registered without its type
+    "truncated": "malformed_avro",
+    "trailing": "trailing_bytes",
+    "oversized": "oversized_value",
+    "bad_key": "invalid_key",
+    "bad_email": "invalid_email",
+    "no_email": "missing_email",
+    "bad_timestamp": "invalid_timestamp",
+}
+
+
+class Registry:
+    """A Schema Registry behind a MockTransport, down for the first `outage` asks of
+    FLAKY_ID."""
+
+    def __init__(self, outage: int) -> None:
+        self.outage = outage
+        bundled = json.dumps(bundled_schema_json())
+        self.answers: dict[int, Any] = {
+            GOOD: {"schema": bundled},
+            FLAKY_ID: {"schema": bundled},
+            JSON_ID: {"schemaType": "JSON", "schema": '{"type": "object"}'},
+            PROTO_ID: {"schemaType": "PROTOBUF", "schema": "syntax = 'proto3';"},
+            GARBAGE_ID: {"schema": "{not json"},
+            UNTYPED_ID: {"schema": '{"type": "object", "properties": {}}'},
+        }
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        schema_id = int(request.url.path.rsplit("/", 1)[1])
+        if schema_id == FLAKY_ID and self.outage > 0:
+            self.outage -= 1
+            return httpx.Response(503)
+        if schema_id not in self.answers:
+            return httpx.Response(404, json={"error_code": 40403})
+        return httpx.Response(200, json=self.answers[schema_id])
+
+
+def value_of(kind: str, e: dict[str, Any]) -> bytes | None:
+    schema_id = {
+        "flaky_registry": FLAKY_ID,
+        "unknown_id": UNKNOWN_ID,
+        "json_schema": JSON_ID,
+        "protobuf": PROTO_ID,
+        "garbage_schema": GARBAGE_ID,
+        "json_untyped": UNTYPED_ID,
+    }.get(kind, GOOD)
+    good = encode_confluent(e, schema_id)
+    spoiled = {
+        "tombstone": None,
+        "bad_magic": b"\x01" + good[1:],
+        "truncated": good[: len(good) // 2],
+        "trailing": good + b"\x00\x01",
+        "oversized": good + b"\x00" * MAX_VALUE_BYTES,
+    }
+    return spoiled.get(kind, good)
+
+
+def record_event(kind: str, i: int, at: int, choice: tuple[int, int, bool, str]) -> dict[str, Any]:
+    email_index, segment_index, entered, name = choice
+    segment_id, segment_name = SEGMENTS[segment_index]
+    email: str | None = EMAILS[email_index]
+    if kind == "bad_email":
+        email = "not-an-address"
+    elif kind == "no_email":
+        email = None
+    return event(
+        email,
+        change="ENTERED" if entered else "EXITED",
+        segment_id=segment_id,
+        segment_name=segment_name,
+        occurred_at=0 if kind == "bad_timestamp" else at,
+        profile_id=f"p{email_index}",
+        event_id=f"e{i}",
+        first_name=name,
+    )
+
+
+def contact_change(e: dict[str, Any], i: int) -> ContactChange:
+    entered = e["change"] == "ENTERED"
+    fields = {"firstName": e["profile"]["first_name"]} if entered else {}
+    tag = f"segment: {e['segment_name']}"
+    position = Position(TOPIC, 0, i)
+    return ContactChange(
+        position, e["event_id"], e["occurred_at"], e["profile"]["email"], tag, entered, fields
+    )
+
+
+class Watched(Pipeline):
+    """Records the one fate of every record, and refuses a second."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fates: dict[Position, str] = {}
+
+    def _done(self, position: Position, count: bool = True) -> None:
+        if position in self._records:
+            assert position not in self.fates, f"{position} got a second fate"
+            self.fates[position] = "done" if count else "skipped or dead-lettered"
+        super()._done(position, count)
+
+
+record_st = st.tuples(
+    st.sampled_from(list(KINDS)),
+    st.integers(0, 2),  # partition
+    st.tuples(st.integers(0, 2), st.integers(0, 1), st.booleans(), st.sampled_from("AB")),
+    st.booleans(),  # headers too large for the dead-letter topic
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=st.lists(record_st, min_size=1, max_size=60),
+    order=st.randoms(use_true_random=False),
+    outage=st.integers(0, 3),
+)
+def test_any_stream_ends_committed_with_one_fate_per_record(
+    spec: list[tuple[str, int, tuple[int, int, bool, str], bool]], order: Any, outage: int
+) -> None:
+    times = list(range(len(spec)))
+    order.shuffle(times)  # distinct occurred_at, in any order
+    records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
+    kinds: list[str] = []
+    valid: list[ContactChange] = []
+    sent: list[dict[str, Any]] = []  # valid events, which may be sent again
+    for i, (drawn, partition, choice, big_headers) in enumerate(spec):
+        kind = "valid" if drawn == "duplicate" and not sent else drawn
+        if kind == "duplicate":
+            e = order.choice(sent)
+        else:
+            e = record_event(kind, i, T0 + times[i], choice)
+        if kind in ("valid", "flaky_registry"):
+            sent.append(e)
+            valid.append(contact_change(e, i))
+        key = b"\xff\xfe" if kind == "bad_key" else e["profile_id"].encode()
+        headers: list[tuple[str, bytes | None]] = (
+            [("trace", b"t" * BIG_HEADER)] if big_headers else []
+        )
+        records.append((partition, key, value_of(kind, e), headers))
+        kinds.append(kind)
+    consumer = MemoryConsumer.of(TOPIC, records)
+    producer = MemoryProducer(DLQ_MAX_BYTES)
+    sim = simulator()
+    sink = fast_sink(Scripted(sim))
+    registry = Registry(outage)
+    decoder = ConfluentDecoder(
+        RegistryClient(httpx.Client(transport=httpx.MockTransport(registry.handle)), "http://sr")
+    )
+
+    def dead_letters(delivered: Delivered) -> DeadLetters:
+        return DeadLetters(producer, f"{TOPIC}.dlq", delivered, DLQ_MAX_BYTES)
+
+    pipeline = Watched(
+        PipelineConfig(
+            topic=TOPIC,
+            max_value_bytes=MAX_VALUE_BYTES,
+            commit_interval_s=0.01,
+            registry_retry_s=0.02,
+            dlq_max_invalid_share=1.0,
+            shutdown_timeout_s=5,
+        ),
+        consumer,
+        decoder,
+        Router((Export("all", "default", Mapping()),)),
+        Sinks({"default": sink}),
+        dead_letters,
+        Metrics(CollectorRegistry()),
+        SystemClock(),
+    )
+
+    def check_commit(tp: tuple[str, int], offset: int) -> None:
+        unfinished = [o for o in range(offset) if Position(tp[0], tp[1], o) not in pipeline.fates]
+        assert unfinished == [], f"committed {tp} at {offset} past unfinished {unfinished}"
+
+    consumer.on_commit = check_commit
+    deadline = time.monotonic() + 60
+
+    def finished(p: Pipeline) -> bool:
+        assert time.monotonic() < deadline, "the stream did not finish"
+        ends = {p_: consumer.end(p_) for p_ in consumer.partitions}
+        return all(consumer.committed.get((TOPIC, q), 0) == end for q, end in ends.items())
+
+    exit_code = pipeline.run(threading.Event(), until=finished)
+    assert exit_code == 0
+    assert len(pipeline.fates) == len(records)
+
+    dead = {
+        (int(h["omnisend.dlq.original.partition"]), int(h["omnisend.dlq.original.offset"])): h
+        for h in (dict(m["headers"]) for m in producer.delivered)
+    }
+    assert len(dead) == len(producer.delivered)  # one dead letter per failed record
+    offsets: dict[int, int] = {}
+    for (partition, _, _, headers), kind in zip(records, kinds, strict=True):
+        offset = offsets[partition] = offsets.get(partition, -1) + 1
+        want = KINDS[kind]
+        letter = dead.get((partition, offset))
+        got = None if letter is None else letter["omnisend.dlq.reason"]
+        assert got == (None if want is None else want.encode()), (kind, partition, offset)
+        if letter is not None and headers:  # too large with its own headers: dropped
+            assert letter["omnisend.dlq.dropped"] in (b"value,headers", b"value,headers,key")
+            assert "trace" not in letter
+
+    expected_fields, expected_tags = one_by_one(valid)
+    state = contacts(sim)
+    assert set(state) == set(expected_fields)
+    for email, fields in expected_fields.items():
+        assert {k: state[email][k] for k in fields} == fields
+        assert set(state[email]["tags"]) == expected_tags[email]
