@@ -119,6 +119,8 @@ def make_sink(
         request_timeout_s=settings.request_timeout_s,
         batch_deadline_s=settings.batch_deadline_s,
         exports=exports,
+        known_cache_size=settings.known_contacts_cache_size,
+        applied_cache_size=settings.applied_changes_cache_size,
     )
     api_key, base_url = connection.api_key.get_secret_value(), connection.base_url
     transport = None

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connector.events import ContactChange, Position
+from connector.recent import RecentMap
 
 Key = tuple[str, str]  # (email, tag)
 Group = tuple[bool, str]  # (add?, tag)
@@ -136,26 +137,16 @@ def _merge_parts(into: dict[int, Part], parts: dict[int, Part], later: bool = Fa
             into[export] = part
 
 
-class LRU(OrderedDict[Any, Any]):
-    """A bounded mapping that forgets the least recently written entries."""
-
-    def __init__(self, max_size: int) -> None:
-        super().__init__()
-        self.max_size = max_size
-
-    def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > self.max_size:
-            self.popitem(last=False)
-
-
 class Coalescer:
     """The intents of every contact with unfinished changes. `exports` numbers the exports
     whose changes it receives (the parts an upsert may carry)."""
 
     def __init__(
-        self, settle_s: float = 0.0, cache_size: int = 1_000_000, exports: Iterable[int] = (0,)
+        self,
+        settle_s: float = 0.0,
+        exports: Iterable[int] = (0,),
+        known_size: int = 1_000_000,
+        applied_size: int = 1_000_000,
     ) -> None:
         self.settle_s = settle_s
         self.exports = tuple(exports)
@@ -167,9 +158,9 @@ class Coalescer:
         self.ready: dict[Group, OrderedDict[str, TagIntent]] = {}
         # Fields known to be in Omnisend: (email, export) -> (hash of the part last accepted,
         # its occurred_at). A known contact whose part is unchanged needs no upsert.
-        self.known = LRU(cache_size)
+        self.known = RecentMap(known_size, width=2)
         # The occurred_at of the last change applied per (email, tag): a late event is stale.
-        self.applied = LRU(cache_size)
+        self.applied = RecentMap(applied_size, width=1)
         # Tag calls accepted (or whose answer was lost) within the last `settle_s`, oldest
         # first: key -> (add, when). An opposite call for the same key waits until the earlier
         # one has settled, whether it was already waiting or arrives later.
@@ -192,7 +183,8 @@ class Coalescer:
             self.outcomes.append(Outcome(ticket.position, ticket.size, skipped="superseded"))
 
     def _latest(self, key: Key) -> int:
-        latest: int = self.applied.get(key, -1)
+        applied = self.applied.get(key)
+        latest = -1 if applied is None else applied[0]
         for intents in (self.tags, self.tags_in_flight):
             intent = intents.get(key)
             if intent is not None:
@@ -229,7 +221,7 @@ class Coalescer:
         if part.occurred_at_ms < known_at:
             return False  # Omnisend has newer fields of this export
         if known_hash == fields_hash(part.fields):
-            self.known.put((email, export), (known_hash, part.occurred_at_ms))
+            self.known.put((email, export), known_hash, part.occurred_at_ms)
             return False  # it has these very fields, now known as of this later time
         return True
 
@@ -306,7 +298,7 @@ class Coalescer:
     def upsert_accepted(self, email: str, now: float) -> None:
         intent = self.upserts_in_flight.pop(email)
         for export, part in intent.parts.items():
-            self.known.put((email, export), (fields_hash(part.fields), part.occurred_at_ms))
+            self.known.put((email, export), fields_hash(part.fields), part.occurred_at_ms)
         if email in self._haunted:
             _merge_parts(self._redo.setdefault(email, {}), intent.parts, later=True)
         self._settle(intent.tickets)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ from connector.kafka import topic_partitions, tp
 from connector.metrics import Metrics
 from connector.offsets import OffsetTracker
 from connector.omnisend.sinks import Sinks
+from connector.recent import RecentMap
 
 log = structlog.get_logger("connector.pipeline")
 
@@ -125,7 +126,7 @@ class Pipeline:
         self._fanout: dict[Position, int] = {}
         self._dlq_bound: set[Position] = set()
         self._bytes = 0
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = RecentMap(config.dedupe_cache_size, width=0)
         self._held: list[Any] = []  # messages waiting for an unreachable Schema Registry
         self._held_until = 0.0
         self._assigned: list[tuple[str, int]] = []
@@ -307,11 +308,7 @@ class Pipeline:
         )
 
     def _remember(self, event_id: str) -> None:
-        if self.config.dedupe_cache_size == 0:
-            return
-        self._seen[event_id] = None
-        if len(self._seen) > self.config.dedupe_cache_size:
-            self._seen.popitem(last=False)
+        self._seen.put(event_id)
 
     def _retry_held(self) -> list[Any]:
         """Decode held messages again once the registry may be back; all of them or none."""
@@ -503,7 +500,8 @@ class Pipeline:
         self._dlq_bound.clear()
         self._bytes = 0
         self._held.clear()
-        self._seen.clear()  # redelivered records must not look like duplicates of themselves
+        # Redelivered records must not look like duplicates of themselves.
+        self._seen = RecentMap(self.config.dedupe_cache_size, width=0)
         self._assigned = []
         self._paused = False
 

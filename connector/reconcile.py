@@ -4,17 +4,27 @@ with `--apply`, repair it through the usual sink (so within the budget).
 
 Drift it finds: members missing in Omnisend (after an outage, a lost change), contacts tagged but
 no longer members, tags left by a renamed segment (every tag the topic ever produced is
-inspected), and the old address of a profile whose email changed.
+inspected), and the old address of a profile whose email changed. A missing member is repaired
+with the contact's latest fields by `occurred_at` across all the export's segments, not those of
+the segment whose tag was lost.
 
-The pure part is `Membership` (events in, expected tags out) and `drift`; reading the topic and
-listing contacts are at the edges.
+Memory: a topic may hold millions of changes of millions of contacts, so the first read keeps
+fingerprints, not strings (`connector.recent.IntTable`): per (export, segment) the latest change
+of each profile (its email's fingerprint, when, in or out), and per (export, email) where the
+latest entry is in the topic. Omnisend's contacts are compared by fingerprint, page by page. What
+is missing is found again by a second read of the topic, at the record holding each missing
+contact's latest entry, and repaired (or sampled for the report) from there: addresses and
+fields are never all in memory at once.
+
+The pure parts are `Membership` (events in, expected fingerprints out), `Drift` and `Finder`;
+reading the topic and listing contacts are at the edges.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -33,27 +43,33 @@ from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.client import OmnisendClient, RateLimited
 from connector.omnisend.http import async_client
-from connector.tools import Progress, job_consumer, span
+from connector.omnisend.sink import OmnisendSink
+from connector.recent import IntTable, fingerprint
+from connector.tools import Progress, Span, job_consumer, span
 
 log = structlog.get_logger("connector.reconcile")
 
 PAGE = 250
 SAMPLES = 5
+_NOWHERE = Position("", 0, 0)
+# A record's place in the topic as one integer: offsets below 2^44, partitions below 2^19.
+_OFFSET_BITS = 44
+# Repairs are handed to the sink this many at a time, when it has room for them.
+_REPAIR_CHUNK = 500
+
+Visit = Callable[[int, int, SegmentChange], bool]  # partition, offset, event -> go on?
 
 
-@dataclass
-class _Member:
-    email: str
-    entered: bool
-    at: int
-    fields: dict[str, Any]
+def _place(partition: int, offset: int) -> int:
+    return (partition << _OFFSET_BITS) | offset
 
 
 @dataclass
 class _Segment:
     name: str = ""
     name_at: int = -1
-    profiles: dict[str, _Member] = field(default_factory=dict)
+    # profile -> (email, occurred_at * 2 + entered), all fingerprints and integers
+    members: IntTable = field(default_factory=lambda: IntTable(2))
 
 
 class Membership:
@@ -63,106 +79,186 @@ class Membership:
         self._mappers = [(e, Mapper(e.mapping)) for e in exports]
         self._segments: dict[tuple[str, str], _Segment] = {}  # (export, segment id)
         self._tags_seen: dict[str, set[str]] = {}  # export -> every tag the topic produced
+        # export -> email -> (occurred_at, place) of the contact's latest entry
+        self._latest = {e.name: IntTable(2) for e, _ in self._mappers}
         self.invalid = 0
 
-    def add(self, event: SegmentChange, now_ms: int) -> None:
+    def add(self, event: SegmentChange, now_ms: int, partition: int = 0, offset: int = 0) -> None:
         for export, mapper in self._mappers:
             if not export.wants(event):
                 continue
             try:
-                change = mapper.map(event, Position("", 0, 0), 0, now_ms)
+                change = mapper.map(event, _NOWHERE, 0, now_ms)
             except InvalidRecord:
                 self.invalid += 1
                 continue
             self._tags_seen.setdefault(export.name, set()).add(change.tag)
             segment = self._segments.setdefault((export.name, event.segment_id), _Segment())
-            if event.occurred_at_ms >= segment.name_at:
-                segment.name, segment.name_at = event.segment_name, event.occurred_at_ms
-            member = segment.profiles.get(event.profile_id)
-            if member is None or event.occurred_at_ms >= member.at:
-                fields = change.fields if change.entered else (member.fields if member else {})
-                segment.profiles[event.profile_id] = _Member(
-                    change.email, change.entered, event.occurred_at_ms, fields
-                )
+            at = event.occurred_at_ms
+            if at >= segment.name_at:
+                segment.name, segment.name_at = event.segment_name, at
+            email, profile = fingerprint(change.email), fingerprint(event.profile_id)
+            current = segment.members.get(profile)
+            if current is None or at >= current[1] >> 1:
+                segment.members.put(profile, (email, 2 * at + change.entered))
+            if change.entered:
+                latest = self._latest[export.name]
+                known = latest.get(email)
+                if known is None or at >= known[0]:
+                    latest.put(email, (at, _place(partition, offset)))
 
-    def expected(self, export: Export) -> dict[str, dict[str, dict[str, Any]]]:
-        """tag → {email: fields} of the export's current members, for every tag the topic ever
-        produced for it (a tag nobody should hold maps to no one)."""
+    def expected(self, export: Export) -> dict[str, IntTable]:
+        """tag → fingerprints of the export's current members' emails, for every tag the topic
+        ever produced for it (a tag nobody should hold maps to no one)."""
         mapper = Mapper(export.mapping)
-        out: dict[str, dict[str, dict[str, Any]]] = {
-            tag: {} for tag in self._tags_seen.get(export.name, ())
-        }
+        out = {tag: IntTable(1) for tag in self._tags_seen.get(export.name, ())}
         for (name, segment_id), segment in self._segments.items():
             if name != export.name:
                 continue
-            tag = mapper.tag_of(segment_id, segment.name)
-            members = out.setdefault(tag, {})
-            for member in segment.profiles.values():
-                if member.entered:
-                    members[member.email] = member.fields
+            members = out.setdefault(mapper.tag_of(segment_id, segment.name), IntTable(1))
+            for _, (email, at_entered) in segment.members.items():
+                if at_entered & 1:
+                    members.put(email, (0,))
         return out
 
+    def latest_entry(self, export: str, email: str) -> int | None:
+        """The place of the contact's latest entry in the topic (see `_place`)."""
+        found = self._latest[export].get(fingerprint(email))
+        return None if found is None else found[1]
 
-@dataclass(frozen=True)
+
+@dataclass
 class Drift:
+    """One tag: who should hold it (email fingerprint → seen in Omnisend), who does not but
+    holds it (stale), and samples of the missing once they are found again."""
+
     tag: str
-    expected: int
-    held: int
-    missing: dict[str, dict[str, Any]]  # email -> fields to upsert
-    stale: set[str]
+    expected: IntTable
+    held: int = 0
+    stale: set[str] = field(default_factory=set)
+    missing_samples: set[str] = field(default_factory=set)
+
+    def hold(self, emails: Iterable[str]) -> None:
+        """A page of the contacts Omnisend holds under the tag."""
+        for email in emails:
+            self.held += 1
+            email_fp = fingerprint(email)
+            if email_fp in self.expected:
+                self.expected.put(email_fp, (1,))
+            else:
+                self.stale.add(email)
+
+    def is_missing(self, email: str) -> bool:
+        return self.expected.get(fingerprint(email)) == (0,)
+
+    @property
+    def missing(self) -> int:
+        return sum(1 for _, (seen,) in self.expected.items() if not seen)
 
     def report(self) -> dict[str, Any]:
         return {
             "tag": self.tag,
-            "members": self.expected,
+            "members": len(self.expected),
             "inOmnisend": self.held,
-            "missing": len(self.missing),
+            "missing": self.missing,
             "stale": len(self.stale),
-            "missingSamples": [mask(e) for e in sorted(self.missing)[:SAMPLES]],
+            "missingSamples": [mask(e) for e in sorted(self.missing_samples)[:SAMPLES]],
             "staleSamples": [mask(e) for e in sorted(self.stale)[:SAMPLES]],
         }
 
 
-def drift(tag: str, expected: dict[str, dict[str, Any]], held: set[str]) -> Drift:
-    missing = {email: fields for email, fields in expected.items() if email not in held}
-    return Drift(tag, len(expected), len(held), missing, held - set(expected))
+def drift(tag: str, expected: IntTable, held: Iterable[str]) -> Drift:
+    found = Drift(tag, expected)
+    found.hold(held)
+    return found
+
+
+class Finder:
+    """The second read: at the record of each missing contact's latest entry, the repair of
+    every tag it misses, with that record's fields (the contact's latest)."""
+
+    def __init__(self, export: Export, membership: Membership, drifts: list[Drift]) -> None:
+        self.export = export
+        self._mapper = Mapper(export.mapping)
+        self._membership = membership
+        self._drifts = [d for d in drifts if d.missing]
+        self.found = 0
+
+    def visit(self, partition: int, offset: int, event: SegmentChange) -> list[ContactChange]:
+        if not self.export.wants(event) or not event.entered:
+            return []
+        try:
+            change = self._mapper.map(event, _NOWHERE, 0, event.occurred_at_ms)
+        except InvalidRecord:
+            return []
+        place = self._membership.latest_entry(self.export.name, change.email)
+        if place != _place(partition, offset):
+            return []  # not this contact's latest entry
+        repairs = []
+        for d in self._drifts:
+            if d.is_missing(change.email):
+                d.missing_samples.add(change.email)
+                self.found += 1
+                position = Position("reconcile", 0, self.found)
+                repairs.append(
+                    ContactChange(
+                        position,
+                        f"reconcile-{self.found}",
+                        change.occurred_at_ms,
+                        change.email,
+                        d.tag,
+                        True,
+                        change.fields,
+                    )
+                )
+        return repairs
+
+    def sampled(self) -> bool:
+        """Whether every drift has all the samples the report shows."""
+        return all(len(d.missing_samples) >= min(SAMPLES, d.missing) for d in self._drifts)
 
 
 # ---- the edges ---------------------------------------------------------------------------------
 
 
-def read_membership(config: Config, exports: list[Export], out: TextIO | None) -> Membership:
-    """Every event of the topic, read with assigned partitions (no group, no commits)."""
+def read_topic(
+    config: Config, topic_span: Span, what: str, visit: Visit, out: TextIO | None
+) -> int:
+    """Every record of `topic_span`, decoded, to `visit` until it says stop; records that do not
+    decode are counted and skipped. Assigned partitions: no group, no commits."""
     consumer = job_consumer(config)
-    membership = Membership(exports)
     decoder = make_decoder(config.settings)
+    invalid = 0
     try:
-        topic_span = span(consumer, config.settings.kafka_topic)
-        progress = Progress("reconcile: reading the topic", topic_span.total, out)
+        progress = Progress(what, topic_span.total, out)
         consumer.assign([tp(topic_span.topic, p, s) for p, s in topic_span.starts.items()])
         positions = {(topic_span.topic, p): s for p, s in topic_span.starts.items()}
-        now_ms = int(time.time() * 1000)
-        while topic_span.done(positions) < topic_span.total:
+        going = True
+        while going and topic_span.done(positions) < topic_span.total:
             for message in consumer.consume(500, 1.0):
                 if message.error() is not None:
                     continue
-                positions[(message.topic(), message.partition())] = message.offset() + 1
-                if message.value() is None:
+                partition, offset = message.partition(), message.offset()
+                positions[(message.topic(), partition)] = offset + 1
+                if message.value() is None or offset >= topic_span.ends[partition]:
                     continue
                 try:
-                    membership.add(decoder.decode(message.value()), now_ms)
+                    event = decoder.decode(message.value())
                 except InvalidRecord:
-                    membership.invalid += 1
+                    invalid += 1
+                    continue
+                if not visit(partition, offset, event):
+                    going = False
+                    break
             progress.show(topic_span.done(positions))
-        progress.show(topic_span.total, force=True)
+        progress.show(topic_span.done(positions), force=True)
     finally:
         consumer.close()
-    return membership
+    return invalid
 
 
-async def _held(client: OmnisendClient, budget: Budget, tag: str) -> set[str]:
-    """Emails of the contacts Omnisend holds under `tag`, page by page within the budget."""
-    emails: set[str] = set()
+async def _hold(client: OmnisendClient, budget: Budget, found: Drift) -> None:
+    """The contacts Omnisend holds under the drift's tag, page by page within the budget."""
     after: str | None = None
     while True:
         wait = budget.try_acquire(time.monotonic(), tag_call=False)
@@ -170,7 +266,7 @@ async def _held(client: OmnisendClient, budget: Budget, tag: str) -> set[str]:
             await asyncio.sleep(wait)
             continue
         try:
-            page = await client.list_contacts(tag, after, PAGE)
+            page = await client.list_contacts(found.tag, after, PAGE)
         except RateLimited as exc:
             budget.rate_limited(time.monotonic(), exc.retry_after_s)
             continue
@@ -179,15 +275,13 @@ async def _held(client: OmnisendClient, budget: Budget, tag: str) -> set[str]:
             continue
         finally:
             Budget.answered(budget.last_slot, time.monotonic())
-        emails.update(page.emails)
+        found.hold(page.emails)
         if page.after is None:
-            return emails
+            return
         after = page.after
 
 
-def list_held(
-    config: Config, connection: str, tags: list[str], share: float
-) -> dict[str, set[str]]:
+def list_held(config: Config, connection: str, drifts: list[Drift], share: float) -> None:
     conn = config.connections[connection]
     settings = config.settings
     budget = Budget(
@@ -200,49 +294,105 @@ def list_held(
         share,
     )
 
-    async def all_tags() -> dict[str, set[str]]:
+    async def all_tags() -> None:
         async with async_client(conn.base_url, settings.request_timeout_s) as http:
             client = OmnisendClient(http, conn.api_key.get_secret_value(), conn.base_url)
-            return {tag: await _held(client, budget, tag) for tag in tags}
+            for found in drifts:
+                await _hold(client, budget, found)
 
-    return asyncio.run(all_tags())
+    asyncio.run(all_tags())
 
 
-def repair(config: Config, connection: str, drifts: list[Drift], share: float) -> dict[str, int]:
-    """Upsert and tag the missing members, untag the stale contacts, through the sink."""
-    clock = SystemClock()
+class _Repairs:
+    """Changes handed to a sink as it has room for them, and their outcomes counted."""
+
+    def __init__(self, sink: OmnisendSink) -> None:
+        self.sink = sink
+        self.waiting: list[ContactChange] = []
+        self.pending = 0
+        self.result = {"repaired": 0, "failed": 0}
+
+    def add(self, changes: Iterable[ContactChange]) -> None:
+        self.waiting.extend(changes)
+        if len(self.waiting) >= _REPAIR_CHUNK:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self.sink.saturated() and self.sink.fatal is None:
+            self._collect()
+            time.sleep(0.05)
+        self.pending += len(self.waiting)
+        self.sink.submit(self.waiting)
+        self.waiting = []
+
+    def _collect(self) -> None:
+        for outcome in self.sink.take_outcomes():
+            self.pending -= 1
+            self.result["failed" if outcome.reason else "repaired"] += 1
+
+    def finish(self) -> dict[str, int]:
+        self._hand_over()
+        while self.pending and self.sink.fatal is None:
+            self.sink.drain(5.0)
+            self._collect()
+        if self.sink.fatal is not None:
+            raise self.sink.fatal
+        return self.result
+
+
+def _stale_changes(drifts: list[Drift]) -> Iterable[ContactChange]:
+    at = int(time.time() * 1000)
+    stale = ((found.tag, email) for found in drifts for email in sorted(found.stale))
+    for count, (tag, email) in enumerate(stale):
+        position = Position("reconcile-stale", 0, count)
+        yield ContactChange(position, f"untag-{count}", at, email, tag, False)
+
+
+def repair_or_sample(
+    config: Config,
+    export: Export,
+    topic_span: Span,
+    membership: Membership,
+    drifts: list[Drift],
+    apply: bool,
+    share: float,
+    out: TextIO | None,
+) -> dict[str, int] | None:
+    """Find the missing again (their samples, and with `apply` their repairs), untag the
+    stale; the repair counts with `apply`."""
+    finder = Finder(export, membership, drifts)
+    if not apply or not any(d.missing or d.stale for d in drifts):
+        if any(d.missing for d in drifts):
+            read_topic(config, topic_span, "reconcile: sampling", _sampler(finder), out)
+        return None
     sink = make_sink(
         config.settings,
-        config.connections[connection],
+        config.connections[export.connection],
         Metrics(CollectorRegistry()),
-        clock,
+        SystemClock(),
     ).start()
     sink.budget.share = share
-    changes: list[ContactChange] = []
-    at = int(time.time() * 1000)
-    for d in drifts:
-        for email, fields in sorted(d.missing.items()):
-            pos = Position("reconcile", 0, len(changes))
-            changes.append(
-                ContactChange(pos, f"reconcile-{pos.offset}", at, email, d.tag, True, fields)
-            )
-        for email in sorted(d.stale):
-            pos = Position("reconcile", 0, len(changes))
-            changes.append(ContactChange(pos, f"reconcile-{pos.offset}", at, email, d.tag, False))
-    result = {"repaired": 0, "failed": 0}
     try:
-        sink.submit(changes)
-        pending = len(changes)
-        while pending and sink.fatal is None:
-            sink.drain(5.0)
-            for outcome in sink.take_outcomes():
-                pending -= 1
-                result["failed" if outcome.reason else "repaired"] += 1
-        if sink.fatal is not None:
-            raise sink.fatal
+        repairs = _Repairs(sink)
+        repairs.add(_stale_changes(drifts))
+        if any(d.missing for d in drifts):
+
+            def visit(partition: int, offset: int, event: SegmentChange) -> bool:
+                repairs.add(finder.visit(partition, offset, event))
+                return sink.fatal is None
+
+            read_topic(config, topic_span, "reconcile: repairing", visit, out)
+        return repairs.finish()
     finally:
         sink.stop()
-    return result
+
+
+def _sampler(finder: Finder) -> Visit:
+    def visit(partition: int, offset: int, event: SegmentChange) -> bool:
+        finder.visit(partition, offset, event)
+        return not finder.sampled()
+
+    return visit
 
 
 def reconcile(
@@ -258,18 +408,37 @@ def reconcile(
         raise ConfigError(
             f"no export {sorted(unknown)} (known: {', '.join(e.name for e in config.exports)})"
         )
-    membership = read_membership(config, exports, out)
-    report: dict[str, Any] = {"exports": [], "invalidEvents": membership.invalid, "applied": apply}
+    consumer = job_consumer(config)
+    try:
+        topic_span = span(consumer, config.settings.kafka_topic)
+    finally:
+        consumer.close()
+    membership = Membership(exports)
+    now_ms = int(time.time() * 1000)
+
+    def add(partition: int, offset: int, event: SegmentChange) -> bool:
+        membership.add(event, now_ms, partition, offset)
+        return True
+
+    undecodable = read_topic(config, topic_span, "reconcile: reading the topic", add, out)
+    report: dict[str, Any] = {
+        "exports": [],
+        "invalidEvents": membership.invalid + undecodable,
+        "applied": apply,
+    }
     for export in exports:
         expected = membership.expected(export)
-        held = list_held(config, export.connection, sorted(expected), share)
-        drifts = [drift(tag, expected[tag], held[tag]) for tag in sorted(expected)]
+        drifts = [Drift(tag, expected[tag]) for tag in sorted(expected)]
+        list_held(config, export.connection, drifts, share)
+        repaired = repair_or_sample(
+            config, export, topic_span, membership, drifts, apply, share, out
+        )
         entry: dict[str, Any] = {
             "export": export.name,
             "connection": export.connection,
             "tags": [d.report() for d in drifts],
         }
-        if apply and any(d.missing or d.stale for d in drifts):
-            entry["repair"] = repair(config, export.connection, drifts, share)
+        if repaired is not None:
+            entry["repair"] = repaired
         report["exports"].append(entry)
     return report

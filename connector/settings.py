@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     max_in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     max_value_bytes: int = Field(1024 * 1024, ge=1024)
     dedupe_cache_size: int = Field(200_000, ge=0)
+    known_contacts_cache_size: int = Field(1_000_000, ge=0)
+    applied_changes_cache_size: int = Field(1_000_000, ge=0)
     dlq_max_invalid_share: float = Field(0.5, gt=0, le=1)
     dlq_window_records: int = Field(1000, ge=1)
 
@@ -333,7 +335,23 @@ SETTINGS_HELP: list[tuple[str, str, str]] = [
         "larger values go to the DLQ as oversized_value; the DLQ producer's message.max.bytes "
         "is this plus 65536 unless set",
     ),
-    ("DEDUPE_CACHE_SIZE", "200000", "event ids remembered for de-duplication"),
+    (
+        "DEDUPE_CACHE_SIZE",
+        "200000",
+        "event ids remembered for de-duplication (the last half to all of them), ~21 bytes each",
+    ),
+    (
+        "KNOWN_CONTACTS_CACHE_SIZE",
+        "1000000",
+        "contacts per connection (and export) whose fields Omnisend is known to hold, ~50 bytes "
+        "each: a known contact whose fields did not change needs no upsert",
+    ),
+    (
+        "APPLIED_CHANGES_CACHE_SIZE",
+        "1000000",
+        "(contact, segment) memberships per connection whose last change is remembered, ~34 "
+        "bytes each: a change older than it is recognised as superseded",
+    ),
     (
         "DLQ_MAX_INVALID_SHARE",
         "0.5",

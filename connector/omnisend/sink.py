@@ -89,6 +89,9 @@ class SinkConfig:
     request_timeout_s: float = 10.0
     # The exports whose changes this connection receives (the parts an upsert may carry).
     exports: tuple[int, ...] = (0,)
+    # What the coalescer remembers between changes (see `connector.recent` for the cost).
+    known_cache_size: int = 1_000_000
+    applied_cache_size: int = 1_000_000
 
     def tracker(self) -> TrackerConfig:
         return TrackerConfig(
@@ -161,7 +164,13 @@ class OmnisendSink:
         self.on_accepted: Callable[[list[float]], None] | None = None
 
     def _new_coalescer(self) -> Coalescer:
-        return Coalescer(settle_s=self.config.settle_s, exports=self.config.exports)
+        config = self.config
+        return Coalescer(
+            settle_s=config.settle_s,
+            exports=config.exports,
+            known_size=config.known_cache_size,
+            applied_size=config.applied_cache_size,
+        )
 
     # ---- the Kafka side (any thread) ---------------------------------------------------------
 

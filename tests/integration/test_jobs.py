@@ -178,3 +178,58 @@ def test_reconcile_finds_and_repairs_drift(
     code, report, _ = job(env, "reconcile")
     assert code == 0, report
     assert committed(broker.bootstrap, env["KAFKA_GROUP_ID"], topic) == [-1001] * 3
+
+
+def test_reconcile_repairs_a_lost_tag_with_the_contact_s_latest_fields(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    """Entered A in Vilnius, later B in Kaunas; Omnisend lost only A's tag: the repair adds A's
+    tag and leaves the city Kaunas, for every such contact."""
+    events = []
+    for i in range(32):
+        profile, email = f"p{i}", f"c{i}@x.io"
+        events.append(
+            event(
+                email,
+                profile_id=profile,
+                segment_id="sa",
+                segment_name="A",
+                city="Vilnius",
+                occurred_at=T0 + 10 * i,
+            )
+        )
+        events.append(
+            event(
+                email,
+                profile_id=profile,
+                segment_id="sb",
+                segment_name="B",
+                city="Kaunas",
+                occurred_at=T0 + 10 * i + 5,
+            )
+        )
+    produce_events(broker.bootstrap, topic, events)
+    for i in range(32):
+        response = httpx.post(
+            f"{sim.api_url}/contacts",
+            headers={
+                "Authorization": "Omnisend-API-Key test-key",
+                "Omnisend-Version": "2026-03-15",
+            },
+            json={
+                "identifiers": [{"type": "email", "id": f"c{i}@x.io"}],
+                "city": "Kaunas",
+                "tags": ["segment: B"],
+            },
+        )
+        assert response.status_code in (200, 201)
+    code, report, _ = job(connector_env(broker, topic, sim), "reconcile", "--apply")
+    assert code == 0, report
+    by_tag = {t["tag"]: t for t in report["exports"][0]["tags"]}
+    assert (by_tag["segment: A"]["missing"], by_tag["segment: B"]["missing"]) == (32, 0)
+    time.sleep(0.3)
+    contacts = sim_contacts(sim)
+    for i in range(32):
+        contact = contacts[f"c{i}@x.io"]
+        assert sorted(contact["tags"]) == ["segment: A", "segment: B"]
+        assert contact["city"] == "Kaunas"

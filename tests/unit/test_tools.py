@@ -12,7 +12,8 @@ from connector.config import Export
 from connector.errors import ConfigError
 from connector.events import SegmentChange
 from connector.mapping import Mapping
-from connector.reconcile import Membership, drift
+from connector.recent import IntTable, fingerprint
+from connector.reconcile import Finder, Membership, drift
 from connector.tools import Span, _Probe, parse_since
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -92,10 +93,21 @@ def test_a_right_answer_costs_at_most_two_reads() -> None:
     assert partition.reads <= 2
 
 
-def change(profile: str, email: str, at: int, entered: bool = True, name: str = "VIP") -> Any:
-    return SegmentChange(
-        f"e{at}", at, "s1", name, entered, profile, {"email": email, "first_name": "A"}
-    )
+def change(
+    profile: str,
+    email: str,
+    at: int,
+    entered: bool = True,
+    name: str = "VIP",
+    segment: str = "s1",
+    city: str = "",
+) -> SegmentChange:
+    attributes = {"email": email, "first_name": "A"} | ({"city": city} if city else {})
+    return SegmentChange(f"e{at}", at, segment, name, entered, profile, attributes)
+
+
+def emails(table: IntTable) -> set[int]:
+    return {email for email, _ in table.items()}
 
 
 def test_membership_follows_the_latest_change_of_each_profile() -> None:
@@ -113,10 +125,37 @@ def test_membership_follows_the_latest_change_of_each_profile() -> None:
         m.add(c, now)
     expected = m.expected(export)
     assert set(expected) == {"segment: VIP", "segment: Old", "segment: New"}
-    assert set(expected["segment: New"]) == {"b2@x.io", "c@x.io"}
-    assert expected["segment: VIP"] == {}
-    assert expected["segment: Old"] == {}
-    d = drift("segment: New", expected["segment: New"], {"b@x.io", "c@x.io"})
-    assert set(d.missing) == {"b2@x.io"}
+    assert emails(expected["segment: New"]) == {fingerprint("b2@x.io"), fingerprint("c@x.io")}
+    assert len(expected["segment: VIP"]) == 0
+    assert len(expected["segment: Old"]) == 0
+    d = drift("segment: New", expected["segment: New"], ["b@x.io", "c@x.io"])
+    assert d.missing == 1
+    assert d.is_missing("b2@x.io")
     assert d.stale == {"b@x.io"}
-    assert d.missing["b2@x.io"] == {"firstName": "A"}
+    assert d.report()["staleSamples"] == ["b***@x.io"]
+
+
+def test_a_missing_member_is_repaired_with_the_contact_s_latest_fields() -> None:
+    """Entered A in Vilnius, later B in Kaunas, lost only A's tag: the repair of A carries
+    Kaunas, the latest by occurred_at across the export's segments."""
+    export = Export("all", "c", Mapping())
+    m = Membership([export])
+    events = [
+        (0, 0, change("p1", "a@x.io", 1, name="A", segment="sa", city="Vilnius")),
+        (1, 0, change("p1", "a@x.io", 2, name="B", segment="sb", city="Kaunas")),
+    ]
+    for partition, offset, event in events:
+        m.add(event, 10_000, partition, offset)
+    expected = m.expected(export)
+    drifts = [
+        drift("segment: A", expected["segment: A"], []),
+        drift("segment: B", expected["segment: B"], ["a@x.io"]),
+    ]
+    finder = Finder(export, m, drifts)
+    repairs = [
+        r for partition, offset, event in events for r in finder.visit(partition, offset, event)
+    ]
+    assert [(r.email, r.tag, r.fields.get("city"), r.occurred_at_ms) for r in repairs] == [
+        ("a@x.io", "segment: A", "Kaunas", 2)
+    ]
+    assert drifts[0].report()["missingSamples"] == ["a***@x.io"]
