@@ -135,6 +135,26 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     f.add_argument(
         "--tag-reorder", action="store_true", help="apply queued tag operations out of order"
     )
+    f.add_argument(
+        "--garbage-rate",
+        type=float,
+        default=0.0,
+        help="share of answers that are not what the contract says (HTML, truncated or empty "
+        "bodies, wrong JSON types, missing fields, odd numbers, wrong content types); the "
+        "request itself is carried out",
+    )
+    f.add_argument(
+        "--lost-answer-rate",
+        type=float,
+        default=0.0,
+        help="share of requests carried out whose connection is then reset without an answer",
+    )
+    f.add_argument(
+        "--drip-rate", type=float, default=0.0, help="share of answers sent a byte at a time"
+    )
+    f.add_argument(
+        "--drip", type=float, default=0.0, help="seconds a dripping answer takes (real seconds)"
+    )
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -150,6 +170,10 @@ def simulator_config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         outage_start_s=args.outage_start,
         outage_duration_s=args.outage_duration,
         tag_reorder=args.tag_reorder,
+        garbage_rate=args.garbage_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        drip_rate=args.drip_rate,
+        drip_s=args.drip,
     )
     return SimulatorConfig(
         api_keys=dict(args.api_key or [("test-key", "brand-1")]),

@@ -137,6 +137,7 @@ class Simulator:
             self.rate_limited: Counter[tuple[str, str]] = Counter()
             self.tag_emails_ignored = 0
             self.tag_ops_applied = 0
+            self.answer_faults: Counter[str] = Counter()  # spoiled, lost or dripping answers
             self.request_log: deque[tuple[float, str, str, int]] = deque(maxlen=_REQUEST_LOG_SIZE)
 
     def set_faults(self, changes: dict[str, Any]) -> Faults:
@@ -245,13 +246,16 @@ class Simulator:
             return response
         if faults.lost_answer_rate and self._rng.random() < faults.lost_answer_rate:
             response.drop = True
+            self.answer_faults["lost"] += 1
             return response
         if faults.garbage_rate and self._rng.random() < faults.garbage_rate:
             response.garble = Garble(
                 self._rng.choice(GARBLE_KINDS), self._rng.randrange(len(ODD_RETRY_AFTER))
             )
+            self.answer_faults[response.garble.kind] += 1
         if faults.drip_rate and self._rng.random() < faults.drip_rate:
             response.drip_s = faults.drip_s
+            self.answer_faults["drip"] += 1
         return response
 
     @staticmethod
@@ -513,6 +517,7 @@ class Simulator:
                 "rateLimitedTotal": sum(self.rate_limited.values()),
                 "tagEmailsIgnored": self.tag_emails_ignored,
                 "tagOperationsApplied": self.tag_ops_applied,
+                "answerFaults": dict(sorted(self.answer_faults.items())),
                 "pendingOperations": len(self._events),
                 "config": {
                     "requestsPerWindow": self.config.requests_per_window,

@@ -1,7 +1,8 @@
 """Omnisend misbehaving in every way at once: 10 % server errors, failing batch items (503, 429,
-408), latency spikes, dropped connections, a 60 s outage (time-compressed) and a 429 storm from
-another integration of the brand. The connector neither crashes nor loses a change, and its own
-requests never exceed its budget."""
+408), latency spikes, dropped connections, answers that are not what the contract says, answers
+lost after the request was carried out, answers dripping past the connector's deadline, a 60 s
+outage (time-compressed) and a 429 storm from another integration of the brand. The connector
+neither crashes nor loses a change, and its own requests never exceed its budget."""
 
 from __future__ import annotations
 
@@ -23,7 +24,16 @@ pytestmark = pytest.mark.slow
 
 EVENTS, CONTACTS = 6_000, 2_000
 FAULTS = Faults(
-    seed=5, error_rate=0.1, item_error_rate=0.05, spike_rate=0.05, spike_s=1.5, drop_rate=0.02
+    seed=5,
+    error_rate=0.1,
+    item_error_rate=0.05,
+    spike_rate=0.05,
+    spike_s=1.5,
+    drop_rate=0.02,
+    garbage_rate=0.03,
+    lost_answer_rate=0.02,
+    drip_rate=0.005,
+    drip_s=12.0,  # past the connector's deadline for a whole answer (3 x REQUEST_TIMEOUT_S)
 )
 
 
@@ -85,6 +95,10 @@ def test_everything_going_wrong_at_once_loses_nothing(broker: Broker) -> None:
     assert {429, 503} <= statuses  # the storm and the outage happened
     assert statuses & {500, 502}
     assert stats["rateLimitedTotal"] > 0
+    faults = stats["answerFaults"]
+    assert faults["lost"] > 0
+    assert faults["drip"] > 0
+    assert sum(n for kind, n in faults.items() if kind not in ("lost", "drip")) > 0
     # The connector's own requests (the storm only lists contacts) within its 90 % budget.
     window = config.window_s
     ours = [r for r in log if r["endpoint"] != "GET /contacts"]

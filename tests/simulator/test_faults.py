@@ -10,7 +10,7 @@ import pytest
 from connector.clock import ManualClock
 from connector.simulator.app import Request, Simulator
 from connector.simulator.config import Faults, SimulatorConfig
-from tests.simulator.conftest import MakeSim, Sim, contact
+from tests.simulator.conftest import HEADERS, MakeSim, Sim, contact
 
 
 def _statuses(sim: Sim, n: int = 40) -> list[int]:
@@ -110,3 +110,48 @@ def test_reset_forgets_everything(sim: Sim) -> None:
     httpx.post(f"{sim.server.url}/_sim/reset")
     assert sim.contacts() == {}
     assert sim.inspect("stats")["requestsTotal"] == 0
+
+
+def test_garbage_answers_come_in_every_kind_and_the_request_was_carried_out(
+    make_sim: MakeSim,
+) -> None:
+    """A spoiled answer still means the request happened: the contacts exist."""
+    sim = make_sim(faults=Faults(seed=11, garbage_rate=1.0))
+    seen: set[str] = set()
+    for i in range(60):
+        response = httpx.post(
+            f"{sim.server.api_url}/contacts",
+            headers=HEADERS,
+            json=contact(f"g{i}@example.com"),
+        )
+        kind = response.headers.get("content-type", "")
+        try:
+            body = response.json()
+        except ValueError:
+            seen.add(f"not json ({kind or 'no content type'})")
+            continue
+        if not isinstance(body, dict):
+            seen.add("wrong type")
+        elif "email" not in body or kind == "text/html":
+            seen.add("missing fields or wrong content type")
+        else:
+            seen.add("looks right")
+    assert {"not json (text/html)", "not json (no content type)", "wrong type"} <= seen
+    assert len(sim.contacts()) == 60  # the inspection API is never spoiled
+
+
+def test_a_lost_answer_was_carried_out(make_sim: MakeSim) -> None:
+    sim = make_sim(faults=Faults(seed=1, lost_answer_rate=1.0))
+    with pytest.raises(httpx.TransportError):
+        httpx.post(
+            f"{sim.server.api_url}/contacts", headers=HEADERS, json=contact("lost@example.com")
+        )
+    assert "lost@example.com" in sim.contacts()
+
+
+def test_a_dripping_answer_takes_its_time_and_arrives_whole(make_sim: MakeSim) -> None:
+    sim = make_sim(faults=Faults(seed=1, drip_rate=1.0, drip_s=0.5))
+    started = time.monotonic()
+    response = httpx.get(f"{sim.server.api_url}/contacts", headers=HEADERS, timeout=0.2)
+    assert time.monotonic() - started >= 0.45  # no read waited 0.2 s, yet the whole took 0.5
+    assert response.json()["contacts"] == []
