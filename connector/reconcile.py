@@ -45,7 +45,7 @@ from connector.omnisend.client import OmnisendClient, RateLimited
 from connector.omnisend.http import async_client
 from connector.omnisend.sink import OmnisendSink
 from connector.recent import IntTable, fingerprint
-from connector.tools import Progress, Span, job_consumer, span
+from connector.tools import Progress, Span, job_consumer, topic_span
 
 log = structlog.get_logger("connector.reconcile")
 
@@ -408,11 +408,7 @@ def reconcile(
         raise ConfigError(
             f"no export {sorted(unknown)} (known: {', '.join(e.name for e in config.exports)})"
         )
-    consumer = job_consumer(config)
-    try:
-        topic_span = span(consumer, config.settings.kafka_topic)
-    finally:
-        consumer.close()
+    whole = topic_span(config, config.settings.kafka_topic)
     membership = Membership(exports)
     now_ms = int(time.time() * 1000)
 
@@ -420,7 +416,7 @@ def reconcile(
         membership.add(event, now_ms, partition, offset)
         return True
 
-    undecodable = read_topic(config, topic_span, "reconcile: reading the topic", add, out)
+    undecodable = read_topic(config, whole, "reconcile: reading the topic", add, out)
     report: dict[str, Any] = {
         "exports": [],
         "invalidEvents": membership.invalid + undecodable,
@@ -430,9 +426,7 @@ def reconcile(
         expected = membership.expected(export)
         drifts = [Drift(tag, expected[tag]) for tag in sorted(expected)]
         list_held(config, export.connection, drifts, share)
-        repaired = repair_or_sample(
-            config, export, topic_span, membership, drifts, apply, share, out
-        )
+        repaired = repair_or_sample(config, export, whole, membership, drifts, apply, share, out)
         entry: dict[str, Any] = {
             "export": export.name,
             "connection": export.connection,

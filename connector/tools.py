@@ -214,14 +214,19 @@ def job_consumer(config: Config) -> Any:
     )
 
 
+def topic_span(config: Config, topic: str, since_ms: int | None = None) -> Span:
+    """`span` of `topic`, with a consumer of its own for the metadata and offsets."""
+    consumer = job_consumer(config)
+    try:
+        return span(consumer, topic, since_ms)
+    finally:
+        consumer.close()
+
+
 def backfill(
     config: Config, since_ms: int, share: float, out: TextIO | None = None
 ) -> dict[str, Any]:
-    consumer = job_consumer(config)
-    try:
-        job_span = span(consumer, config.settings.kafka_topic, since_ms)
-    finally:
-        consumer.close()
+    job_span = topic_span(config, config.settings.kafka_topic, since_ms)
     report = run_job(config, "backfill", job_span, share, out=out)
     report["since"] = datetime.fromtimestamp(since_ms / 1000, UTC).isoformat()
     return report
@@ -237,11 +242,7 @@ def reason_of(record: RawRecord) -> str | None:
 def replay_dlq(
     config: Config, reasons: list[str], share: float, out: TextIO | None = None
 ) -> dict[str, Any]:
-    consumer = job_consumer(config)
-    try:
-        job_span = span(consumer, config.settings.dlq_topic)
-    finally:
-        consumer.close()
+    job_span = topic_span(config, config.settings.dlq_topic)
     wanted = set(reasons)
     select = None if not wanted else (lambda record: reason_of(record) in wanted)
     report = run_job(config, "replay-dlq", job_span, share, select, out)

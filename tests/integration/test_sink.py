@@ -14,12 +14,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.clock import SystemClock
-from connector.coalesce import Outcome
 from connector.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.sink import OmnisendSink, SinkConfig
 from connector.simulator import Faults, SimulatorConfig, SimulatorServer
+from tests.omnisend_fakes import wait_outcomes
 
 
 def change(
@@ -63,15 +63,6 @@ def make_sink(
         config=SinkConfig(**config),
         transport=transport,
     ).start()
-
-
-def wait_outcomes(sink: OmnisendSink, n: int, timeout: float = 20) -> list[Outcome]:
-    got: list[Outcome] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline and sink.fatal is None:
-        got += sink.take_outcomes()
-        time.sleep(0.02)
-    return got
 
 
 def contacts(server: SimulatorServer) -> dict[str, dict[str, Any]]:
