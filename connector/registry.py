@@ -26,6 +26,8 @@ from connector.errors import InvalidRecord, Retriable
 UNKNOWN_ID_RETRY_S = 60.0
 # Schema references deeper than this are refused rather than followed (a cycle, or abuse).
 MAX_REFERENCE_DEPTH = 16
+# Refused and unknown ids remembered at most (a stream of random ids must not grow memory).
+MAX_REMEMBERED_REFUSALS = 10_000
 
 
 def _unsupported(schema_id: int, why: str) -> InvalidRecord:
@@ -46,8 +48,10 @@ class RegistryClient:
         self._base = base_url.rstrip("/")
         self._clock = clock
         self._schemas: dict[int, Any] = {}
-        self._refused: dict[int, InvalidRecord] = {}
-        self._unknown: dict[int, tuple[float, InvalidRecord]] = {}
+        # What was refused: (reason, detail), raised anew each time (an exception raised again
+        # would keep every frame it passed through, and their records, alive).
+        self._refused: dict[int, tuple[str, str]] = {}
+        self._unknown: dict[int, tuple[float, str]] = {}  # until when, detail
 
     def writer_schema(self, schema_id: int) -> Any:
         cached = self._schemas.get(schema_id)
@@ -55,17 +59,19 @@ class RegistryClient:
             return cached
         refused = self._refused.get(schema_id)
         if refused is not None:
-            raise refused
+            raise InvalidRecord(refused[0], "decode", refused[1])
         unknown = self._unknown.get(schema_id)
         if unknown is not None and self._clock() < unknown[0]:
-            raise unknown[1]
+            raise InvalidRecord("unknown_schema_id", "decode", unknown[1])
         try:
             parsed = self._parse(schema_id, self._get(f"/schemas/ids/{schema_id}", schema_id))
         except InvalidRecord as exc:
             if exc.reason == "unknown_schema_id":
-                self._unknown[schema_id] = (self._clock() + UNKNOWN_ID_RETRY_S, exc)
+                _remember(
+                    self._unknown, schema_id, (self._clock() + UNKNOWN_ID_RETRY_S, exc.detail)
+                )
             else:
-                self._refused[schema_id] = exc
+                _remember(self._refused, schema_id, (exc.reason, exc.detail))
             raise
         self._unknown.pop(schema_id, None)
         self._schemas[schema_id] = parsed
@@ -111,12 +117,18 @@ class RegistryClient:
             raise Retriable(f"Schema Registry answered {response.status_code}")
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
             kind = response.headers.get("content-type", "no content type")
             raise Retriable(f"Schema Registry answered 200 without a schema ({kind})")
         return body
+
+
+def _remember(cache: dict[int, Any], schema_id: int, value: Any) -> None:
+    if len(cache) >= MAX_REMEMBERED_REFUSALS:
+        del cache[next(iter(cache))]  # the oldest
+    cache[schema_id] = value
 
 
 def _parse_avro(schema_id: int, answer: dict[str, Any], named: dict[str, Any]) -> Any:
@@ -125,7 +137,7 @@ def _parse_avro(schema_id: int, answer: dict[str, Any], named: dict[str, Any]) -
         raise _unsupported(schema_id, f"a {kind} schema, not Avro")
     try:
         schema = json.loads(answer["schema"])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _unsupported(schema_id, "the schema is not JSON, so not Avro") from None
     try:
         return fastavro.parse_schema(strip_logical_types(schema), named_schemas=named)

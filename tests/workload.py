@@ -1,9 +1,12 @@
 """A mixed segment-change workload and the Omnisend state it must end in.
 
-The oracle is computed from the event log alone: a contact exists once it entered any segment;
-its fields are those of its latest entry (by `occurred_at`); it carries a segment's tag when its
-latest event for that segment is an entry. Resilience tests compare the simulator's final state
-with it, contact by contact, field by field, tag by tag."""
+The oracle is computed from the event log alone, by the rule `tests/unit/test_coalesce.py`'s
+`one_by_one` states too: membership per (email, segment tag) by `occurred_at`; attributes per
+email (per export: here there is one) by `occurred_at`, from entries only; a contact exists once
+it entered any segment (ties: the later event wins). So a contact's fields are those of its
+latest entry, and it carries a segment's tag when its latest event for that segment is an
+entry. Resilience tests compare the simulator's final state with it, contact by contact, field
+by field, tag by tag."""
 
 from __future__ import annotations
 

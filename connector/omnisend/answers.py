@@ -9,6 +9,7 @@ a raw body, so no odd answer can raise anywhere else.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,8 @@ from connector.errors import Retriable
 # for a day. Omnisend's window is a minute; two minutes covers any honest answer.
 MAX_RETRY_AFTER_S = 120.0
 ENDED = frozenset({"finished", "stopped"})
+# Omnisend's ids are 24 hex digits; this admits any plain id, nothing a URL would read otherwise.
+_BATCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class UnexpectedAnswer(Retriable):
@@ -83,7 +86,7 @@ def json_body(endpoint: str, response: httpx.Response) -> Any:
     content_type = response.headers.get("content-type", "")
     try:
         return response.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         why = "the body is not JSON" if response.content else "the body is empty"
         raise UnexpectedAnswer(endpoint, response.status_code, why, content_type) from None
 
@@ -97,8 +100,9 @@ def _object(endpoint: str, status: int, body: Any) -> dict[str, Any]:
 def batch_created(endpoint: str, response: httpx.Response) -> str:
     body = _object(endpoint, response.status_code, json_body(endpoint, response))
     batch_id = body.get("batchID")
-    if not isinstance(batch_id, str) or not batch_id.strip():
-        raise UnexpectedAnswer(endpoint, response.status_code, "no batchID")
+    if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
+        # It becomes part of a URL: anything but a plain id would read another resource.
+        raise UnexpectedAnswer(endpoint, response.status_code, "no usable batchID")
     return batch_id
 
 
@@ -173,7 +177,7 @@ def retry_after(response: httpx.Response) -> RetryAfter:
     value: Any = None
     try:
         body = response.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if isinstance(body, dict):
         value = body.get("retryAfter")
@@ -205,7 +209,7 @@ def problem_detail(response: httpx.Response) -> str:
     """A short, key-free description of an error answer, whatever its body."""
     try:
         body = response.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return response.reason_phrase
     return describe_problem(body) or response.reason_phrase
 
@@ -213,14 +217,14 @@ def problem_detail(response: httpx.Response) -> str:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str):
             number = float(value.strip())
-        except ValueError:
+        else:
             return None
-    else:
+    except (ValueError, OverflowError):  # not a number, or an integer past any float
         return None
     return number if math.isfinite(number) else None
 

@@ -33,9 +33,24 @@ ENDPOINTS = (
 # Endpoints that must exist: a 404 or 405 there means the base URL (or a proxy) is wrong.
 _WRITES = frozenset({"batches.create", "tags.add", "tags.remove"})
 # Failures that happen before the request left: it cannot have been carried out.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.InvalidURL,
+)
 
 RequestObserver = Callable[[str, str, float], None]  # endpoint, status, seconds
+# The largest answer read: a page of 250 contacts or batches is well under a megabyte; a body
+# past this is not Omnisend's, and must not fill the memory.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 class RateLimited(Retriable):
@@ -115,10 +130,8 @@ class OmnisendClient:
         start = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline_s):
-                response = await self._http.request(
-                    method, self._base + path, json=json, params=params, headers=self._headers
-                )
-        except httpx.HTTPError as exc:
+                response = await self._read(method, path, json, params)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             self._observe(endpoint, "error", time.monotonic() - start)
             raise Retriable(  # no URL, no key
                 f"{endpoint}: {type(exc).__name__}", maybe_applied=not isinstance(exc, _NOT_SENT)
@@ -127,6 +140,11 @@ class OmnisendClient:
             self._observe(endpoint, "error", time.monotonic() - start)
             raise Retriable(
                 f"{endpoint}: no whole answer within {self._deadline_s:g} s", maybe_applied=True
+            ) from None
+        except _TooLarge as exc:
+            self._observe(endpoint, str(exc.status), time.monotonic() - start)
+            raise UnexpectedAnswer(
+                endpoint, exc.status, f"an answer over {MAX_ANSWER_BYTES} bytes"
             ) from None
         self._observe(endpoint, str(response.status_code), time.monotonic() - start)
         self._raise_for(endpoint, response)
@@ -172,6 +190,32 @@ class OmnisendClient:
     async def check_credentials(self) -> None:
         """The cheapest authenticated call; raises `FatalApiError` for a bad key."""
         await self.call("contacts.list", "GET", "/contacts", params={"limit": 1})
+
+    async def _read(
+        self, method: str, path: str, json: Any, params: dict[str, Any] | None
+    ) -> httpx.Response:
+        """The answer, read whole but never past `MAX_ANSWER_BYTES`."""
+        request = self._http.build_request(
+            method, self._base + path, json=json, params=params, headers=self._headers
+        )
+        streamed = await self._http.send(request, stream=True)
+        try:
+            body = bytearray()
+            async for chunk in streamed.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise _TooLarge(streamed.status_code)
+        finally:
+            await streamed.aclose()
+        # The body is decoded already: the headers must not say otherwise.
+        headers = [
+            (name, value)
+            for name, value in streamed.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(
+            streamed.status_code, headers=headers, content=bytes(body), request=request
+        )
 
     def _raise_for(self, endpoint: str, response: httpx.Response) -> None:
         status = response.status_code

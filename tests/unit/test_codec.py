@@ -231,3 +231,20 @@ def test_a_registry_answer_that_is_not_the_registry_is_retried_not_dead_lettered
 
     with pytest.raises(Retriable):
         registry(handler).writer_schema(1)
+
+
+def test_a_remembered_refusal_is_raised_anew_so_it_keeps_no_record_alive() -> None:
+    """An exception raised again collects every frame it passes through (and their locals, the
+    records); each refusal must be a fresh one."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"schemaType": "JSON", "schema": "{}"})
+
+    client = registry(handler)
+    raised = []
+    for _ in range(3):
+        with pytest.raises(InvalidRecord) as info:
+            client.writer_schema(1)
+        raised.append(info.value)
+    assert len({id(e) for e in raised}) == 3
+    assert all(e.reason == "unsupported_schema" for e in raised)

@@ -1,0 +1,115 @@
+"""The parse boundary itself: whatever a body holds, it parses or raises `UnexpectedAnswer`,
+never anything else (which would escape as a crash)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.omnisend import answers
+from connector.omnisend.answers import UnexpectedAnswer
+from connector.omnisend.client import MAX_ANSWER_BYTES, OmnisendClient
+from tests.omnisend_fakes import BASE_URL
+
+KEYS = [
+    "batchID", "status", "errorsCount", "createdAt", "endedAt", "responses", "errors", "request",
+    "identifiers", "type", "id", "responseCode", "response", "batches", "contacts", "email",
+    "paging", "cursors", "after", "retryAfter", "title",
+]  # fmt: skip
+leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.sampled_from([10**400, -(10**400), 2**63, 1e308, -1, 0, "Infinity", "NaN", "1e999"])
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+)
+nested = st.recursive(
+    leaves,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(KEYS), children, max_size=6)
+    ),
+    max_leaves=20,
+)
+# Mostly objects with the contract's own keys, holding anything.
+json_values = st.fixed_dictionaries({}, optional=dict.fromkeys(KEYS, nested)) | nested
+PARSERS = [
+    lambda r: answers.batch_created("e", r),
+    lambda r: answers.batch_status("e", r.status_code, answers.json_body("e", r)),
+    lambda r: answers.batch_list("e", r),
+    lambda r: answers.batch_items("e", r),
+    lambda r: answers.contacts_page("e", r),
+    answers.retry_after,
+    answers.problem_detail,
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=json_values, parser=st.sampled_from(PARSERS))
+def test_any_json_body_parses_or_is_an_unexpected_answer(body: Any, parser: Any) -> None:
+    response = httpx.Response(200, content=json.dumps(body).encode())
+    with contextlib.suppress(UnexpectedAnswer):
+        parser(response)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=nested)
+def test_any_retry_after_is_a_bounded_number_or_none(value: Any) -> None:
+    seconds = answers.retry_after(httpx.Response(429, json={"retryAfter": value})).seconds
+    assert seconds is None or 0 <= seconds <= answers.MAX_RETRY_AFTER_S
+
+
+@settings(max_examples=300, deadline=None)
+@given(extra=st.fixed_dictionaries({}, optional=dict.fromkeys(KEYS, nested)))
+def test_a_batch_status_with_odd_fields_parses(extra: dict[str, Any]) -> None:
+    body = {**extra, "batchID": "b1", "status": "finished"}
+    status = answers.batch_status("batches.get", 200, body)
+    assert status.errors_count is None or status.errors_count >= 0
+    assert status.duration_s is None or status.duration_s >= 0
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"<html>", b'{"batchID": "', b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"]
+)
+def test_bodies_that_are_not_json_are_unexpected_answers(content: bytes) -> None:
+    response = httpx.Response(200, content=content)
+    with pytest.raises(UnexpectedAnswer):
+        answers.batch_items("batches.items", response)
+    assert answers.retry_after(httpx.Response(429, content=content)).seconds is None
+
+
+@pytest.mark.parametrize("batch_id", ["abc\t", "../contacts", "a?b", "a#b", "", "x" * 65, 7])
+def test_a_batch_id_that_would_read_another_resource_is_refused(batch_id: Any) -> None:
+    with pytest.raises(UnexpectedAnswer):
+        answers.batch_created("batches.create", httpx.Response(201, json={"batchID": batch_id}))
+
+
+def test_huge_numbers_are_not_numbers() -> None:
+    huge = 10**400
+    status = answers.batch_status(
+        "e", 200, {"batchID": "b1", "status": "finished", "errorsCount": huge}
+    )
+    assert status.errors_count is None  # so the items are read
+    later = answers.retry_after(httpx.Response(429, json={"retryAfter": huge}))
+    assert later.seconds is None
+    assert later.clamped_from is not None
+
+
+def test_an_answer_larger_than_the_limit_is_unexpected_and_not_kept() -> None:
+    async def call() -> None:
+        def huge(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, content=b"x" * (MAX_ANSWER_BYTES + 1))
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(huge)) as http:
+            await OmnisendClient(http, "key", BASE_URL).get_batch("b1")
+
+    with pytest.raises(UnexpectedAnswer, match="over"):
+        asyncio.run(call())
