@@ -10,6 +10,7 @@ batch may still run, and a second upsert of its contacts could race it.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,6 +44,9 @@ class TrackerConfig:
     stuck_poll_s: float = 60.0
     watch_s: float = 24 * 3600.0
     max_item_attempts: int = 6
+    # A failed read of a batch is tried again after this, doubled each time (up to
+    # `max_poll_interval_s`, or `stuck_poll_s` for a stuck batch).
+    retry_base_s: float = 0.5
 
 
 @dataclass(eq=False)
@@ -56,6 +60,7 @@ class InFlightBatch:
     busy: bool = False  # a read of it is on its way
     unlisted: bool = False  # not on the newest page of the batch list: read by its id
     ghost: int | None = None  # once stuck: the coalescer's ghost of what it carried
+    read_failures: int = 0  # failed reads in a row
 
 
 @dataclass
@@ -76,9 +81,7 @@ class BatchTracker:
         self.next_list_at = 0.0
 
     def add(self, batch_id: str, intents: list[UpsertIntent], now: float) -> InFlightBatch:
-        batch = InFlightBatch(
-            batch_id, {i.email: i for i in intents}, now, now + self.batch_seconds
-        )
+        batch = InFlightBatch(batch_id, {i.email: i for i in intents}, now, now + self._expected_s)
         self.live[batch_id] = batch
         return batch
 
@@ -115,7 +118,7 @@ class BatchTracker:
     def on_status(self, batch: InFlightBatch, status: BatchStatus | None, now: float) -> Verdict:
         """A status read answered (None: the batch was not on the list page): `accepted` (every
         contact), `items` (read them next), `landed` (a stuck batch ended) or `wait`."""
-        batch.busy = False
+        batch.busy, batch.read_failures = False, 0
         if status is None:
             batch.unlisted, batch.next_poll_at = True, now
             return "wait"
@@ -130,14 +133,21 @@ class BatchTracker:
         batch.need_items, batch.next_poll_at = True, now
         return "items"
 
+    @property
+    def _expected_s(self) -> float:
+        """When a new batch is likely done, but never later than the longest poll interval:
+        one odd duration must not leave every later batch unread for hours."""
+        return min(self.batch_seconds, self.config.max_poll_interval_s)
+
     def _poll_again(self, batch: InFlightBatch, now: float) -> None:
-        expected = batch.sent_at + self.batch_seconds
+        expected = batch.sent_at + self._expected_s
         if now < expected:
             # Answered early because a list call covered it: wait for its own time.
             batch.next_poll_at = expected
             return
         batch.polls += 1
-        delay = min(self.config.max_poll_interval_s, 0.1 * self.batch_seconds * 2**batch.polls)
+        doubled = 0.1 * self.batch_seconds * 2 ** min(batch.polls, 30)
+        delay = min(self.config.max_poll_interval_s, doubled)
         batch.next_poll_at = now + max(delay, self.config.tick_s)
 
     def _stuck_status(self, batch: InFlightBatch, status: BatchStatus, now: float) -> Verdict:
@@ -152,7 +162,7 @@ class BatchTracker:
     def sort_items(self, batch: InFlightBatch, items: BatchItems) -> Sorted:
         """Who was accepted, who is retried (not processed, or a transient code, attempts
         left), who is refused (another 4xx, or retries exhausted)."""
-        batch.busy = False
+        batch.busy, batch.read_failures = False, 0
         out = Sorted()
         for email, intent in batch.intents.items():
             if email in items.accepted:
@@ -167,19 +177,27 @@ class BatchTracker:
                 out.retry.append(email)
         return out
 
-    def read_failed(self, batch: InFlightBatch, now: float, retry_at: float) -> None:
-        """A read about `batch` failed (any error, a 404 too): read it again later. Its
-        contacts stay with it: the batch may still run."""
+    def read_failed(self, batch: InFlightBatch, now: float, not_before: float = 0.0) -> None:
+        """A read about `batch` failed (any error, a 404 too): read it again later, later each
+        time. Its contacts stay with it: the batch may still run."""
+        config = self.config
         batch.busy = False
-        batch.next_poll_at = max(now + self.config.tick_s, retry_at)
+        batch.read_failures += 1
+        delay = config.retry_base_s * 2 ** min(batch.read_failures - 1, 30)
+        cap = config.stuck_poll_s if batch.ghost is not None else config.max_poll_interval_s
+        delay = min(delay, cap) * (0.5 + random.random())  # jittered: reads spread out
+        if batch.ghost is not None:
+            delay = max(delay, config.stuck_poll_s)
+        batch.next_poll_at = max(now + max(delay, config.tick_s), not_before)
 
     def _learn_duration(self, status: BatchStatus, observed_s: float) -> None:
         # An exponentially weighted mean of how long batches take, so the first poll of the
         # next batch comes when it is likely done rather than wasting budget on "pending".
         # Omnisend's own createdAt/endedAt say it exactly; our observation is an upper bound.
         server_s = status.duration_s
-        sample = server_s * 1.05 if server_s is not None else observed_s * 0.9
-        sample = min(sample, self.config.watch_s)
+        sample = observed_s * 0.9 if server_s is None else min(server_s * 1.05, observed_s)
+        # However slow batches get, the deadline stays within four times the configured one.
+        sample = min(sample, self.config.deadline_s)
         self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * max(sample, self.config.tick_s)
 
     # ---- deadlines -------------------------------------------------------------------------------

@@ -101,6 +101,7 @@ class SinkConfig:
             deadline_s=self.batch_deadline_s,
             stuck_poll_s=min(60.0, self.batch_deadline_s),
             max_item_attempts=self.max_item_attempts,
+            retry_base_s=self.retry_base_s,
         )
 
 
@@ -610,16 +611,18 @@ class OmnisendSink:
         self.metrics.contacts_upserted.labels(self.connection).inc(len(accepted))
 
     def _read_failed(self, batches: list[InFlightBatch], exc: Retriable | Rejected) -> None:
-        """A status or items read failed: read again later, never send the contacts again
-        while the batch may still run (the deadline decides when it is stuck)."""
+        """A status or items read failed: read that batch again later (its own backoff; a
+        failing read holds nothing else back), never send its contacts again while it may
+        still run (the deadline decides when it is stuck)."""
         now = self.clock.now()
-        if isinstance(exc, Retriable):
-            self._transient(exc, now)
+        if isinstance(exc, RateLimited):
+            self._transient(exc, now)  # the brand's budget: everything waits
+        elif isinstance(exc, UnexpectedAnswer):
+            self._count_unexpected(exc)
         else:
-            log.warning("batch_read_refused", error=str(exc), batches=len(batches))
-        retry_at = max(self._backoff.until, now + self.config.retry_base_s)
+            log.warning("batch_read_failed", error=str(exc), batches=len(batches))
         for batch in batches:
-            self._batches.read_failed(batch, now, retry_at)
+            self._batches.read_failed(batch, now)
 
     async def _change_tags(self, add: bool, tag: str, intents: list[TagIntent]) -> None:
         generation = self._generation
@@ -663,19 +666,21 @@ class OmnisendSink:
                 )
             return
         self._backoff.failed(now, self.config.retry_base_s, self.config.retry_max_s)
-        backoff_s = round(self._backoff.until - now, 3)
         if isinstance(exc, UnexpectedAnswer):
-            self.metrics.unexpected_answers.labels(self.connection, exc.endpoint).inc()
-            log.warning(
-                "omnisend_unexpected_answer",
-                endpoint=exc.endpoint,
-                status=exc.status,
-                content_type=exc.content_type,
-                why=exc.why,
-                backoff_s=backoff_s,
-            )
+            self._count_unexpected(exc)
         else:
+            backoff_s = round(self._backoff.until - now, 3)
             log.warning("omnisend_retry", error=str(exc), backoff_s=backoff_s)
+
+    def _count_unexpected(self, exc: UnexpectedAnswer) -> None:
+        self.metrics.unexpected_answers.labels(self.connection, exc.endpoint).inc()
+        log.warning(
+            "omnisend_unexpected_answer",
+            endpoint=exc.endpoint,
+            status=exc.status,
+            content_type=exc.content_type,
+            why=exc.why,
+        )
 
     def _observe(self, endpoint: str, status: str, seconds: float) -> None:
         # The answer is here: its slot counts from now, not from when the task is done with it.
