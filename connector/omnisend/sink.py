@@ -138,8 +138,12 @@ class OmnisendSink:
         self.metrics = metrics
         self.connection = connection
         self._api_key, self._base_url, self._transport = api_key, base_url, transport
-        self._inbox: queue.SimpleQueue[list[ContactChange]] = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
+        # Both ways, work is stamped with the epoch it belongs to: `reset` starts a new one, and
+        # what belongs to an older epoch is dropped wherever it is met, so no reset can lose
+        # changes submitted after it, nor deliver outcomes of records forgotten before it.
+        self._inbox: queue.SimpleQueue[tuple[int, list[ContactChange]]] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[int, list[Outcome]]] = queue.SimpleQueue()
+        self._epoch = 0  # the Kafka side's; the loop's is `_generation`, which follows it
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._run, name=f"omnisend-sink-{connection}", daemon=True
@@ -181,17 +185,21 @@ class OmnisendSink:
 
     def submit(self, changes: list[ContactChange]) -> None:
         if changes:
+            # In this order: cleared first, the loop could find the inbox still empty and say
+            # idle while these wait in it.
+            self._inbox.put((self._epoch, changes))
             self._idle.clear()
-            self._inbox.put(changes)
             self._call(self._poke)
 
     def take_outcomes(self) -> list[Outcome]:
         out: list[Outcome] = []
         while True:
             try:
-                out.extend(self._outbox.get_nowait())
+                epoch, outcomes = self._outbox.get_nowait()
             except queue.Empty:
                 return out
+            if epoch == self._epoch:
+                out.extend(outcomes)
 
     def drain(self, timeout_s: float) -> bool:
         """Send everything submitted without lingering; True if all of it finished in time."""
@@ -212,25 +220,24 @@ class OmnisendSink:
         return self._idle.wait(timeout_s)
 
     def reset(self) -> None:
-        """Forget every unfinished change (after a rebalance); late answers are ignored."""
-        done = threading.Event()
+        """Forget every unfinished change (after a rebalance); late answers are ignored. Does
+        not wait for the loop: changes submitted from now on belong to the new epoch."""
+        self._epoch += 1
+        epoch = self._epoch
+        self._call(lambda: self._reset_to(epoch))
 
-        def do_reset() -> None:
-            self._generation += 1
-            # What this process knows of Omnisend's contacts goes too: while the partitions
-            # are elsewhere, another member may write the same contacts, and a stale "already
-            # has these fields" would skip a needed upsert (found by the rebalance test).
-            self._coalescer = self._new_coalescer()
-            self._batches = BatchTracker(self.config.tracker())
-            self._splits.clear()
-            self._count_batches()
-            while not self._inbox.empty():
-                self._inbox.get_nowait()
-            self._idle.set()
-            done.set()
-
-        self._call(do_reset)
-        done.wait(5.0)
+    def _reset_to(self, epoch: int) -> None:
+        """On the loop: start `epoch`, unless it started already."""
+        if self._generation >= epoch:
+            return
+        self._generation = epoch
+        # What this process knows of Omnisend's contacts goes too: while the partitions are
+        # elsewhere, another member may write the same contacts, and a stale "already has
+        # these fields" would skip a needed upsert (found by the rebalance test).
+        self._coalescer = self._new_coalescer()
+        self._batches = BatchTracker(self.config.tracker())
+        self._splits.clear()
+        self._count_batches()
 
     def stop(self) -> None:
         self._stopping = True
@@ -306,16 +313,19 @@ class OmnisendSink:
         now = self.clock.now()
         while True:
             try:
-                changes = self._inbox.get_nowait()
+                epoch, changes = self._inbox.get_nowait()
             except queue.Empty:
                 return
+            if epoch < self._generation:
+                continue  # submitted before a reset: forgotten
+            self._reset_to(epoch)  # submitted after a reset the loop has not met yet
             for change in changes:
                 self._coalescer.add(change, now)
 
     def _publish(self) -> None:
         outcomes = self._coalescer.drain_outcomes()
         if outcomes:
-            self._outbox.put(outcomes)
+            self._outbox.put((self._generation, outcomes))
         if self._coalescer.idle and not self._tasks and self._inbox.empty():
             self._idle.set()
 

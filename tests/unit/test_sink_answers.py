@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from typing import Any
 
@@ -339,3 +340,28 @@ def test_an_answer_that_drips_forever_is_cut_at_the_deadline() -> None:
         asyncio.run(call())
     assert time.monotonic() - started < 2
     assert info.value.maybe_applied
+
+
+def test_a_reset_never_waits_for_a_busy_loop_nor_loses_what_comes_after_it() -> None:
+    """After a rebalance, the changes of the new assignment are never dropped by a reset the
+    loop meets late, and outcomes of forgotten records never come back."""
+    sim = simulator()
+    sink = fast_sink(Scripted(sim))
+    try:
+        sink.submit([change(0, "old@example.com")])
+        assert len(wait_outcomes(sink, 1)) == 1
+        release = threading.Event()
+        sink._call(lambda: release.wait(10))  # the loop is stuck in a long step
+        sink.submit([change(1, "forgotten@example.com")])  # before the rebalance
+        started = time.monotonic()
+        sink.reset()
+        assert time.monotonic() - started < 1.0
+        sink.submit([change(i, f"new{i}@example.com") for i in range(2, 6)])
+        release.set()
+        outcomes = wait_outcomes(sink, 4)
+        assert sorted(o.position.offset for o in outcomes) == [2, 3, 4, 5]
+        assert sink.drain(5.0)
+        assert sink.take_outcomes() == []
+        assert "forgotten@example.com" not in contacts(sim)
+    finally:
+        sink.stop()
