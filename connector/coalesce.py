@@ -120,6 +120,11 @@ class _Ghost:
     until: float | None  # given up on at this time (None: until told)
 
 
+# Stands for fields Omnisend may or may not hold: equal to no fields' hash (but by a chance of one
+# in 2^64).
+_UNKNOWN_FIELDS = -0x5A5A_5A5A_5A5A_5A5B
+
+
 def fields_hash(fields: dict[str, Any]) -> int:
     """A fingerprint of the fields, for this process's cache only (str hashes are salted)."""
     return hash(tuple(sorted((k, v if isinstance(v, str) else repr(v)) for k, v in fields.items())))
@@ -353,8 +358,14 @@ class Coalescer:
         parts = {i.email: {e: fields_hash(p.fields) for e, p in i.parts.items()} for i in intents}
         ghost_id = next(self._ghost_ids)
         self._ghosts[ghost_id] = _Ghost(parts, until)
-        for email in parts:
+        for email, carried in parts.items():
             self._haunted[email] = self._haunted.get(email, 0) + 1
+            for export in carried:
+                # Omnisend may hold the ghost's fields or the ones known before: neither is
+                # known now, so a change back to the old fields is sent, not skipped.
+                known = self.known.get((email, export))
+                if known is not None:
+                    self.known.put((email, export), _UNKNOWN_FIELDS, known[1])
         return ghost_id
 
     def ghost_gone(self, ghost_id: int, now: float) -> None:

@@ -136,6 +136,14 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.tag_calls_split = Counter(
+            "omnisend_tag_calls_split",
+            "Tag calls Omnisend refused as a whole, sent again as two halves to find the email "
+            "it refuses.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
         self.unexpected_answers = Counter(
             "omnisend_unexpected_answers",
             "Answers that were not what Omnisend's contract says (not JSON, fields missing, "
@@ -238,6 +246,7 @@ class Metrics:
         self.batches_in_flight.labels(connection)
         self.batches_stuck.labels(connection)
         self.batches_split.labels(connection)
+        self.tag_calls_split.labels(connection)
         self.retry_after_clamped.labels(connection)
         self.tag_collisions.labels(connection)
         for endpoint in ENDPOINTS:

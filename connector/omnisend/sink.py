@@ -158,6 +158,7 @@ class OmnisendSink:
         # Halves of a batch Omnisend refused as a whole, to send before anything new; their
         # contacts stay in flight meanwhile.
         self._splits: deque[list[UpsertIntent]] = deque()
+        self._tag_splits: deque[tuple[bool, str, list[TagIntent]]] = deque()  # and of tag calls
         self._tasks: set[asyncio.Task[None]] = set()
         self._backoff = _Backoff()
         self._limited_at: float | None = None
@@ -237,6 +238,7 @@ class OmnisendSink:
         self._coalescer = self._new_coalescer()
         self._batches = BatchTracker(self.config.tracker())
         self._splits.clear()
+        self._tag_splits.clear()
         self._count_batches()
 
     def stop(self) -> None:
@@ -456,6 +458,11 @@ class OmnisendSink:
             self._spawn(self._poll(batch), now)
 
     def _dispatch_tags(self, now: float) -> None:
+        while self._tag_splits and self._room(tag_call=True):
+            if not self._may_send(now, tag_call=True):
+                return
+            add, tag, intents = self._tag_splits.popleft()
+            self._spawn(self._change_tags(add, tag, intents), now, tag_call=True)
         size, linger = self.config.tag_batch_size, self.config.tag_linger_s
         # Oldest first: under load every group fills its calls anyway, and serving the group
         # that waited longest lets committed offsets advance (the fullest-first order starved
@@ -642,7 +649,7 @@ class OmnisendSink:
             if generation != self._generation:
                 return
             if isinstance(exc, Rejected):
-                self._coalescer.tags_failed(intents, "rejected_by_omnisend", exc.detail)
+                self._tags_refused(add, tag, intents, exc)
             else:
                 now = self.clock.now()
                 self._transient(exc, now)
@@ -662,6 +669,18 @@ class OmnisendSink:
             histogram.observe(latency)
         if self.on_accepted is not None:
             self.on_accepted(latencies)
+
+    def _tags_refused(self, add: bool, tag: str, intents: list[TagIntent], exc: Rejected) -> None:
+        """A tag call refused as a whole goes again in halves until the email it refuses is
+        alone: only that record fails."""
+        if len(intents) == 1:
+            detail = f"{exc.status}: {exc.detail}"
+            self._coalescer.tags_failed(intents, "rejected_by_omnisend", detail)
+            return
+        half = len(intents) // 2
+        self._tag_splits.extend(((add, tag, intents[:half]), (add, tag, intents[half:])))
+        self.metrics.tag_calls_split.labels(self.connection).inc()
+        log.warning("tag_call_refused_split", status=exc.status, emails=len(intents))
 
     # ---- helpers -----------------------------------------------------------------------------
 

@@ -417,3 +417,24 @@ def test_a_ghost_with_the_same_fields_needs_nothing_and_an_expired_one_is_forgot
     assert c.ghosts == 0
     assert c.take_upserts(100) == []
     c.ghost_gone(ghost, 11.0)  # twice: nothing
+
+
+def test_a_change_back_to_the_known_fields_is_sent_while_a_ghost_may_land() -> None:
+    """Known A; B goes in a batch that gets stuck, and its retry is refused; C brings back A's
+    very fields: it must be sent (Omnisend may hold B), and sent again if B lands later."""
+    c = Coalescer()
+    c.add(change(0, "a@x.io", "s", True, 1, name="A"), 0)
+    c.upsert_accepted(c.take_upserts(100)[0].email, 0)
+    c.add(change(1, "a@x.io", "s", True, 2, name="B"), 0)
+    stuck = c.take_upserts(100)
+    ghost = c.haunt(stuck)
+    c.upsert_retry("a@x.io")
+    c.take_upserts(100)
+    c.upsert_failed("a@x.io", "omnisend_retries_exhausted", "503", 0)
+    c.add(change(2, "a@x.io", "s", True, 3, name="A"), 0)
+    (back,) = c.take_upserts(100)
+    assert back.fields == {"firstName": "A"}
+    c.upsert_accepted("a@x.io", 0)
+    c.ghost_gone(ghost, 0)  # B landed after all
+    (redo,) = c.take_upserts(100)
+    assert redo.fields == {"firstName": "A"}

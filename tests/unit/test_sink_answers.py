@@ -351,7 +351,11 @@ def test_a_reset_never_waits_for_a_busy_loop_nor_loses_what_comes_after_it() -> 
         sink.submit([change(0, "old@example.com")])
         assert len(wait_outcomes(sink, 1)) == 1
         release = threading.Event()
-        sink._call(lambda: release.wait(10))  # the loop is stuck in a long step
+
+        def stuck() -> None:  # the loop is held in one long step
+            release.wait(10)
+
+        sink._call(stuck)
         sink.submit([change(1, "forgotten@example.com")])  # before the rebalance
         started = time.monotonic()
         sink.reset()
@@ -363,5 +367,25 @@ def test_a_reset_never_waits_for_a_busy_loop_nor_loses_what_comes_after_it() -> 
         assert sink.drain(5.0)
         assert sink.take_outcomes() == []
         assert "forgotten@example.com" not in contacts(sim)
+    finally:
+        sink.stop()
+
+
+def test_a_tag_call_refused_as_a_whole_costs_only_its_guilty_email() -> None:
+    async def refuse_bad(request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        import json  # noqa: PLC0415
+
+        if "bad@example.com" in json.loads(await request.aread())["emails"]:
+            return httpx.Response(400, json={"title": "Validation failed", "status": 400})
+        return await inner.handle_async_request(request)
+
+    sim = simulator()
+    sink = fast_sink(Scripted(sim, [Rule("DELETE", "/contacts/tags", refuse_bad, times=-1)]))
+    try:
+        emails = [f"c{i}@example.com" for i in range(20)] + ["bad@example.com"]
+        sink.submit([change(i, email, entered=False) for i, email in enumerate(emails)])
+        outcomes = {o.position.offset: o.reason for o in wait_outcomes(sink, len(emails))}
+        assert outcomes == {i: (None if i < 20 else "rejected_by_omnisend") for i in range(21)}
+        assert metric(sink, "omnisend_tag_calls_split_total") >= 1
     finally:
         sink.stop()
