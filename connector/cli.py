@@ -12,7 +12,7 @@ from types import FrameType
 
 from connector import __version__
 from connector.config import Config, load_config
-from connector.errors import ConfigError
+from connector.errors import ConfigError, Fatal
 from connector.runtime import tune_gc
 from connector.simulator.config import CURRENT_VERSION, RETIRED_VERSIONS, Faults, SimulatorConfig
 from connector.simulator.server import SimulatorServer
@@ -432,6 +432,7 @@ def _cmd_replay_dlq(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from connector.omnisend.client import FatalApiError, WrongEndpoint  # noqa: PLC0415
     from connector.reconcile import reconcile  # noqa: PLC0415
 
     config = _job_config(args, "reconcile")
@@ -442,6 +443,9 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
         return 2
+    except Fatal as exc:  # Omnisend refused the key, or kept failing
+        print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
+        return 3 if isinstance(exc, FatalApiError | WrongEndpoint) else 1
     print(json.dumps(report, indent=2))
     drifted = any(t["missing"] or t["stale"] for e in report["exports"] for t in e["tags"])
     failed = any(e.get("repair", {}).get("failed") for e in report["exports"])

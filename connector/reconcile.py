@@ -35,7 +35,7 @@ from connector.app import make_decoder, make_sink
 from connector.clock import SystemClock
 from connector.config import Config, Export
 from connector.dryrun import mask
-from connector.errors import ConfigError, InvalidRecord, Retriable
+from connector.errors import ConfigError, Fatal, InvalidRecord, Retriable
 from connector.events import ContactChange, Position, SegmentChange
 from connector.kafka import tp
 from connector.mapping import Mapper
@@ -56,6 +56,8 @@ _NOWHERE = Position("", 0, 0)
 _OFFSET_BITS = 44
 # Repairs are handed to the sink this many at a time, when it has room for them.
 _REPAIR_CHUNK = 500
+# Failed list reads in a row after which the job gives up on Omnisend.
+MAX_LIST_FAILURES = 10
 
 Visit = Callable[[int, int, SegmentChange], bool]  # partition, offset, event -> go on?
 
@@ -127,16 +129,37 @@ class Membership:
         return None if found is None else found[1]
 
 
+class Samples:
+    """The few smallest of many strings (for a report), in bounded memory."""
+
+    def __init__(self, most: int = SAMPLES) -> None:
+        self.most = most
+        self._kept: set[str] = set()
+
+    def add(self, value: str) -> None:
+        self._kept.add(value)
+        if len(self._kept) > self.most:
+            self._kept.remove(max(self._kept))
+
+    def masked(self) -> list[str]:
+        return [mask(e) for e in sorted(self._kept)]
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
 @dataclass
 class Drift:
-    """One tag: who should hold it (email fingerprint → seen in Omnisend), who does not but
-    holds it (stale), and samples of the missing once they are found again."""
+    """One tag: who should hold it (email fingerprint → seen in Omnisend), how many hold it
+    without being members (stale, each handed to `on_stale` as found), and samples of both."""
 
     tag: str
     expected: IntTable
     held: int = 0
-    stale: set[str] = field(default_factory=set)
-    missing_samples: set[str] = field(default_factory=set)
+    stale: int = 0
+    stale_samples: Samples = field(default_factory=Samples)
+    missing_samples: Samples = field(default_factory=Samples)
+    on_stale: Callable[[str, str], None] | None = None  # (tag, email)
 
     def hold(self, emails: Iterable[str]) -> None:
         """A page of the contacts Omnisend holds under the tag."""
@@ -145,8 +168,11 @@ class Drift:
             email_fp = fingerprint(email)
             if email_fp in self.expected:
                 self.expected.put(email_fp, (1,))
-            else:
-                self.stale.add(email)
+                continue
+            self.stale += 1
+            self.stale_samples.add(email)
+            if self.on_stale is not None:
+                self.on_stale(self.tag, email)
 
     def is_missing(self, email: str) -> bool:
         return self.expected.get(fingerprint(email)) == (0,)
@@ -161,9 +187,9 @@ class Drift:
             "members": len(self.expected),
             "inOmnisend": self.held,
             "missing": self.missing,
-            "stale": len(self.stale),
-            "missingSamples": [mask(e) for e in sorted(self.missing_samples)[:SAMPLES]],
-            "staleSamples": [mask(e) for e in sorted(self.stale)[:SAMPLES]],
+            "stale": self.stale,
+            "missingSamples": self.missing_samples.masked(),
+            "staleSamples": self.stale_samples.masked(),
         }
 
 
@@ -182,6 +208,7 @@ class Finder:
         self._mapper = Mapper(export.mapping)
         self._membership = membership
         self._drifts = [d for d in drifts if d.missing]
+        self._missing = {id(d): d.missing for d in self._drifts}  # counted once: it is a scan
         self.found = 0
 
     def visit(self, partition: int, offset: int, event: SegmentChange) -> list[ContactChange]:
@@ -215,7 +242,9 @@ class Finder:
 
     def sampled(self) -> bool:
         """Whether every drift has all the samples the report shows."""
-        return all(len(d.missing_samples) >= min(SAMPLES, d.missing) for d in self._drifts)
+        return all(
+            len(d.missing_samples) >= min(SAMPLES, self._missing[id(d)]) for d in self._drifts
+        )
 
 
 # ---- the edges ---------------------------------------------------------------------------------
@@ -260,6 +289,7 @@ def read_topic(
 async def _hold(client: OmnisendClient, budget: Budget, found: Drift) -> None:
     """The contacts Omnisend holds under the drift's tag, page by page within the budget."""
     after: str | None = None
+    failures = 0
     while True:
         wait = budget.try_acquire(time.monotonic(), tag_call=False)
         if wait > 0:
@@ -270,14 +300,22 @@ async def _hold(client: OmnisendClient, budget: Budget, found: Drift) -> None:
         except RateLimited as exc:
             budget.rate_limited(time.monotonic(), exc.retry_after_s)
             continue
-        except Retriable:
-            await asyncio.sleep(1.0)
+        except Retriable as exc:
+            failures += 1
+            if failures >= MAX_LIST_FAILURES:
+                raise Fatal(
+                    f"listing the contacts tagged {found.tag!r} kept failing: {exc}"
+                ) from None
+            await asyncio.sleep(min(30.0, 2.0**failures))
             continue
         finally:
             Budget.answered(budget.last_slot, time.monotonic())
+        failures = 0
         found.hold(page.emails)
         if page.after is None:
             return
+        if page.after == after:
+            raise Fatal(f"listing the contacts tagged {found.tag!r}: the next page is this one")
         after = page.after
 
 
@@ -304,13 +342,22 @@ def list_held(config: Config, connection: str, drifts: list[Drift], share: float
 
 
 class _Repairs:
-    """Changes handed to a sink as it has room for them, and their outcomes counted."""
+    """Changes handed to a sink as it has room for them, and their outcomes counted. The sink
+    starts with the first change."""
 
-    def __init__(self, sink: OmnisendSink) -> None:
-        self.sink = sink
+    def __init__(self, make: Callable[[], OmnisendSink]) -> None:
+        self._make = make
+        self.sink: OmnisendSink | None = None
         self.waiting: list[ContactChange] = []
         self.pending = 0
+        self.count = 0
         self.result = {"repaired": 0, "failed": 0}
+
+    def untag(self, tag: str, email: str) -> None:
+        self.count += 1
+        position = Position("reconcile-stale", 0, self.count)
+        at = int(time.time() * 1000)
+        self.add([ContactChange(position, f"untag-{self.count}", at, email, tag, False)])
 
     def add(self, changes: Iterable[ContactChange]) -> None:
         self.waiting.extend(changes)
@@ -318,6 +365,10 @@ class _Repairs:
             self._hand_over()
 
     def _hand_over(self) -> None:
+        if not self.waiting:
+            return
+        if self.sink is None:
+            self.sink = self._make().start()
         while self.sink.saturated() and self.sink.fatal is None:
             self._collect()
             time.sleep(0.05)
@@ -326,65 +377,78 @@ class _Repairs:
         self.waiting = []
 
     def _collect(self) -> None:
+        if self.sink is None:
+            return
         for outcome in self.sink.take_outcomes():
             self.pending -= 1
             self.result["failed" if outcome.reason else "repaired"] += 1
 
-    def finish(self) -> dict[str, int]:
+    def finish(self) -> dict[str, int] | None:
+        """The counts (None: nothing needed repair)."""
         self._hand_over()
-        while self.pending and self.sink.fatal is None:
-            self.sink.drain(5.0)
-            self._collect()
-        if self.sink.fatal is not None:
-            raise self.sink.fatal
+        if self.sink is None:
+            return None
+        try:
+            while self.pending and self.sink.fatal is None:
+                self.sink.drain(5.0)
+                self._collect()
+            if self.sink.fatal is not None:
+                raise self.sink.fatal
+        finally:
+            self.sink.stop()
         return self.result
 
 
-def _stale_changes(drifts: list[Drift]) -> Iterable[ContactChange]:
-    at = int(time.time() * 1000)
-    stale = ((found.tag, email) for found in drifts for email in sorted(found.stale))
-    for count, (tag, email) in enumerate(stale):
-        position = Position("reconcile-stale", 0, count)
-        yield ContactChange(position, f"untag-{count}", at, email, tag, False)
-
-
-def repair_or_sample(
+def reconcile_export(
     config: Config,
     export: Export,
     topic_span: Span,
     membership: Membership,
-    drifts: list[Drift],
     apply: bool,
     share: float,
     out: TextIO | None,
-) -> dict[str, int] | None:
-    """Find the missing again (their samples, and with `apply` their repairs), untag the
-    stale; the repair counts with `apply`."""
+) -> dict[str, Any]:
+    """List what Omnisend holds under each of the export's tags, compare, and find the
+    missing again (their samples; with `apply`, their repairs, as the stale are untagged
+    while they are listed)."""
+    expected = membership.expected(export)
+    drifts = [Drift(tag, expected[tag]) for tag in sorted(expected)]
+
+    def make() -> OmnisendSink:
+        sink = make_sink(
+            config.settings,
+            config.connections[export.connection],
+            Metrics(CollectorRegistry()),
+            SystemClock(),
+        )
+        sink.budget.share = share
+        return sink
+
+    repairs = _Repairs(make)
+    if apply:
+        for found in drifts:
+            found.on_stale = repairs.untag
+    list_held(config, export.connection, drifts, share)
     finder = Finder(export, membership, drifts)
-    if not apply or not any(d.missing or d.stale for d in drifts):
-        if any(d.missing for d in drifts):
-            read_topic(config, topic_span, "reconcile: sampling", _sampler(finder), out)
-        return None
-    sink = make_sink(
-        config.settings,
-        config.connections[export.connection],
-        Metrics(CollectorRegistry()),
-        SystemClock(),
-    ).start()
-    sink.budget.share = share
-    try:
-        repairs = _Repairs(sink)
-        repairs.add(_stale_changes(drifts))
-        if any(d.missing for d in drifts):
+    if any(d.missing for d in drifts):
+        if apply:
 
             def visit(partition: int, offset: int, event: SegmentChange) -> bool:
                 repairs.add(finder.visit(partition, offset, event))
-                return sink.fatal is None
+                return repairs.sink is None or repairs.sink.fatal is None
 
             read_topic(config, topic_span, "reconcile: repairing", visit, out)
-        return repairs.finish()
-    finally:
-        sink.stop()
+        else:
+            read_topic(config, topic_span, "reconcile: sampling", _sampler(finder), out)
+    entry: dict[str, Any] = {
+        "export": export.name,
+        "connection": export.connection,
+        "tags": [d.report() for d in drifts],
+    }
+    repaired = repairs.finish() if apply else None
+    if repaired is not None:
+        entry["repair"] = repaired
+    return entry
 
 
 def _sampler(finder: Finder) -> Visit:
@@ -423,16 +487,6 @@ def reconcile(
         "applied": apply,
     }
     for export in exports:
-        expected = membership.expected(export)
-        drifts = [Drift(tag, expected[tag]) for tag in sorted(expected)]
-        list_held(config, export.connection, drifts, share)
-        repaired = repair_or_sample(config, export, whole, membership, drifts, apply, share, out)
-        entry: dict[str, Any] = {
-            "export": export.name,
-            "connection": export.connection,
-            "tags": [d.report() for d in drifts],
-        }
-        if repaired is not None:
-            entry["repair"] = repaired
+        entry = reconcile_export(config, export, whole, membership, apply, share, out)
         report["exports"].append(entry)
     return report
