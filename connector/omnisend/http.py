@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
@@ -26,30 +27,65 @@ def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> httpx.Proxy
     # Upper case first, so that the lower-case name wins where both are set (as curl does).
     names = sorted((n for n in env if n.lower().endswith("_proxy") and env[n]), key=str.islower)
     proxies = {name[: -len("_proxy")].lower(): env[name] for name in names}
-    host = urlsplit(url).hostname or ""
+    parts = urlsplit(url)
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     no_proxy = proxies.pop("no", "")
-    if no_proxy and _bypassed(host, urlsplit(url).port, no_proxy):
+    if no_proxy and _bypassed(parts.hostname or "", port, no_proxy):
         return None
-    scheme = urlsplit(url).scheme
-    chosen = proxies.get(scheme) or proxies.get("all")
+    chosen = proxies.get(parts.scheme) or proxies.get("all")
     return httpx.Proxy(chosen) if chosen else None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     """NO_PROXY as curl reads it: `*`, host names and domain suffixes (with or without a leading
-    dot), each optionally with a port."""
-    host = host.lower()
+    dot), IP addresses and CIDR ranges (IPv6 too, bracketed when a port follows), each
+    optionally with a port."""
+    host = host.lower().strip("[]")
+    address = _ip(host)
     for raw in no_proxy.split(","):
         entry = raw.strip().lower()
         if entry == "*":
             return True
-        name, _, entry_port = entry.partition(":")
-        name = name.lstrip(".")
-        if not name or (entry_port and port is not None and entry_port != str(port)):
+        name, entry_port = _name_and_port(entry)
+        if not name or (entry_port is not None and entry_port != port):
             continue
-        if host == name or host.endswith("." + name):
-            return True
+        if address is not None:
+            network = _network(name)
+            if network is not None and address in network:
+                return True
+        else:
+            name = name.lstrip(".")
+            if host == name or host.endswith("." + name):
+                return True
     return False
+
+
+def _name_and_port(entry: str) -> tuple[str, int | None]:
+    if entry.startswith("["):  # [::1] or [::1]:8080
+        name, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":")
+        return name, int(port) if port.isdigit() else None
+    if entry.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
+        name, _, port = entry.partition(":")
+        return name, int(port) if port.isdigit() else None
+    return entry, None
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
 
 
 def ssl_context() -> ssl.SSLContext:

@@ -44,3 +44,28 @@ def test_the_scheme_s_proxy_then_all_proxy_and_lower_case_wins() -> None:
 def test_no_proxy(no_proxy: str, bypassed: bool) -> None:
     env = {"HTTPS_PROXY": "http://egress:3128", "NO_PROXY": no_proxy}
     assert (proxy(env, "https://api.omnisend.com:443/api") is None) == bypassed
+    assert (proxy(env, "https://api.omnisend.com/api") is None) == bypassed  # 443 by default
+
+
+@pytest.mark.parametrize(
+    ("url", "no_proxy", "bypassed"),
+    [
+        ("https://10.1.2.3/api", "10.0.0.0/8", True),
+        ("https://10.1.2.3/api", "10.1.2.3", True),
+        ("https://11.1.2.3/api", "10.0.0.0/8", False),
+        ("https://[::1]:8080/api", "::1", True),
+        ("https://[::1]:8080/api", "[::1]:8080", True),
+        ("https://[::1]:8080/api", "[::1]:9090", False),
+        ("https://[fd00::5]/api", "fd00::/8", True),
+        ("http://sim.local/api", "sim.local:80", True),
+    ],
+)
+def test_no_proxy_addresses_ranges_and_default_ports(
+    url: str, no_proxy: str, bypassed: bool
+) -> None:
+    env = {
+        "HTTPS_PROXY": "http://egress:3128",
+        "HTTP_PROXY": "http://egress:3128",
+        "NO_PROXY": no_proxy,
+    }
+    assert (proxy(env, url) is None) == bypassed
