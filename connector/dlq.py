@@ -35,6 +35,8 @@ DLQ_HEADER_ROOM = 64 * 1024
 _DROP_ORDER = ("value", "headers", "key")
 # How long `send` waits for a full producer queue to drain, per attempt.
 _QUEUE_FULL_WAIT_S = 0.1
+# How long a record sent again on its own may take to be confirmed before the next goes.
+_ALONE_FLUSH_S = 10.0
 
 Delivered = Callable[[RawRecord, str], None]
 
@@ -88,6 +90,7 @@ class _Letter:
     reason: str
     provenance: list[tuple[str, bytes]]
     dropped: int = 0  # how many of `_DROP_ORDER` are left out
+    alone: bool = False  # sent again on its own: the broker refuses a whole message batch
 
     def message(self) -> dict[str, Any]:
         left_out = _DROP_ORDER[: self.dropped]
@@ -170,7 +173,12 @@ class DeadLetters:
             if err is None:
                 self.pending -= 1
                 self._on_delivered(letter.record, letter.reason)
-            elif err.code() == KafkaError.MSG_SIZE_TOO_LARGE and letter.smaller():
+            elif err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                self._fail(err)
+            elif not letter.alone or letter.smaller():
+                # The broker may have refused the message batch it travelled in, not the
+                # record: first whole and alone, then without its value, and so on.
+                letter.alone = True
                 self._again.append(letter)  # produced again after this poll, not inside it
             else:
                 self._fail(err)
@@ -187,8 +195,10 @@ class DeadLetters:
         self._resend()
 
     def _resend(self) -> None:
-        while self._again:
+        """Each on its own: produced and flushed before the next, so no batch carries two."""
+        while self._again and self.failure is None:
             self._produce(self._again.popleft())
+            self._producer.flush(_ALONE_FLUSH_S)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait for every DLQ record to be confirmed; False if some were not in time."""

@@ -40,12 +40,14 @@ class FakeProducer:
         self.queued.append((message, message["on_delivery"]))
 
     def poll(self, timeout: float = 0) -> int:
+        """Everything queued travels in one message batch: the broker refuses the batch when
+        all of it together is over its limit."""
         queued, self.queued = self.queued, []
+        together = sum(record_size(m["key"], m["value"], m["headers"]) for m, _ in queued)
         for message, report in queued:
-            size = record_size(message["key"], message["value"], message["headers"])
             if self.fail_with is not None:
                 report(self.fail_with, None)
-            elif self.broker_max_bytes is not None and size > self.broker_max_bytes:
+            elif self.broker_max_bytes is not None and together > self.broker_max_bytes:
                 report(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
             else:
                 self.delivered.append(message)
@@ -120,6 +122,20 @@ def test_a_record_the_broker_refuses_for_its_size_goes_again_without_its_value()
     assert headers_of(message)["omnisend.dlq.dropped"] == b"value"
     assert delivered == ["oversized_value"]  # once, not once per attempt
     assert letters.failure is None
+    assert letters.pending == 0
+
+
+def test_records_refused_together_go_again_whole_and_alone() -> None:
+    """The broker refused the message batch both travelled in, not either record."""
+    producer = FakeProducer(max_bytes=100_000, broker_max_bytes=10_000)
+    delivered: list[str] = []
+    letters = DeadLetters(producer, "t.dlq", lambda r, reason: delivered.append(reason))
+    for _ in range(2):
+        letters.send(raw(b"v" * 6_000), "oversized_value", "decode", "", "InvalidRecord")
+    letters.poll()
+    assert len(producer.delivered) == 2
+    assert all(m["value"] == b"v" * 6_000 for m in producer.delivered)
+    assert delivered == ["oversized_value"] * 2
     assert letters.pending == 0
 
 
