@@ -29,7 +29,7 @@ from connector.simulator.contacts import Contact, ContactStore, check_list_filte
 from connector.simulator.problems import FieldError, ProblemError, problem_body, validation_error
 from connector.simulator.ratelimit import BrandLimits
 from connector.simulator.validation import validate_contact, validate_tag_call
-from connector.simulator.wire import GARBLE_KINDS, ODD_RETRY_AFTER, Garble
+from connector.simulator.wire import GARBLE_KINDS, Garble
 
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 _VERSION_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -249,9 +249,7 @@ class Simulator:
             self.answer_faults["lost"] += 1
             return response
         if faults.garbage_rate and self._rng.random() < faults.garbage_rate:
-            response.garble = Garble(
-                self._rng.choice(GARBLE_KINDS), self._rng.randrange(len(ODD_RETRY_AFTER))
-            )
+            response.garble = Garble(self._rng.choice(GARBLE_KINDS), self._rng.randrange(1000))
             self.answer_faults[response.garble.kind] += 1
         if faults.drip_rate and self._rng.random() < faults.drip_rate:
             response.drip_s = faults.drip_s

@@ -18,7 +18,25 @@ GARBLE_KINDS = (
     "odd_numbers",  # numbers as strings, negative or huge; retryAfter of a day or an object
     "wrong_content_type",  # the right JSON, labelled text/html
 )
-ODD_RETRY_AFTER: tuple[Any, ...] = (86400, "Infinity", {"seconds": 5}, -3, "soon", 1e308, None)
+ODD_RETRY_AFTER: tuple[Any, ...] = (
+    86400,
+    "Infinity",
+    {"seconds": 5},
+    -3,
+    "soon",
+    1e308,
+    None,
+    10**400,  # past any float
+)
+# Odd values for a batch's fields, by variant.
+_ODD_COUNTS: tuple[Any, ...] = ("many", -1, 10**400, 1e308, None, [], "7")
+_ODD_TIMES: tuple[Any, ...] = (
+    12345,
+    ("2000-01-01T00:00:00Z", "2030-01-01T00:00:00Z"),  # thirty years for one batch
+    ("2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z"),  # ended before it began
+    "yesterday",
+)
+_ODD_BATCH_IDS: tuple[Any, ...] = ("abc\t", "../contacts", 42, "")
 _NEEDED = ("batchID", "status", "responses", "errors", "contacts", "batches", "paging")
 _HTML = b"<html><head><title>502 Bad Gateway</title></head><body>upstream error</body></html>"
 
@@ -60,12 +78,19 @@ def _garbled(garble: Garble, body: Any, payload: bytes, content_type: str) -> tu
 
 
 def _odd_numbers(body: dict[str, Any], variant: int) -> dict[str, Any]:
+    """Numbers, times and ids of the wrong kind; each `variant` picks other odd values."""
     odd = dict(body)
-    for name, value in (("errorsCount", "many"), ("totalCount", -1), ("finishedCount", 1e308)):
+    for name in ("errorsCount", "totalCount", "finishedCount"):
         if name in odd:
-            odd[name] = value
+            odd[name] = _ODD_COUNTS[variant % len(_ODD_COUNTS)]
     if "createdAt" in odd:
-        odd["createdAt"] = 12345
+        times = _ODD_TIMES[variant % len(_ODD_TIMES)]
+        if isinstance(times, tuple):
+            odd["createdAt"], odd["endedAt"] = times
+        else:
+            odd["createdAt"] = times
+    if "batchID" in odd and variant % 3 == 0:
+        odd["batchID"] = _ODD_BATCH_IDS[variant % len(_ODD_BATCH_IDS)]
     if "retryAfter" in odd:
         odd["retryAfter"] = ODD_RETRY_AFTER[variant % len(ODD_RETRY_AFTER)]
     return odd

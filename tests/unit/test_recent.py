@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.recent import RecentMap
+from connector.recent import IntTable, RecentMap
 
 ops = st.lists(
     st.tuples(
@@ -61,3 +61,31 @@ def test_nothing_is_remembered_with_a_size_of_zero_and_a_set_has_no_values() -> 
     seen.put("event-1")
     assert seen.get("event-1") == ()
     assert "event-2" not in seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1)),
+        max_size=300,
+    ),
+    collide=st.integers(0, 3),
+)
+def test_the_table_holds_what_a_dict_holds_through_growth_and_wrap_around(
+    ops: list[tuple[int, int]], collide: int
+) -> None:
+    """From a capacity of 2, so that probing wraps around the end, clusters form and the table
+    grows many times; fingerprints share low bits when `collide` says so."""
+    table = IntTable(1, capacity=2)
+    reference: dict[int, int] = {}
+    for key, value in ops:
+        fp = (key & ~0xFF) | collide if collide else key
+        fp = fp or 1  # 0 marks an empty slot: fingerprints never are
+        table.put(fp, (value,))
+        reference[fp] = value
+        assert len(table) == len(reference)
+    assert {k: v for k, (v,) in table.items()} == reference
+    for fp, value in reference.items():
+        assert table.get(fp) == (value,)
+        assert fp in table
+    assert 2 * len(table) <= table.mask + 1
