@@ -3,7 +3,7 @@ which membership change was applied last, which event ids were seen.
 
 A `RecentMap` maps a key to a fixed number of 64-bit integers, held in arrays rather than Python
 objects: a key is kept as its 64-bit hash (Python's own, salted per process: the map lives in
-one process), so an entry costs 8 bytes plus 8 per value, at a load of at most one half,
+one process), so an entry costs 8 bytes plus 8 per value, at a load of at most two thirds,
 instead of the ~280 bytes of a dict entry with its key string and value tuple. Two distinct keys
 with the same hash would share an entry; with 64 bits and a million entries the chance is about
 one in 10^13 per lookup, far below any other failure the connector plans for.
@@ -21,40 +21,51 @@ from collections.abc import Hashable, Iterator
 
 _EMPTY = 0
 _FIRST_CAPACITY = 1024
+# Open addressing with linear probing stays quick up to this load (a miss probes about five
+# slots); past it the table grows.
+_MAX_LOAD = 2 / 3
 
 
 def fingerprint(key: Hashable) -> int:
     """The 64-bit fingerprint a key is kept as (Python's hash, salted per process; never 0)."""
-    return _fingerprint(key)
+    found = hash(key)
+    return found if found != _EMPTY else 1
 
 
-def _fingerprint(key: Hashable) -> int:
-    fingerprint = hash(key)
-    return fingerprint if fingerprint != _EMPTY else 1
+def capacity_for(entries: int) -> int:
+    """The slots that hold `entries` at the highest load allowed."""
+    return max(2, int(entries / _MAX_LOAD) + 1)
 
 
 class IntTable:
     """64-bit fingerprints (never 0) → `width` 64-bit integers, by open addressing with linear
-    probing over arrays; grows to keep the load at most one half, never shrinks."""
+    probing over arrays. It doubles when the load passes two thirds, up to `max_capacity`
+    (the caller keeps it from filling past that), and never shrinks."""
 
-    __slots__ = ("count", "keys", "mask", "values", "width")
+    __slots__ = ("capacity", "count", "keys", "limit", "max_capacity", "values", "width")
 
-    def __init__(self, width: int, capacity: int = _FIRST_CAPACITY) -> None:
+    def __init__(
+        self, width: int, capacity: int = _FIRST_CAPACITY, max_capacity: int | None = None
+    ) -> None:
         self.width = width
         self.count = 0
-        self.mask = capacity - 1
-        self.keys = array("q", bytes(8 * capacity))
-        self.values = array("q", bytes(8 * capacity * width))
+        self.max_capacity = max_capacity
+        self.capacity = capacity if max_capacity is None else min(capacity, max_capacity)
+        self.limit = int(self.capacity * _MAX_LOAD)
+        self.keys = array("q", bytes(8 * self.capacity))
+        self.values = array("q", bytes(8 * self.capacity * width))
 
     def find(self, fingerprint: int) -> int:
         """The slot of `fingerprint`, or of the empty slot where it would go."""
-        keys, mask = self.keys, self.mask
-        slot = fingerprint & mask
+        keys, capacity = self.keys, self.capacity
+        slot = fingerprint % capacity
         while True:
             found = keys[slot]
             if found in (fingerprint, _EMPTY):
                 return slot
-            slot = (slot + 1) & mask
+            slot += 1
+            if slot == capacity:
+                slot = 0
 
     def get(self, fingerprint: int) -> tuple[int, ...] | None:
         slot = self.find(fingerprint)
@@ -68,25 +79,32 @@ class IntTable:
         if self.keys[slot] == _EMPTY:
             self.keys[slot] = fingerprint
             self.count += 1
-        start = slot * self.width
-        self.values[start : start + self.width] = array("q", values)
-        if 2 * self.count > self.mask + 1:
+        if self.width:
+            start = slot * self.width
+            self.values[start : start + self.width] = array("q", values)
+        if self.count > self.limit:
             self._grow()
 
     def _grow(self) -> None:
+        size = 2 * self.capacity
+        if self.max_capacity is not None:
+            size = min(size, self.max_capacity)
+        if size <= self.capacity:
+            raise OverflowError(f"an IntTable of {self.capacity} slots is full")
         width = self.width
-        bigger = IntTable(width, 2 * (self.mask + 1))
-        for slot, fingerprint in enumerate(self.keys):
-            if fingerprint != _EMPTY:
-                bigger.put(fingerprint, tuple(self.values[slot * width : (slot + 1) * width]))
-        self.keys, self.values, self.mask = bigger.keys, bigger.values, bigger.mask
+        bigger = IntTable(width, size)
+        for slot, found in enumerate(self.keys):
+            if found != _EMPTY:
+                bigger.put(found, tuple(self.values[slot * width : (slot + 1) * width]))
+        self.keys, self.values = bigger.keys, bigger.values
+        self.capacity, self.limit = bigger.capacity, bigger.limit
 
     def items(self) -> Iterator[tuple[int, tuple[int, ...]]]:
         """(fingerprint, values) of every entry, in no particular order."""
         width, values = self.width, self.values
-        for slot, fingerprint in enumerate(self.keys):
-            if fingerprint != _EMPTY:
-                yield fingerprint, tuple(values[slot * width : (slot + 1) * width])
+        for slot, found in enumerate(self.keys):
+            if found != _EMPTY:
+                yield found, tuple(values[slot * width : (slot + 1) * width])
 
     def __contains__(self, fingerprint: int) -> bool:
         return self.keys[self.find(fingerprint)] != _EMPTY
@@ -108,17 +126,19 @@ class RecentMap:
             raise ValueError("width and max_entries must not be negative")
         self.max_entries = max_entries
         self.width = width
-        self._young = IntTable(width)
+        self._half = max(1, max_entries // 2)
+        self._full = capacity_for(self._half)  # a generation's slots when it is full
+        self._young = IntTable(width, _FIRST_CAPACITY, self._full)
         self._old: IntTable | None = None
 
     def get(self, key: Hashable) -> tuple[int, ...] | None:
-        fingerprint = _fingerprint(key)
-        found = self._young.get(fingerprint)
+        found_fingerprint = fingerprint(key)
+        found = self._young.get(found_fingerprint)
         if found is not None or self._old is None:
             return found
-        found = self._old.get(fingerprint)
+        found = self._old.get(found_fingerprint)
         if found is not None:
-            self._put(fingerprint, found)  # used again: keep it with the young
+            self._put(found_fingerprint, found)  # used again: keep it with the young
         return found
 
     def __contains__(self, key: Hashable) -> bool:
@@ -127,14 +147,18 @@ class RecentMap:
     def put(self, key: Hashable, *values: int) -> None:
         if len(values) != self.width:
             raise ValueError(f"{len(values)} values for a width of {self.width}")
-        self._put(_fingerprint(key), values)
+        self._put(fingerprint(key), values)
 
-    def _put(self, fingerprint: int, values: tuple[int, ...]) -> None:
+    def _put(self, found_fingerprint: int, values: tuple[int, ...]) -> None:
         if self.max_entries == 0:
             return
-        self._young.put(fingerprint, values)
-        if 2 * self._young.count >= self.max_entries:
-            self._old, self._young = self._young, IntTable(self.width)
+        self._young.put(found_fingerprint, values)
+        if self._young.count >= self._half:
+            # The oldest goes before the next is made, so three never coexist; the next is
+            # made whole at once: it will fill, and growing would hold two copies a while.
+            young, self._old = self._young, None
+            self._young = IntTable(self.width, self._full, self._full)
+            self._old = young
 
     def __len__(self) -> int:
         """An upper bound: a key in both generations counts twice."""
@@ -147,7 +171,6 @@ class RecentMap:
 
     @staticmethod
     def full_bytes(max_entries: int, width: int) -> int:
-        """The memory of a full map: two generations of `max_entries / 2` keys, each table a
-        power of two at least twice that, 8 bytes a key and 8 a value."""
-        slots = 1 << max(10, (max_entries - 1).bit_length())
-        return 2 * slots * 8 * (1 + width)
+        """The memory of a full map: two generations of `max_entries / 2` keys, each table
+        large enough to hold them at a load of two thirds, 8 bytes a key and 8 a value."""
+        return 2 * capacity_for(max(1, max_entries // 2)) * 8 * (1 + width)

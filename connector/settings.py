@@ -338,18 +338,18 @@ SETTINGS_HELP: list[tuple[str, str, str]] = [
     (
         "DEDUPE_CACHE_SIZE",
         "200000",
-        "event ids remembered for de-duplication (the last half to all of them), ~21 bytes each",
+        "event ids remembered for de-duplication (the last half to all of them), ~12 bytes each",
     ),
     (
         "KNOWN_CONTACTS_CACHE_SIZE",
         "1000000",
-        "contacts per connection (and export) whose fields Omnisend is known to hold, ~50 bytes "
+        "contacts per connection (and export) whose fields Omnisend is known to hold, ~36 bytes "
         "each: a known contact whose fields did not change needs no upsert",
     ),
     (
         "APPLIED_CHANGES_CACHE_SIZE",
         "1000000",
-        "(contact, segment) memberships per connection whose last change is remembered, ~34 "
+        "(contact, segment) memberships per connection whose last change is remembered, ~24 "
         "bytes each: a change older than it is recognised as superseded",
     ),
     (
