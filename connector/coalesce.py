@@ -248,7 +248,7 @@ class Coalescer:
     def _maybe_ready(self, intent: TagIntent, now: float) -> None:
         if intent.key in self.tags_in_flight:
             return  # released when the call in flight completes
-        if intent.add and not self.exists(intent.email) and self._upserting(intent.email):
+        if intent.add and self._upserting(intent.email) and not self.exists(intent.email):
             self._unready(intent)
             return  # the contact does not exist yet: released when the upsert finishes
         last = self._accepted.get(intent.key)
@@ -258,6 +258,8 @@ class Coalescer:
 
     def exists(self, email: str) -> bool:
         """Whether Omnisend is known to hold this contact (an upsert of it was accepted)."""
+        if len(self.exports) == 1:  # the common case, asked for every tag change
+            return (email, self.exports[0]) in self.known
         return any((email, export) in self.known for export in self.exports)
 
     def _upserting(self, email: str) -> bool:

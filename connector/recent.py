@@ -67,21 +67,50 @@ class IntTable:
             if slot == capacity:
                 slot = 0
 
+    # `get` and `put` probe inline rather than through `find`: they run several times for every
+    # event, and a call costs as much as the probe.
+
     def get(self, fingerprint: int) -> tuple[int, ...] | None:
-        slot = self.find(fingerprint)
-        if self.keys[slot] == _EMPTY:
-            return None
-        start = slot * self.width
-        return tuple(self.values[start : start + self.width])
+        keys, capacity = self.keys, self.capacity
+        slot = fingerprint % capacity
+        while True:
+            found = keys[slot]
+            if found == fingerprint:
+                break
+            if found == _EMPTY:
+                return None
+            slot += 1
+            if slot == capacity:
+                slot = 0
+        width, values = self.width, self.values
+        if width == 2:
+            return (values[2 * slot], values[2 * slot + 1])
+        if width == 1:
+            return (values[slot],)
+        start = slot * width
+        return tuple(values[start : start + width])
 
     def put(self, fingerprint: int, values: tuple[int, ...]) -> None:
-        slot = self.find(fingerprint)
-        if self.keys[slot] == _EMPTY:
-            self.keys[slot] = fingerprint
-            self.count += 1
-        if self.width:
-            start = slot * self.width
-            self.values[start : start + self.width] = array("q", values)
+        keys, capacity = self.keys, self.capacity
+        slot = fingerprint % capacity
+        while True:
+            found = keys[slot]
+            if found == fingerprint:
+                break
+            if found == _EMPTY:
+                keys[slot] = fingerprint
+                self.count += 1
+                break
+            slot += 1
+            if slot == capacity:
+                slot = 0
+        width = self.width
+        if width == 2:
+            self.values[2 * slot], self.values[2 * slot + 1] = values
+        elif width:
+            start = slot * width
+            for index, value in enumerate(values):
+                self.values[start + index] = value
         if self.count > self.limit:
             self._grow()
 
@@ -91,13 +120,23 @@ class IntTable:
             size = min(size, self.max_capacity)
         if size <= self.capacity:
             raise OverflowError(f"an IntTable of {self.capacity} slots is full")
-        width = self.width
-        bigger = IntTable(width, size)
-        for slot, found in enumerate(self.keys):
-            if found != _EMPTY:
-                bigger.put(found, tuple(self.values[slot * width : (slot + 1) * width]))
-        self.keys, self.values = bigger.keys, bigger.values
-        self.capacity, self.limit = bigger.capacity, bigger.limit
+        width, old_values = self.width, self.values
+        keys, values = array("q", bytes(8 * size)), array("q", bytes(8 * size * width))
+        for old_slot, found in enumerate(self.keys):
+            if found == _EMPTY:
+                continue
+            slot = found % size  # every key is new to the new arrays: no need to compare
+            while keys[slot] != _EMPTY:
+                slot += 1
+                if slot == size:
+                    slot = 0
+            keys[slot] = found
+            if width:
+                values[slot * width : (slot + 1) * width] = old_values[
+                    old_slot * width : (old_slot + 1) * width
+                ]
+        self.keys, self.values = keys, values
+        self.capacity, self.limit = size, int(size * _MAX_LOAD)
 
     def items(self) -> Iterator[tuple[int, tuple[int, ...]]]:
         """(fingerprint, values) of every entry, in no particular order."""
@@ -130,15 +169,20 @@ class RecentMap:
         self._full = capacity_for(self._half)  # a generation's slots when it is full
         self._young = IntTable(width, _FIRST_CAPACITY, self._full)
         self._old: IntTable | None = None
+        # The last answer: a change asks about its contact several times in a row.
+        self._last: tuple[int, tuple[int, ...] | None] = (_EMPTY, None)
 
     def get(self, key: Hashable) -> tuple[int, ...] | None:
-        found_fingerprint = fingerprint(key)
+        found_fingerprint = hash(key) or 1
+        last_fingerprint, last = self._last
+        if found_fingerprint == last_fingerprint:
+            return last
         found = self._young.get(found_fingerprint)
-        if found is not None or self._old is None:
-            return found
-        found = self._old.get(found_fingerprint)
-        if found is not None:
-            self._put(found_fingerprint, found)  # used again: keep it with the young
+        if found is None and self._old is not None:
+            found = self._old.get(found_fingerprint)
+            if found is not None:
+                self._put(found_fingerprint, found)  # used again: keep it with the young
+        self._last = (found_fingerprint, found)
         return found
 
     def __contains__(self, key: Hashable) -> bool:
@@ -147,11 +191,12 @@ class RecentMap:
     def put(self, key: Hashable, *values: int) -> None:
         if len(values) != self.width:
             raise ValueError(f"{len(values)} values for a width of {self.width}")
-        self._put(fingerprint(key), values)
+        self._put(hash(key) or 1, values)
 
     def _put(self, found_fingerprint: int, values: tuple[int, ...]) -> None:
         if self.max_entries == 0:
             return
+        self._last = (found_fingerprint, values)
         self._young.put(found_fingerprint, values)
         if self._young.count >= self._half:
             # The oldest goes before the next is made, so three never coexist; the next is

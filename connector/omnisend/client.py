@@ -199,6 +199,10 @@ class OmnisendClient:
             method, self._base + path, json=json, params=params, headers=self._headers
         )
         streamed = await self._http.send(request, stream=True)
+        length = streamed.headers.get("content-length", "")
+        if length.isdigit() and int(length) <= MAX_ANSWER_BYTES:
+            await streamed.aread()  # said how much comes, and it is not too much: read it
+            return streamed
         try:
             body = bytearray()
             async for chunk in streamed.aiter_bytes():
