@@ -474,7 +474,7 @@ class Pipeline:
         total = topic_partitions(consumer, self.config.topic)
         share = len(partitions) / total if total else 1.0
         if self.config.assignment is None:  # a tool's share is set by the tool
-            self._sink.set_budget_share(max(share, 1.0 / max(total, 1)))
+            self._sink.reassign_budget(share)
         log.info(
             "assigned",
             partitions=len(partitions),

@@ -4,6 +4,11 @@ every request, and a stricter one for `/contacts/tags` (tag calls count in both)
 The budget belongs to the brand, not the process: each replica of a consumer group uses `share`
 of it (the share of partitions it owns), and `headroom` leaves room for the brand's other
 integrations. After a 429 the effective rate drops and recovers window by window.
+
+A backlog drains at the window's limit: a *full* request (250 emails in a tag call, 100 contacts
+in a batch) goes whenever the window has room. Part-full requests are paced, so a trickle never
+spends the window in a burst of half-empty calls. Status reads, which release tag calls, have a
+reserve in the window that batch requests may not use.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Omnisend's published limits per brand and minute.
 REQUESTS_PER_MINUTE = 400
@@ -25,6 +31,9 @@ MIN_FACTOR = 0.2
 # Without it a sliding window lets the whole minute's budget leave in one burst and then
 # nothing for the rest of the minute, which is what makes latency spiky.
 BURST_SHARE = 0.08
+# The share of the window (after tag calls) that batch requests leave to status reads: a burst of
+# full batches never holds back the reads that release tag calls.
+READ_RESERVE = 0.2
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,14 @@ class BudgetConfig:
             raise ValueError("headroom must be in (0, 1]")
         if self.window_s <= 0:
             raise ValueError("window_s must be positive")
+
+
+class Request(NamedTuple):
+    """What the budget needs to know of a request: its lane, and whether it is paced."""
+
+    tag_call: bool = False
+    full: bool = False  # as many contacts or emails as the request can carry
+    read: bool = False  # a batch status or item read
 
 
 class Slot:
@@ -101,11 +118,14 @@ class _Window:
 
 
 class Budget:
-    """Not thread-safe: the sink's event loop owns it."""
+    """Not thread-safe, except `reassign`: the sink's event loop owns it."""
 
     def __init__(self, config: BudgetConfig, share: float = 1.0) -> None:
         self.config = config
         self.share = share
+        # The group's assignments, in order, from the Kafka thread (a deque is safe for that).
+        self._assigned: deque[float] = deque()
+        self._owned: float | None = None  # the share the window was last set up for
         self._others, self._tags = _Window(), _Window()
         self._factor = 1.0
         self._blocked_until = 0.0
@@ -120,45 +140,89 @@ class Budget:
     def _window(self) -> float:
         return self.config.window_s
 
+    def reassign(self, share: float) -> None:
+        """The consumer group gave this replica `share` of the brand (any thread may say so; the
+        loop applies it at its next request). Whatever the share grew by counts as used for one
+        window: the previous owner's requests may still be in Omnisend's window. A process's
+        first assignment counts as growth from nothing, unless it owns every partition (a lone
+        replica starts at once); a member with no partitions owns nothing (0)."""
+        self._assigned.append(share)
+
+    def _apply_assignments(self, now: float) -> None:
+        while self._assigned:
+            self._apply_assignment(self._assigned.popleft(), now)
+
+    def _apply_assignment(self, target: float, now: float) -> None:
+        if target == self._owned:
+            return
+        before = self._owned
+        if before is None:
+            before = target if target >= 1.0 else 0.0
+        self._owned = target
+        old_all, old_tags = self._limits_at(before) if before > 0 else (0, 0)
+        self.share = target  # 0 (a standby) still allows one request a window, never needed
+        new_all, new_tags = self.limits()
+        for window, grown in (
+            (self._tags, new_tags - old_tags),
+            (self._others, (new_all - new_tags) - (old_all - old_tags)),
+        ):
+            for _ in range(max(0, grown)):
+                phantom = Slot(now)
+                phantom.answered = True
+                window.times.append(phantom)
+
     def limits(self) -> tuple[int, int]:
         """(every request, tag calls) allowed per window now."""
-        scale = self.config.headroom * self.share * self._factor
+        return self._limits_at(self.share)
+
+    def _limits_at(self, share: float) -> tuple[int, int]:
+        scale = self.config.headroom * share * self._factor
         all_limit = max(1, math.floor(self.config.requests_per_window * scale))
         tag_limit = max(1, math.floor(self.config.tag_requests_per_window * scale))
         # Tag calls have their share reserved inside the shared window; it may not take more
         # than half of it, so other requests always have room too.
         return all_limit, max(1, min(tag_limit, all_limit // 2))
 
-    def wait(self, now: float, tag_call: bool) -> float:
+    def wait(self, now: float, tag_call: bool, *, full: bool = False, read: bool = False) -> float:
         """Seconds until a request may go (0: now); counts nothing. Ask before preparing a
         request that is costly to prepare and to put back.
 
         Tag calls, which bound a sync, have their window reserved: other requests may use only
-        `all - tags` of it. Both together then never exceed `all`."""
+        `all - tags` of it. Both together then never exceed `all`. Of the rest, batch requests
+        leave `READ_RESERVE` to reads (`read`). A `full` request or a read goes whenever the
+        window has room; others are paced as well."""
+        self._apply_assignments(now)
         self._recover(now)
         if now < self._blocked_until:
             self.waits += 1
             return self._blocked_until - now
         window, limit = self._lane(tag_call)
-        wait = max(window.wait(now, self._window, limit), window.pace(now, limit, self._window))
+        room = limit if tag_call or read else max(1, limit - math.ceil(limit * READ_RESERVE))
+        wait = window.wait(now, self._window, room)
+        if not (full or read):
+            wait = max(wait, window.pace(now, limit, self._window))
         if wait > 0:
             self.waits += 1
         return wait
 
-    def try_acquire(self, now: float, tag_call: bool) -> float:
+    def try_acquire(
+        self, now: float, tag_call: bool, *, full: bool = False, read: bool = False
+    ) -> float:
         """Count one request and return 0, or return the seconds to wait (nothing counted)."""
-        wait = self.wait(now, tag_call)
+        wait = self.wait(now, tag_call, full=full, read=read)
         if wait > 0:
             return wait
-        self.take(now, tag_call)
+        self.take(now, tag_call, full=full, read=read)
         return 0.0
 
-    def take(self, now: float, tag_call: bool) -> Slot:
-        """Count one request that `wait` just allowed, and return its slot."""
+    def take(self, now: float, tag_call: bool, *, full: bool = False, read: bool = False) -> Slot:
+        """Count one request that `wait` just allowed, and return its slot. Only paced
+        requests spend the pacing's tokens."""
         window, _ = self._lane(tag_call)
         self.last_slot = Slot(now)
         window.times.append(self.last_slot)
-        window.tokens = (window.tokens or 0.0) - 1.0
+        if not (full or read):
+            window.tokens = (window.tokens or 0.0) - 1.0
         return self.last_slot
 
     def _lane(self, tag_call: bool) -> tuple[_Window, int]:

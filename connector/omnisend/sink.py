@@ -40,7 +40,7 @@ from connector.omnisend.batches import (
     InFlightBatch,
     TrackerConfig,
 )
-from connector.omnisend.budget import Budget, Slot
+from connector.omnisend.budget import Budget, Request, Slot
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
 from connector.omnisend.http import sink_transport
 
@@ -53,6 +53,11 @@ UPSERT_REQUEST_COST = 2.5
 _SLOT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar("budget_slot", default=None)
 # Concurrent request slots only tag calls may use (see `OmnisendSink._room`).
 TAG_CALL_SLOTS = 2
+# The requests the sink makes, as the budget sees them: full ones go whenever the window has
+# room, part-full ones are paced, reads have a reserve.
+READ = Request(read=True)
+BATCH, FULL_BATCH = Request(), Request(full=True)
+TAGS, FULL_TAGS = Request(tag_call=True), Request(tag_call=True, full=True)
 # How often the budget and in-flight gauges are refreshed.
 REPORT_EVERY_S = 1.0
 
@@ -331,18 +336,19 @@ class OmnisendSink:
         if self._coalescer.idle and not self._tasks and self._inbox.empty():
             self._idle.set()
 
-    def _may_send(self, now: float, tag_call: bool) -> bool:
+    def _may_send(self, now: float, request: Request) -> bool:
         """Whether the budget lets a request go now. If not, the loop wakes when it will: a
         freed place in the window is used at once, not at the next tick."""
-        wait = self.budget.wait(now, tag_call)
+        wait = self.budget.wait(now, request.tag_call, full=request.full, read=request.read)
         if wait > 0:
             self._wake_at = min(self._wake_at, now + wait)
         return wait == 0
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], now: float, tag_call: bool = False) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], now: float, request: Request) -> None:
         """Run one request; called right after `_may_send` allowed it: takes its budget slot."""
         context = contextvars.copy_context()
-        context.run(_SLOT.set, self.budget.take(now, tag_call))
+        slot = self.budget.take(now, request.tag_call, full=request.full, read=request.read)
+        context.run(_SLOT.set, slot)
         task = self._loop.create_task(self._guard(coro, self._generation), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -439,30 +445,30 @@ class OmnisendSink:
         """Item reads first (they unblock tag calls), then status reads."""
         tracker = self._batches
         for batch in tracker.due_items(now):
-            if not self._room() or not self._may_send(now, tag_call=False):
+            if not self._room() or not self._may_send(now, READ):
                 return
             batch.busy = True
-            self._spawn(self._items(batch), now)
+            self._spawn(self._items(batch), now, READ)
         listable, by_id = tracker.due_status(now)
         if listable and self._room():
-            if not self._may_send(now, tag_call=False):
+            if not self._may_send(now, READ):
                 return
             for batch in listable:
                 batch.busy = True
             tracker.listed(now)
-            self._spawn(self._list(listable), now)
+            self._spawn(self._list(listable), now, READ)
         for batch in by_id:
-            if not self._room() or not self._may_send(now, tag_call=False):
+            if not self._room() or not self._may_send(now, READ):
                 return
             batch.busy = True
-            self._spawn(self._poll(batch), now)
+            self._spawn(self._poll(batch), now, READ)
 
     def _dispatch_tags(self, now: float) -> None:
         while self._tag_splits and self._room(tag_call=True):
-            if not self._may_send(now, tag_call=True):
+            if not self._may_send(now, TAGS):
                 return
             add, tag, intents = self._tag_splits.popleft()
-            self._spawn(self._change_tags(add, tag, intents), now, tag_call=True)
+            self._spawn(self._change_tags(add, tag, intents), now, TAGS)
         size, linger = self.config.tag_batch_size, self.config.tag_linger_s
         # Oldest first: under load every group fills its calls anyway, and serving the group
         # that waited longest lets committed offsets advance (the fullest-first order starved
@@ -475,12 +481,13 @@ class OmnisendSink:
                 continue
             # Ask first: taking a call's intents and putting them back costs a millisecond
             # and sends them to the back of their group.
-            if not self._may_send(now, tag_call=True):
+            request = FULL_TAGS if count >= size else TAGS
+            if not self._may_send(now, request):
                 return
             intents = self._coalescer.take_tags(group, size, now)
             if not intents:
                 continue
-            self._spawn(self._change_tags(group[0], group[1], intents), now, tag_call=True)
+            self._spawn(self._change_tags(group[0], group[1], intents), now, request)
 
     def _upsert_linger(self) -> float:
         """How long a partial batch may wait to fill: the configured linger, but never so short
@@ -496,21 +503,22 @@ class OmnisendSink:
 
     def _dispatch_upserts(self, now: float) -> None:
         while self._splits and self._batch_room():
-            if not self._may_send(now, tag_call=False):
+            if not self._may_send(now, BATCH):
                 return
-            self._spawn(self._create_batch(self._splits.popleft()), now)
+            self._spawn(self._create_batch(self._splits.popleft()), now, BATCH)
         c, size = self._coalescer, self.config.batch_size
         linger = self._upsert_linger()
         while c.upserts and self._batch_room():
             oldest = next(iter(c.upserts.values())).since
             if len(c.upserts) < size and now - oldest < linger and not self._flushing:
                 return
-            if not self._may_send(now, tag_call=False):
+            request = FULL_BATCH if len(c.upserts) >= size else BATCH
+            if not self._may_send(now, request):
                 return
             intents = c.take_upserts(size)
             if not intents:
                 return
-            self._spawn(self._create_batch(intents), now)
+            self._spawn(self._create_batch(intents), now, request)
 
     # ---- requests ----------------------------------------------------------------------------
 

@@ -68,6 +68,12 @@ class Sinks:
         return next((s.fatal for s in self.by_connection.values() if s.fatal is not None), None)
 
     def set_budget_share(self, share: float) -> None:
-        """Every brand's budget is shared by the group's members in the same proportion."""
+        """A job's fixed share of every brand's budget, from the start."""
         for sink in self.by_connection.values():
             sink.budget.share = share
+
+    def reassign_budget(self, share: float) -> None:
+        """The consumer group gave this replica `share` of its partitions, and so of every
+        brand's budget (see `Budget.reassign`)."""
+        for sink in self.by_connection.values():
+            sink.budget.reassign(share)
