@@ -243,10 +243,13 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace, command: str) -> Config | None:
     """The configuration, or None after printing what is wrong."""
     try:
-        return load_config(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
         print(f"omnisend-connector {command}: {exc}", file=sys.stderr)
         return None
+    for warning in config.warnings:
+        print(f"omnisend-connector {command}: warning: {warning}", file=sys.stderr)
+    return config
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -295,6 +298,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return parts.pipeline.run(stop)
 
 
+def problem_lines(message: str) -> list[str]:
+    """The problems of a `ConfigError`'s message, one each (see `problems_text`)."""
+    _, _, rest = message.partition(":\n  - ")
+    if not rest:
+        return [message]
+    return rest.split("\n  - ")
+
+
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "check",
@@ -316,8 +327,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"FAIL  configuration: {exc}")
+        for problem in problem_lines(str(exc)):
+            print(f"FAIL  configuration: {problem}")
         return 1
+    for warning in config.warnings:
+        print(f"WARN  configuration: {warning}")
     findings = run_checks(config)
     for finding in findings:
         print(finding.line())

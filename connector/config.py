@@ -16,11 +16,12 @@ with where it is and what to do.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Mapping as AnyMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,17 @@ from pydantic import SecretStr
 
 from connector.errors import ConfigError
 from connector.events import ContactChange, Position, SegmentChange
+from connector.kafka import property_problems
 from connector.mapping import DEFAULT_FIELD_MAP, Mapper, Mapping
 from connector.settings import (
     CONNECTION_SETTINGS,
     EXPORT_SETTINGS,
+    KAFKA_CFG_PREFIX,
     Settings,
     dlq_size_problem,
     kafka_overrides,
     load_settings,
-    settings_from,
+    settings_problems,
 )
 
 CONNECTION_KEYS = frozenset(
@@ -104,10 +107,11 @@ class Export:
 @dataclass(frozen=True)
 class Config:
     settings: Settings
-    kafka: dict[str, str]
+    kafka: dict[str, str] = field(repr=False)  # may hold sasl.password
     connections: dict[str, Connection]
     exports: tuple[Export, ...]
     source: str = "environment"
+    warnings: tuple[str, ...] = ()  # what is odd but not wrong, e.g. an unknown variable
 
     @classmethod
     def single(cls, settings: Settings, kafka: dict[str, str]) -> Config:
@@ -196,8 +200,13 @@ def load_config(path: Path | None, environ: AnyMapping[str, str] | None = None) 
     """The deployment's configuration, or a `ConfigError` listing every mistake."""
     env = dict(os.environ if environ is None else environ)
     if path is None:
-        settings, kafka = load_settings(env)
-        return Config.single(settings, kafka)
+        try:
+            settings, kafka = load_settings(env)
+        except ConfigError as exc:
+            # A near miss often explains a missing setting: say both.
+            raise ConfigError(with_warnings(str(exc), unknown_variables(env))) from None
+        config = Config.single(settings, kafka)
+        return replace(config, warnings=unknown_variables(env))
     try:
         document = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -218,7 +227,11 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
         elif key in EXPORT_SETTINGS:
             problems.append(f"{key}: belongs to an export, in [[exports]]")
         elif key not in Settings.model_fields:
-            problems.append(f"{key}: not a setting (see `omnisend-connector run --help`)")
+            known = [*Settings.model_fields, *TOP_LEVEL_TABLES]
+            problems.append(
+                f"{key}: not a setting{did_you_mean(key, known)} "
+                "(see `omnisend-connector run --help`)"
+            )
         else:
             values[key] = value
     # Environment variables override single settings of the file.
@@ -228,21 +241,28 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
         if k.lower() in Settings.model_fields
         and k.lower() not in CONNECTION_SETTINGS | EXPORT_SETTINGS
     }
-    settings: Settings | None = None
-    try:
-        settings = settings_from(values, check_connection=False)
-    except ConfigError as exc:
-        problems.append(str(exc))
+    settings, found = settings_problems(values, check_connection=False, name=_file_or_env(env))
+    problems.extend(found)
     kafka: dict[str, str] = {}
     properties = document.get("kafka_properties", {})
     if not isinstance(properties, dict):
         problems.append("kafka_properties: must be a table of librdkafka properties")
     else:
         as_env = {"KAFKA_CFG_" + k.upper().replace(".", "_"): str(v) for k, v in properties.items()}
+        from_env: dict[str, str] = {}
         try:
-            kafka = kafka_overrides(as_env) | kafka_overrides(env)
+            from_env = kafka_overrides(env)
+            kafka = kafka_overrides(as_env) | from_env
         except ConfigError as exc:
             problems.append(f"kafka_properties: {exc}")
+        problems.extend(
+            f"{KAFKA_CFG_PREFIX}{prop.upper().replace('.', '_')} (librdkafka {prop}): {said}"
+            if prop in from_env
+            else f"kafka_properties.{prop}: {said}"
+            if prop in properties
+            else f"kafka_properties {prop}: {said}"
+            for prop, said in property_problems(kafka).items()
+        )
     if settings is not None and (problem := dlq_size_problem(settings.max_value_bytes, kafka)):
         problems.append(f"kafka_properties: {problem}")
     raw_connections = document.get("connections")
@@ -250,19 +270,75 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
     declared = set(raw_connections) if isinstance(raw_connections, dict) else set()
     exports = _exports(document.get("exports"), settings, declared, problems)
     problems.extend(shared_fields(exports))
+    named = {
+        str(table.get("api_key_env"))
+        for table in (raw_connections.values() if isinstance(raw_connections, dict) else ())
+        if isinstance(table, dict)
+    }
+    warnings = unknown_variables(env, also_known=named)
     if problems or settings is None:
         raise ConfigError(
-            f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
+            f"{source}: {len(problems)} problem(s):\n"
+            + "\n".join(f"  - {p}" for p in (*problems, *warnings))
         )
-    return Config(settings, kafka, connections, exports, source)
+    return Config(settings, kafka, connections, exports, source, warnings)
+
+
+def with_warnings(message: str, warnings: tuple[str, ...]) -> str:
+    """A configuration error's message with the warnings that may explain it, as more lines."""
+    if not warnings:
+        return message
+    head, sep, rest = message.partition(":\n  - ")
+    lines = rest.split("\n  - ") if sep else [message.split(": ", 1)[-1]]
+    what = head.split(":", 1)[0] if sep else message.split(": ", 1)[0]
+    lines += warnings
+    return f"{what}: {len(lines)} problems:\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+# Prefixes of the connector's own environment variables: others with them are likely typos.
+OWN_PREFIXES = ("OMNISEND_", "KAFKA_", "SCHEMA_")
+
+
+def unknown_variables(env: AnyMapping[str, str], also_known: Iterable[str] = ()) -> tuple[str, ...]:
+    """Warnings for environment variables that look like settings but are none. The names
+    Kubernetes injects for Services (`KAFKA_SERVICE_HOST`, `KAFKA_PORT_9092_TCP`...) are not
+    settings and not mistakes."""
+    known = {name.upper() for name in Settings.model_fields} | set(also_known)
+    warnings = []
+    for name in sorted(env):
+        upper = name.upper()
+        if (
+            not upper.startswith(OWN_PREFIXES)
+            or upper.startswith(KAFKA_CFG_PREFIX)
+            or upper in known
+            or "_SERVICE_" in upper
+            or "_PORT" in upper
+        ):
+            continue
+        warnings.append(f"{name}: not a setting, ignored{did_you_mean(upper, known)}")
+    return tuple(warnings)
 
 
 def _unknown(where: str, table: dict[str, Any], known: Iterable[str]) -> list[str]:
+    known = sorted(known)
     return [
-        f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})"
+        f"{where}: unknown key {key!r}{did_you_mean(key, known)} (known: {', '.join(known)})"
         for key in table
         if key not in known
     ]
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for a near miss among `known`, else nothing."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+def _file_or_env(env: dict[str, str]) -> Callable[[str], str]:
+    """A setting's name as the user wrote it: the environment variable when one set it (it
+    overrides the file), else the file's key."""
+    return lambda field: field.upper() if field.upper() in env else field
 
 
 def _connections(

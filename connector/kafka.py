@@ -7,10 +7,11 @@ not grow with consumer lag.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from connector.logs import kafka_logger
@@ -131,3 +132,59 @@ def tp(topic: str, partition: int, offset: int | None = None) -> TopicPartition:
         if offset is None
         else TopicPartition(topic, partition, offset)
     )
+
+
+def property_problems(overrides: dict[str, str]) -> dict[str, str]:
+    """librdkafka's word on each override it refuses (property → what it said), found before
+    anything connects: each property alone (so every unknown name or bad value is named), then
+    all together as the consumer and the dead-letter producer would use them (so a combination
+    such as SASL without a mechanism this build has is found too)."""
+    quiet = _quiet_logger()
+    problems: dict[str, str] = {}
+    for prop, value in overrides.items():
+        refusal = _refusal(Consumer, {"group.id": "validate", "logger": quiet, prop: value})
+        # A name or value refused as it is set; not one that only other properties complete.
+        if refusal is not None and not refusal.startswith(_CREATE_FAILED):
+            problems[prop] = refusal
+    if problems:
+        return problems
+    for build, config in (
+        (Consumer, consumer_config("", "validate", overrides, _ignore)),
+        (Producer, producer_config("", overrides, _ignore)),
+    ):
+        refusal = _refusal(build, config | {"logger": quiet})
+        if refusal is not None:
+            together = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()) if _shown(k))
+            return {together or "(defaults)": refusal.split(": ", 1)[-1]}
+    return problems
+
+
+_CREATE_FAILED = "Failed to create"
+
+
+def _shown(prop: str) -> bool:
+    """Whether a property's value may be printed (not a secret)."""
+    return not any(word in prop for word in ("password", "secret", "key", "token"))
+
+
+def _refusal(build: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> str | None:
+    try:
+        client = build(config)
+    except KafkaException as exc:
+        return str(exc.args[0].str())
+    if isinstance(client, Consumer):
+        client.close()
+    return None
+
+
+def _ignore(error: KafkaError) -> None:
+    return None
+
+
+def _quiet_logger() -> logging.Logger:
+    """A logger that drops librdkafka's remarks about a client that will never connect."""
+    logger = logging.getLogger("connector.kafka.validate")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger

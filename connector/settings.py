@@ -7,6 +7,7 @@ refused with a message naming the setting and what is wrong.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from collections.abc import Mapping as AnyMapping
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from connector.dlq import DLQ_HEADER_ROOM
 from connector.errors import ConfigError
+from connector.kafka import property_problems
 from connector.mapping import DEFAULT_FIELD_MAP, DEFAULT_TAG_TEMPLATE, Mapping, check_tag_template
 from connector.omnisend.client import DEFAULT_BASE_URL
 
@@ -114,6 +116,16 @@ class Settings(BaseSettings):
     tag_linger_s: float = Field(0.5, ge=0)
     tag_settle_s: float = Field(2.0, ge=0)
     batch_deadline_s: float = Field(600.0, gt=0)
+
+    @field_validator("omnisend_privacy_acknowledged", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: Any) -> Any:
+        # An acknowledgement is a deliberate word: not `1`, `yes` or `on`.
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError("must be true or false")
 
     @field_validator("tag_template")
     @classmethod
@@ -217,41 +229,90 @@ def dlq_size_problem(max_value_bytes: int, kafka: dict[str, str]) -> str | None:
 
 
 def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
-    """Settings and librdkafka overrides, or a `ConfigError` naming every bad setting."""
+    """Settings and librdkafka overrides, or a `ConfigError` naming every bad setting at once."""
     env = dict(os.environ if environ is None else environ)
     # Validated from exactly this environment (tests pass their own), not from os.environ.
-    settings = settings_from(
+    settings, problems = settings_problems(
         {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
     )
-    kafka = kafka_overrides(env)
-    problem = dlq_size_problem(settings.max_value_bytes, kafka)
-    if problem is not None:
-        raise ConfigError(problem)
+    kafka: dict[str, str] = {}
+    try:
+        kafka = kafka_overrides(env)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    problems.extend(
+        f"{KAFKA_CFG_PREFIX}{prop.upper().replace('.', '_')} (librdkafka {prop}): {said}"
+        if prop in kafka
+        else f"librdkafka properties {prop}: {said}"
+        for prop, said in property_problems(kafka).items()
+    )
+    if settings is not None and (problem := dlq_size_problem(settings.max_value_bytes, kafka)):
+        problems.append(problem)
+    if problems or settings is None:
+        raise ConfigError(problems_text("invalid configuration", problems))
     return settings, kafka
 
 
+def problems_text(what: str, problems: list[str]) -> str:
+    """One problem on one line; several as a list under `what`."""
+    if len(problems) == 1:
+        return f"{what}: {problems[0]}"
+    return f"{what}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
 def settings_from(values: dict[str, Any], check_connection: bool = True) -> Settings:
-    """Validated settings; with `check_connection`, also the single-export connection (API key,
-    mapping, privacy acknowledgement), which a configuration file's connections replace."""
+    """Validated settings, or a `ConfigError` with every problem (see `settings_problems`)."""
+    settings, problems = settings_problems(values, check_connection)
+    if problems or settings is None:
+        raise ConfigError(problems_text("invalid configuration", problems))
+    return settings
+
+
+def settings_problems(
+    values: dict[str, Any],
+    check_connection: bool = True,
+    name: Callable[[str], str] = str.upper,
+) -> tuple[Settings | None, list[str]]:
+    """The settings and every problem found in them, each named by `name(field)`: with
+    `check_connection`, also the single-export connection's (API key, mapping, privacy
+    acknowledgement), which a configuration file's connections replace. Fields that fail are
+    put back to their defaults to look at the rest, so one run reports them all."""
+    problems: list[str] = []
+    settings: Settings | None = None
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
-    if settings.value_format == "confluent" and not settings.schema_registry_url:
-        raise ConfigError(
-            "SCHEMA_REGISTRY_URL is required with VALUE_FORMAT=confluent "
-            "(or set VALUE_FORMAT=avro for plain Avro with the bundled schema)"
+        failed: set[str] = set()
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            failed.add(field)
+            problems.append(f"{name(field) if field else 'settings'}: {err['msg']}")
+        rest = {k: v for k, v in values.items() if k not in failed}
+        rest.setdefault("kafka_bootstrap_servers", "unset")  # reported above if missing
+        try:
+            settings = Settings.model_validate(rest)
+        except ValidationError:
+            return None, problems
+    failing = {p.split(":", 1)[0] for p in problems}
+    if (
+        settings.value_format == "confluent"
+        and not settings.schema_registry_url
+        and name("value_format") not in failing
+    ):
+        problems.append(
+            f"{name('schema_registry_url')} is required with {name('value_format')}=confluent "
+            f"(or set {name('value_format')}=avro for plain Avro with the bundled schema)"
         )
     if check_connection:
-        settings.api_key()
-        settings.mapping()
-        if not settings.omnisend_privacy_acknowledged:
-            raise ConfigError(PRIVACY_REFUSAL)
-    return settings
+        for check in (settings.api_key, settings.mapping):
+            try:
+                check()
+            except ConfigError as exc:
+                problems.append(str(exc))
+        privacy = name("omnisend_privacy_acknowledged")
+        if not settings.omnisend_privacy_acknowledged and privacy not in failing:
+            problems.append(PRIVACY_REFUSAL)
+    return settings, problems
 
 
 # Every setting of `run`, with its default and meaning: printed by `run --help` and listed in the

@@ -19,6 +19,7 @@ tag_template = "segment: {segment_name}"
 
 [kafka_properties]
 "security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "SCRAM-SHA-512"
 
 [connections.eu]
 display_name = "EU store"
@@ -45,7 +46,9 @@ connection = "us"
 segments = "all"
 tag_template = "{segment_id}"
 """
-ENV = {"KEY_EU": "secret-eu"}
+# SASL credentials come from the environment (a Secret), not from the file.
+SASL_ENV = {"KAFKA_CFG_SASL_USERNAME": "connector", "KAFKA_CFG_SASL_PASSWORD": "secret"}
+ENV = {"KEY_EU": "secret-eu", **SASL_ENV}
 
 
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
@@ -58,7 +61,12 @@ def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config
 def test_a_good_file(tmp_path: Path) -> None:
     config = load(tmp_path, GOOD)
     assert config.settings.kafka_topic == "segments"
-    assert config.kafka == {"security.protocol": "SASL_SSL"}
+    assert config.kafka == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "connector",
+        "sasl.password": "secret",
+    }
     eu, us = config.connections["eu"], config.connections["us"]
     assert eu.api_key.get_secret_value() == "secret-eu"
     assert us.api_key.get_secret_value() == "secret-us"
@@ -78,7 +86,8 @@ def test_a_good_file(tmp_path: Path) -> None:
 def test_environment_overrides_single_settings(tmp_path: Path) -> None:
     config = load(tmp_path, GOOD, {**ENV, "KAFKA_TOPIC": "other", "KAFKA_CFG_CLIENT_ID": "c"})
     assert config.settings.kafka_topic == "other"
-    assert config.kafka == {"security.protocol": "SASL_SSL", "client.id": "c"}
+    assert config.kafka["client.id"] == "c"
+    assert config.kafka["security.protocol"] == "SASL_SSL"
 
 
 @pytest.mark.parametrize(
@@ -102,7 +111,7 @@ def test_environment_overrides_single_settings(tmp_path: Path) -> None:
         (('kafka_topic = "segments"', 'omnisend_api_key = "x"'), "belongs to a connection"),
         (('"security.protocol"', '"enable.auto.commit"'), "ENABLE_AUTO_COMMIT is not allowed"),
         (('name = "everything-us"', 'name = "vip-eu"'), "another export has the name 'vip-eu'"),
-        (('value_format = "avro"', 'value_format = "json"'), "VALUE_FORMAT"),
+        (('value_format = "avro"', 'value_format = "json"'), "1 problem(?s:.)*value_format: Input"),
     ],
 )
 def test_each_mistake_is_named(tmp_path: Path, change: tuple[str, str], message: str) -> None:
@@ -182,7 +191,7 @@ def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
     key.write_text("k")
     path = tmp_path / "connector.toml"
     path.write_text(example.replace("/var/run/secrets/omnisend/eu-store", str(key)))
-    config = load_config(path, {})
+    config = load_config(path, SASL_ENV)
     assert list(config.connections) == ["eu-store"]
     assert config.exports[0].mapping.custom_properties == {"loyaltyTier": "loyalty_tier"}
 
@@ -256,3 +265,22 @@ def test_two_segments_making_one_tag_are_reported_once(tmp_path: Path) -> None:
     assert router.take_collisions() == []  # once
     route("seg-other", "Other")  # "everything-us" tags by {segment_id}: never collides
     assert router.take_collisions() == []
+
+
+def test_file_mistakes_use_the_files_own_names_with_near_misses_suggested(
+    tmp_path: Path,
+) -> None:
+    bad = GOOD.replace('kafka_topic = "segments"', 'kafka_topik = "segments"\nmetrics_port = -1')
+    bad = bad.replace('"sasl.mechanism" = "SCRAM-SHA-512"', '"fetch.max.bytez" = 1')
+    bad = bad.replace('display_name = "EU store"', 'display_nam = "EU store"')
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, bad)
+    message = str(refused.value)
+    assert "kafka_topik: not a setting; did you mean 'kafka_topic'?" in message
+    assert "metrics_port: Input should be greater than or equal to 0" in message
+    assert "METRICS_PORT" not in message
+    assert "kafka_properties.fetch.max.bytez: No such configuration property" in message
+    assert "unknown key 'display_nam'; did you mean 'display_name'?" in message
+    # An environment variable that overrides the file is named as the variable.
+    with pytest.raises(ConfigError, match="METRICS_PORT: Input should be"):
+        load(tmp_path, GOOD, {**ENV, "METRICS_PORT": "-1"})

@@ -28,10 +28,19 @@ def test_defaults() -> None:
 
 
 def test_kafka_cfg_passes_through_and_owned_settings_are_refused() -> None:
-    _, kafka = load_settings(
-        {**BASE, "KAFKA_CFG_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_CFG_SASL_MECHANISM": "PLAIN"}
-    )
-    assert kafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+    sasl = {
+        "KAFKA_CFG_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_CFG_SASL_MECHANISM": "PLAIN",
+        "KAFKA_CFG_SASL_USERNAME": "user",
+        "KAFKA_CFG_SASL_PASSWORD": "secret",
+    }
+    _, kafka = load_settings({**BASE, **sasl})
+    assert kafka == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "user",
+        "sasl.password": "secret",
+    }
     for name in ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "KAFKA_CFG_GROUP_ID"):
         with pytest.raises(ConfigError, match=name):
             load_settings({**BASE, name: "x"})
@@ -80,7 +89,7 @@ def test_every_setting_is_documented_in_help_and_readme() -> None:
     assert all(name in readme for name in documented)
 
 
-@pytest.mark.parametrize("value", [None, "false", "0"])
+@pytest.mark.parametrize("value", [None, "false", "False"])
 def test_privacy_acknowledgement_is_required(value: str | None) -> None:
     env = {k: v for k, v in BASE.items() if k != "OMNISEND_PRIVACY_ACKNOWLEDGED"}
     if value is not None:
@@ -117,3 +126,44 @@ def test_an_explicit_message_max_bytes_that_cannot_carry_max_value_bytes_is_refu
         {**BASE, "MAX_VALUE_BYTES": "500000", "KAFKA_CFG_MESSAGE_MAX_BYTES": "1000000"}
     )
     assert kafka["message.max.bytes"] == "1000000"
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "on", "0", "", "truthy"])
+def test_privacy_acknowledgement_is_a_deliberate_true_or_false(value: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"OMNISEND_PRIVACY_ACKNOWLEDGED: .*must be true or false"
+    ):
+        load_settings({**BASE, "OMNISEND_PRIVACY_ACKNOWLEDGED": value})
+
+
+def test_every_mistake_of_the_environment_is_reported_at_once() -> None:
+    env = {
+        "VALUE_FORMAT": "confluent",  # without a registry
+        "METRICS_PORT": "abc",
+        "OMNISEND_PRIVACY_ACKNOWLEDGED": "yes",
+        "KAFKA_CFG_FETCH_MAX_BYTEZ": "1000",
+        "KAFKA_CFG_FETCH_MAX_BYTES": "many",
+    }
+    with pytest.raises(ConfigError) as refused:
+        load_settings(env)
+    message = str(refused.value)
+    for named in (
+        "7 problems",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "METRICS_PORT",
+        "OMNISEND_PRIVACY_ACKNOWLEDGED",
+        "SCHEMA_REGISTRY_URL",
+        "OMNISEND_API_KEY",
+        "KAFKA_CFG_FETCH_MAX_BYTEZ (librdkafka fetch.max.bytez): No such configuration property",
+    ):
+        assert named in message
+    assert "fetch.max.bytes" in message.replace("fetch.max.bytez", "")
+
+
+def test_a_sasl_mechanism_this_librdkafka_lacks_is_refused_at_load() -> None:
+    with pytest.raises(ConfigError, match=r"security\.protocol=SASL_SSL: No provider for SASL"):
+        load_settings({**BASE, "KAFKA_CFG_SECURITY_PROTOCOL": "SASL_SSL"})
+    secret = {"KAFKA_CFG_SASL_PASSWORD": "hunter2", "KAFKA_CFG_SECURITY_PROTOCOL": "SASL_SSL"}
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**BASE, **secret, "KAFKA_CFG_SASL_MECHANISM": "SCRAM-SHA-512"})
+    assert "hunter2" not in str(refused.value)
