@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from types import FrameType
 from connector import __version__
 from connector.config import Config, load_config
 from connector.errors import ConfigError, Fatal
+from connector.reasons import REASONS
 from connector.runtime import tune_gc
 from connector.simulator.config import CURRENT_VERSION, RETIRED_VERSIONS, Faults, SimulatorConfig
 from connector.simulator.server import SimulatorServer
@@ -197,7 +199,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"omnisend-connector simulate: {exc}", file=sys.stderr)
         return 2
-    server = SimulatorServer(config, host=args.host, port=args.port)
+    try:
+        server = SimulatorServer(config, host=args.host, port=args.port)
+    except OSError as exc:
+        print(
+            f"omnisend-connector simulate: cannot listen on {args.host}:{args.port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -380,7 +390,10 @@ def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--reason",
         action="append",
         default=[],
-        help="replay only records dead-lettered for this reason; repeatable",
+        choices=sorted(REASONS),
+        metavar="REASON",
+        help="replay only records dead-lettered for this reason; repeatable "
+        f"({', '.join(sorted(REASONS))})",
     )
     _add_job_options(p)
     p.set_defaults(func=_cmd_replay_dlq)
@@ -428,8 +441,14 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         print(f"omnisend-connector backfill: {exc}", file=sys.stderr)
         return 2
     report = backfill(config, since_ms, args.share)
+    return _report(report, int(report["exitCode"]) or (0 if report["complete"] else 1))
+
+
+def _report(report: dict[str, object], code: int) -> int:
+    """Print a job's report, whose `exitCode` is the process's, and return it."""
+    report["exitCode"] = code
     print(json.dumps(report, indent=2))
-    return int(report["exitCode"]) or (0 if report["complete"] else 1)
+    return code
 
 
 def _cmd_replay_dlq(args: argparse.Namespace) -> int:
@@ -439,10 +458,9 @@ def _cmd_replay_dlq(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     report = replay_dlq(config, args.reason, args.share)
-    print(json.dumps(report, indent=2))
     if report["exitCode"]:
-        return int(report["exitCode"])
-    return 1 if report["failedAgain"] or not report["complete"] else 0
+        return _report(report, int(report["exitCode"]))
+    return _report(report, 1 if report["failedAgain"] or not report["complete"] else 0)
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
@@ -460,10 +478,9 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     except Fatal as exc:  # Omnisend refused the key, or kept failing
         print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, FatalApiError | WrongEndpoint) else 1
-    print(json.dumps(report, indent=2))
     drifted = any(t["missing"] or t["stale"] for e in report["exports"] for t in e["tags"])
     failed = any(e.get("repair", {}).get("failed") for e in report["exports"])
-    return 1 if failed or (drifted and not args.apply) else 0
+    return _report(report, 1 if failed or (drifted and not args.apply) else 0)
 
 
 def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -473,12 +490,14 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Generate SegmentMembershipChange events, keyed by profile_id.",
     )
     p.add_argument(
-        "--bootstrap-servers", default="127.0.0.1:9092", help="Kafka brokers (default %(default)s)"
+        "--bootstrap-servers",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        help="Kafka brokers (default: KAFKA_BOOTSTRAP_SERVERS if set, else 127.0.0.1:9092)",
     )
     p.add_argument(
         "--topic",
-        default="segment-membership",
-        help="topic (created if missing; default %(default)s)",
+        default=os.environ.get("KAFKA_TOPIC", "segment-membership"),
+        help="topic (created if missing; default: KAFKA_TOPIC if set, else segment-membership)",
     )
     p.add_argument(
         "--partitions",
@@ -541,15 +560,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )
     import os  # noqa: PLC0415
 
-    ends = produce(
-        args.bootstrap_servers,
-        args.topic,
-        options,
-        value_format=args.value_format,
-        registry_url=args.schema_registry_url,
-        partitions=args.partitions,
-        kafka=kafka_overrides(os.environ),
-    )
+    from confluent_kafka import KafkaException  # noqa: PLC0415
+
+    try:
+        ends = produce(
+            args.bootstrap_servers,
+            args.topic,
+            options,
+            value_format=args.value_format,
+            registry_url=args.schema_registry_url,
+            partitions=args.partitions,
+            kafka=kafka_overrides(os.environ),
+        )
+    except KafkaException as exc:
+        print(
+            f"omnisend-connector generate: cannot write to {args.topic} on "
+            f"{args.bootstrap_servers}: {exc.args[0].str()}",
+            file=sys.stderr,
+        )
+        return 5
     print(f"wrote {sum(ends.values())} events to {args.topic} ({len(ends)} partitions)")
     return 0
 
@@ -599,9 +628,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from confluent_kafka import KafkaException  # noqa: PLC0415 - keeps `--version` fast
+
     tune_gc()
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:  # found once running: a port in use, a job's missing topic
+        print(f"omnisend-connector {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KafkaException as exc:  # a job's metadata or offsets could not be read
+        print(f"omnisend-connector {args.command}: Kafka: {exc.args[0].str()}", file=sys.stderr)
+        return 5
     return result
 
 

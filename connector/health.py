@@ -10,6 +10,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from connector.errors import ConfigError
+
 Check = Callable[[], tuple[bool, dict[str, Any]]]
 
 
@@ -53,7 +55,13 @@ class HealthServer:
     def __init__(
         self, registry: CollectorRegistry, health: Check, ready: Check, host: str, port: int
     ) -> None:
-        self._server = _Server((host, port), registry, health, ready)
+        try:
+            self._server = _Server((host, port), registry, health, ready)
+        except OSError as exc:
+            raise ConfigError(
+                f"METRICS_PORT {port} on {host or '*'}: {exc.strerror or exc} "
+                "(another process holds it, or the address is not this machine's)"
+            ) from None
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.1,), name="metrics", daemon=True

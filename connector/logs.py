@@ -9,8 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
+import re
 import secrets
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -36,13 +40,41 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     )
 
 
+# A librdkafka remark said again within this long is counted, not written.
+REPEAT_EVERY_S = 30.0
+
+
 class _ToStructlog(logging.Handler):
-    """Hands librdkafka's own log lines to structlog, so they come out as the same JSON."""
+    """Hands librdkafka's own log lines to structlog, so they come out as the same JSON, at
+    warning level at most (what is fatal also reaches the error callback), each remark once
+    and then, while it repeats, a count every `REPEAT_EVERY_S`: an unreachable broker makes
+    librdkafka say the same thing many times a second."""
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._now = now
+        self._seen: dict[str, tuple[float, int]] = {}  # remark → (last written, held since)
 
     def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        key = _VARYING.sub("#", message)
+        now = self._now()
+        written, held = self._seen.get(key, (-math.inf, 0))
+        if now - written < REPEAT_EVERY_S:
+            self._seen[key] = (written, held + 1)
+            return
+        if len(self._seen) > _MAX_REMARKS:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        extra = {"repeated": held} if held else {}
         structlog.get_logger("librdkafka").log(
-            record.levelno, "librdkafka", message=record.getMessage()
+            min(record.levelno, logging.WARNING), "librdkafka", message=message, **extra
         )
+
+
+# Numbers (durations, counts, ports) vary between repeats of one remark.
+_VARYING = re.compile(r"\d+")
+_MAX_REMARKS = 1000
 
 
 def kafka_logger() -> logging.Logger:

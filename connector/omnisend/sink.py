@@ -364,10 +364,12 @@ class OmnisendSink:
             raise
         except Exception as exc:
             if generation == self._generation and self.fatal is None:
-                log.exception("sink_task_failed")
+                # Stop first, then say why: saying it may fail too (a closed stderr).
                 self.fatal = Crashed(
                     f"an Omnisend request failed unexpectedly: {type(exc).__name__}: {exc}"
                 )
+                with contextlib.suppress(Exception):
+                    log.exception("sink_task_failed")
         finally:
             Budget.answered(_SLOT.get(), self.clock.now())  # no answer (cancelled): from now
             self._poke()

@@ -93,6 +93,7 @@ def test_pod_runs_non_root_read_only_without_privileges(base: list[Doc]) -> None
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False  # no KAFKA_PORT=tcp://... from Services
     security = _container(find(base, "Deployment"))["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False

@@ -233,3 +233,30 @@ def test_reconcile_repairs_a_lost_tag_with_the_contact_s_latest_fields(
         contact = contacts[f"c{i}@x.io"]
         assert sorted(contact["tags"]) == ["segment: A", "segment: B"]
         assert contact["city"] == "Kaunas"
+
+
+def test_a_job_whose_topic_does_not_exist_is_a_configuration_error(
+    broker: Broker, sim: SimulatorServer
+) -> None:
+    env = connector_env(broker, f"missing-{time.monotonic_ns()}", sim)
+    for args in (("backfill", "--since", "1h"), ("replay-dlq",), ("reconcile",)):
+        result = subprocess.run(
+            [sys.executable, "-m", "connector.cli", *args],
+            env={"PATH": os.environ["PATH"], **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 2, (args, result.stderr)
+        assert "does not exist" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_job_reports_the_exit_code_of_its_process(broker: Broker, sim: SimulatorServer) -> None:
+    topic = f"jobs-{time.monotonic_ns()}"
+    ensure_topic(broker.bootstrap, {}, topic, 3)
+    produce_events(broker.bootstrap, topic, [event("a@example.com", segment_name="vip")])
+    code, report, _ = job(connector_env(broker, topic, sim), "reconcile")
+    assert code == 1  # drift found, not repaired
+    assert report["exitCode"] == code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -55,3 +56,37 @@ def test_check_prints_each_problem_as_a_fail_line_and_warns_of_near_misses() -> 
         done.stderr
     )
     assert done.returncode == 2
+
+
+def test_a_port_in_use_is_a_configuration_error() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        done = cli("run", env={**GOOD, "METRICS_HOST": "127.0.0.1", "METRICS_PORT": port})
+        assert done.returncode == 2
+        assert f"METRICS_PORT {port} on 127.0.0.1: Address already in use" in done.stderr
+        assert "Traceback" not in done.stderr
+        done = cli("simulate", "--port", port, env={})
+        assert done.returncode == 2
+        assert "cannot listen on 127.0.0.1" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_a_job_with_an_unknown_reason_or_an_unreachable_broker_says_so() -> None:
+    done = cli("replay-dlq", "--reason", "nope", env=GOOD)
+    assert done.returncode == 2
+    assert "invalid choice: 'nope'" in done.stderr
+    done = cli("backfill", "--since", "1h", env=GOOD)
+    assert done.returncode == 5
+    assert "Kafka: Failed to get metadata" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("Connection refused") <= 2  # collapsed, not one line a retry
+
+
+def test_generate_takes_the_broker_and_topic_from_the_environment() -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "KAFKA_TOPIC": "from-env"}
+    done = cli("generate", "--count", "1", env=env)
+    assert done.returncode == 5
+    assert "cannot write to from-env on 127.0.0.1:1:" in done.stderr  # not 127.0.0.1:9092
+    assert "Traceback" not in done.stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import logging
 
 import pytest
+import structlog.testing
 
 from connector import cli
 from connector.runtime import GC_THRESHOLDS
@@ -16,3 +18,21 @@ def test_the_command_line_collects_cycles_rarely(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert thresholds == [GC_THRESHOLDS]
+
+
+def test_librdkafka_remarks_are_collapsed_to_one_then_a_count_at_warning_level() -> None:
+    from connector.logs import REPEAT_EVERY_S, _ToStructlog  # noqa: PLC0415
+
+    clock = [0.0]
+    handler = _ToStructlog(now=lambda: clock[0])
+    fail = "FAIL [thrd:127.0.0.1:{port}/bootstrap]: Connect failed (after {ms}ms in state CONNECT)"
+    with structlog.testing.capture_logs() as lines:
+        for i in range(500):
+            clock[0] = i * 0.01  # 5 s of a broker that refuses
+            text = fail.format(port=1, ms=i)
+            handler.emit(logging.LogRecord("k", logging.ERROR, "", 0, text, (), None))
+        clock[0] = REPEAT_EVERY_S + 1
+        text = fail.format(port=1, ms=7)
+        handler.emit(logging.LogRecord("k", logging.ERROR, "", 0, text, (), None))
+    assert [line.get("repeated") for line in lines] == [None, 499]
+    assert {line["log_level"] for line in lines} == {"warning"}
