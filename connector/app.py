@@ -45,7 +45,12 @@ from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.sink import OmnisendSink, SinkConfig
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
-from connector.readiness import Readiness, broker_reachable, omnisend_credentials
+from connector.readiness import (
+    Readiness,
+    broker_reachable,
+    check_at_start,
+    omnisend_credentials,
+)
 from connector.registry import RegistryClient
 from connector.settings import Settings, dlq_message_max_bytes
 from connector.simulator.transport import SimulatorTransport
@@ -155,6 +160,10 @@ def running(
     assigned partitions, commits nothing, counts instead of dead-lettering, serves no port."""
     config = settings if isinstance(settings, Config) else Config.single(settings, kafka or {})
     settings, kafka = config.settings, config.kafka
+    # A refused key stops the start before the group is joined: nothing consumed, nothing
+    # dead-lettered. Jobs check theirs as they go; a dry run sends nothing.
+    live = not dry_run and job is None
+    credentials = check_at_start(_keys(config)) if live else None
     clock = clock or SystemClock()
     dry = DryRun(dry_simulator(clock, list(config.connections))) if dry_run else None
     group_id = settings.kafka_group_id
@@ -231,7 +240,9 @@ def running(
     )
 
     # A job serves no probes: it needs neither readiness checks nor a port.
-    readiness = None if job is not None else _readiness(config, pipeline, metrics, dry is None)
+    readiness = (
+        None if job is not None else _readiness(config, pipeline, metrics, live, credentials)
+    )
     health = None if readiness is None else _health(settings, pipeline, metrics, readiness)
     try:
         yield Running(pipeline, sinks, metrics, health, dry, counted)
@@ -243,8 +254,18 @@ def running(
         producer.flush(5)
 
 
+def _keys(config: Config) -> dict[str, tuple[str, str]]:
+    return {
+        name: (c.base_url, c.api_key.get_secret_value()) for name, c in config.connections.items()
+    }
+
+
 def _readiness(
-    config: Config, pipeline: Pipeline, metrics: Metrics, check_credentials: bool
+    config: Config,
+    pipeline: Pipeline,
+    metrics: Metrics,
+    check_credentials: bool,
+    credentials: bool | None,
 ) -> Readiness:
     settings = config.settings
     admin = AdminClient(admin_config(settings.kafka_bootstrap_servers, config.kafka))
@@ -255,6 +276,8 @@ def _readiness(
         on_tick=lag_updater(
             admin, lambda: (pipeline.assigned, pipeline.committed()), metrics.consumer_lag
         ),
+        credentials_ok=credentials,
+        credentials_required=check_credentials,
     ).start()
 
 
@@ -270,7 +293,7 @@ def _health(
     def ready() -> tuple[bool, dict[str, Any]]:
         # Backpressure is no reason to be unready; an unreachable broker, refused credentials
         # or a fatal error are. Not yet checked counts as ready.
-        ok = readiness.broker_ok is not False and readiness.credentials_ok is not False
+        ok = readiness.broker_ok is not False and readiness.credentials_ready
         ok = ok and not pipeline.broker_down and pipeline.fatal is None
         return ok, {
             "broker_reachable": readiness.broker_ok,

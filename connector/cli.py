@@ -637,6 +637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # found once running: a port in use, a job's missing topic
         print(f"omnisend-connector {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Fatal as exc:  # before the loop ran: Omnisend refused the credentials at start
+        print(f"omnisend-connector {args.command}: {exc}", file=sys.stderr)
+        return 3
     except KafkaException as exc:  # a job's metadata or offsets could not be read
         print(f"omnisend-connector {args.command}: Kafka: {exc.args[0].str()}", file=sys.stderr)
         return 5

@@ -10,15 +10,44 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from connector.errors import Fatal
 from connector.omnisend.credentials import verify_credentials
 
 log = structlog.get_logger("connector.readiness")
 
 # librdkafka's metadata request gives up after this; a probe every few seconds is plenty.
 BROKER_CHECK_TIMEOUT_S = 5.0
+
+
+class CredentialsRefused(Fatal):
+    """Omnisend refused a connection's credentials at start: a human must act (exit 3)."""
+
+
+def check_at_start(connections: dict[str, tuple[str, str]], timeout_s: float = 10.0) -> bool | None:
+    """Every connection's credentials, checked at once before anything is consumed: True when
+    all were accepted, None when Omnisend did not answer for some (start anyway, not ready for
+    Omnisend until it does); `CredentialsRefused` naming each refused one."""
+    if not connections:
+        return True
+    with ThreadPoolExecutor(max_workers=min(32, len(connections))) as pool:
+        verdicts = dict(
+            zip(
+                connections,
+                pool.map(lambda c: verify_credentials(c[0], c[1], timeout_s), connections.values()),
+                strict=True,
+            )
+        )
+    refused = [f"connection '{name}': {v.detail}" for name, v in verdicts.items() if v.ok is False]
+    if refused:
+        raise CredentialsRefused("Omnisend refused the credentials: " + "; ".join(refused))
+    silent = [name for name, v in verdicts.items() if v.ok is None]
+    for name in silent:
+        log.warning("omnisend_unreachable_at_start", connection=name, detail=verdicts[name].detail)
+    return None if silent else True
 
 
 class Readiness:
@@ -30,15 +59,26 @@ class Readiness:
         credential_interval_s: float = 600.0,
         on_broker_ok: Callable[[], None] | None = None,
         on_tick: Callable[[], None] | None = None,
+        credentials_ok: bool | None = None,
+        credentials_required: bool = False,
     ) -> None:
         self._on_broker_ok = on_broker_ok or (lambda: None)
         self._on_tick = on_tick or (lambda: None)
         self._broker_check, self._credential_check = broker_check, credential_check
         self._broker_interval, self._credential_interval = broker_interval_s, credential_interval_s
         self.broker_ok: bool | None = None  # None: not checked yet
-        self.credentials_ok: bool | None = None
+        # The verdict of the check at start, if any; None: none yet.
+        self.credentials_ok: bool | None = credentials_ok
+        # Ready only with a verdict: Omnisend unreachable at start is not ready for it.
+        self.credentials_required = credentials_required
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="readiness", daemon=True)
+
+    @property
+    def credentials_ready(self) -> bool:
+        if self.credentials_required:
+            return self.credentials_ok is True
+        return self.credentials_ok is not False
 
     def start(self) -> Readiness:
         self._thread.start()
@@ -49,7 +89,9 @@ class Readiness:
         self._thread.join(timeout=BROKER_CHECK_TIMEOUT_S + 1)
 
     def _run(self) -> None:
-        next_credentials = 0.0
+        # Checked at start already: the next check is one interval away.
+        checked = self.credentials_ok is not None
+        next_credentials = time.monotonic() + self._credential_interval if checked else 0.0
         while not self._stop.is_set():
             self.broker_ok = self._broker_check()
             if self.broker_ok:
@@ -59,7 +101,9 @@ class Readiness:
                 verdict = self._credential_check()
                 if verdict is not None:  # None: Omnisend did not answer; keep the last verdict
                     self.credentials_ok = verdict
-                next_credentials = time.monotonic() + self._credential_interval
+                # Without any verdict yet, ask again at the next turn, not in ten minutes.
+                waited = self._credential_interval if self.credentials_ok is not None else 0.0
+                next_credentials = time.monotonic() + waited
             self._stop.wait(self._broker_interval)
 
 

@@ -1,5 +1,6 @@
 """/healthz and /readyz of a running connector: ready while the broker answers, not ready while
-it is down, ready again after; refused credentials make it unready without a call per probe."""
+it is down, ready again after; refused credentials stop the start; an Omnisend that does not
+answer at start makes it unready until it does, without a call per probe."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from connector.app import running
 from connector.broker import Broker, free_port
+from connector.readiness import CredentialsRefused
 from connector.settings import load_settings
-from connector.simulator import SimulatorServer
+from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.conftest import connector_env
 
 
@@ -66,14 +69,25 @@ def test_credential_check_is_cached(broker: Broker, sim: SimulatorServer) -> Non
         assert sum(calls.values()) == 1
 
 
-def test_refused_credentials_make_it_unready(broker: Broker, sim: SimulatorServer) -> None:
-    port = free_port()
-    env = connector_env(
-        broker, "cred-topic-2", sim, METRICS_PORT=str(port), OMNISEND_API_KEY="wrong"
-    )
+def test_refused_credentials_stop_the_start(broker: Broker, sim: SimulatorServer) -> None:
+    env = connector_env(broker, "cred-topic-2", sim, OMNISEND_API_KEY="wrong")
     settings, kafka = load_settings(env)
+    with pytest.raises(CredentialsRefused, match="connection 'default'") as refused:  # noqa: SIM117
+        with running(settings, kafka):
+            pass
+    assert "wrong" not in str(refused.value)
+
+
+def test_omnisend_unreachable_at_start_is_not_ready_until_it_answers(broker: Broker) -> None:
+    metrics, omnisend = free_port(), free_port()
+    with SimulatorServer(SimulatorConfig(time_scale=0.1), port=omnisend) as sim:
+        env = connector_env(broker, "cred-topic-3", sim, METRICS_PORT=str(metrics))
+    # The simulator is gone: Omnisend does not answer at start.
+    settings, kafka = load_settings(env)
+    readyz = f"http://127.0.0.1:{metrics}/readyz"
     with running(settings, kafka):
-        wait_for(f"http://127.0.0.1:{port}/readyz", 503, 30)
-        body = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
-        assert body["credentials_valid"] is False
-        assert "wrong" not in str(body)
+        wait_for(readyz, 503, 30)
+        assert httpx.get(readyz).json()["credentials_valid"] is None
+        with SimulatorServer(SimulatorConfig(time_scale=0.1), port=omnisend):
+            wait_for(readyz, 200, 30)  # asked again at the next turn, not in ten minutes
+        assert httpx.get(readyz).json()["credentials_valid"] is True

@@ -1,0 +1,63 @@
+"""The readiness verdicts: a key refused after a good start makes the connector unready; with
+no verdict yet, a connector that needs one is not ready and asks again soon."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from connector.readiness import Readiness
+
+
+def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_key_refused_later_makes_it_unready() -> None:
+    verdicts = iter([False])
+    readiness = Readiness(
+        lambda: True,
+        lambda: next(verdicts, False),
+        broker_interval_s=0.01,
+        credential_interval_s=0.05,
+        credentials_ok=True,  # accepted at start
+        credentials_required=True,
+    )
+    assert readiness.credentials_ready
+    readiness.start()
+    try:
+        assert until(lambda: not readiness.credentials_ready)
+    finally:
+        readiness.stop()
+
+
+def test_without_a_verdict_it_is_not_ready_and_asks_again_soon() -> None:
+    asked: list[float] = []
+
+    def check() -> bool | None:
+        asked.append(time.monotonic())
+        return None if len(asked) < 3 else True
+
+    readiness = Readiness(
+        lambda: True,
+        check,
+        broker_interval_s=0.01,
+        credential_interval_s=600.0,
+        credentials_required=True,
+    )
+    assert not readiness.credentials_ready
+    readiness.start()
+    try:
+        assert until(lambda: readiness.credentials_ready)  # not ten minutes later
+    finally:
+        readiness.stop()
+    assert len(asked) == 3
+
+
+def test_a_dry_run_needs_no_verdict() -> None:
+    assert Readiness(lambda: True, lambda: None).credentials_ready
