@@ -100,6 +100,18 @@ def make_decoder(settings: Settings) -> Decoder:
     return ConfluentDecoder(RegistryClient(http, settings.schema_registry_url or ""))
 
 
+def brand_budget(settings: Settings, connection: Connection) -> Budget:
+    """A connection's budget: its brand's limits, the window and the headroom."""
+    return Budget(
+        BudgetConfig(
+            requests_per_window=connection.rate_limit_per_minute,
+            tag_requests_per_window=connection.tag_rate_limit_per_minute,
+            window_s=settings.rate_limit_window_s,
+            headroom=settings.rate_limit_headroom,
+        )
+    )
+
+
 def make_sink(
     settings: Settings,
     connection: Connection,
@@ -109,14 +121,7 @@ def make_sink(
     exports: tuple[int, ...] = (0,),
 ) -> OmnisendSink:
     """The sink of one connection: its own client and its own share of its brand's budget."""
-    budget = Budget(
-        BudgetConfig(
-            requests_per_window=connection.rate_limit_per_minute,
-            tag_requests_per_window=connection.tag_rate_limit_per_minute,
-            window_s=settings.rate_limit_window_s,
-            headroom=settings.rate_limit_headroom,
-        )
-    )
+    budget = brand_budget(settings, connection)
     config = SinkConfig(
         upsert_linger_s=settings.upsert_linger_s,
         tag_linger_s=settings.tag_linger_s,
@@ -239,6 +244,7 @@ def running(
         email_hash=hasher,
     )
 
+    _announce(config, group_id, pipeline, metrics, dry_run if job is None else None)
     # A job serves no probes: it needs neither readiness checks nor a port.
     readiness = (
         None if job is not None else _readiness(config, pipeline, metrics, live, credentials)
@@ -252,6 +258,69 @@ def running(
         if health is not None:
             health.close()
         producer.flush(5)
+
+
+def _announce(
+    config: Config, group_id: str, pipeline: Pipeline, metrics: Metrics, dry_run: bool | None
+) -> None:
+    """The start banner (not for a job, `dry_run` None), and the progress line's fields."""
+    pipeline.progress_fields = lambda: _progress_fields(metrics)
+    if dry_run is not None:
+        _banner(config, group_id, dry_run)
+
+
+def _banner(config: Config, group_id: str, dry_run: bool) -> None:
+    """What this process is about to do, in one line."""
+    settings = config.settings
+    connections = []
+    for name, c in config.connections.items():
+        requests, tag_calls = brand_budget(settings, c).limits()
+        connections.append(
+            {
+                "name": name,
+                "base_url": c.base_url,
+                "budget": f"{requests} requests, {tag_calls} tag calls "
+                f"per {settings.rate_limit_window_s:g} s before sharing",
+            }
+        )
+    log.info(
+        "starting",
+        version=__version__,
+        mode="dry run" if dry_run else "live",
+        topic=settings.kafka_topic,
+        group=group_id,
+        value_format=settings.value_format,
+        connections=connections,
+        exports=[
+            {
+                "name": e.name,
+                "connection": e.connection,
+                "segments": "all" if e.segments is None else sorted(e.segments),
+            }
+            for e in config.exports
+        ],
+    )
+
+
+def _progress_fields(metrics: Metrics) -> dict[str, Any]:
+    """Lag, budget use and 429s for the minutely `progress` line, from the metrics."""
+
+    def total(metric: Any, suffix: str = "", label: str | None = None) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name.endswith(suffix):
+                    key = sample.labels.get(label, "") if label else ""
+                    sums[key] = sums.get(key, 0.0) + sample.value
+        return sums
+
+    used = total(metrics.budget_used, label="window")
+    limit = total(metrics.budget_limit, label="window")
+    return {
+        "lag": int(total(metrics.consumer_lag).get("", 0)),
+        "budget_used": {w: f"{int(used[w])}/{int(limit.get(w, 0))}" for w in sorted(used)},
+        "rate_limited": int(total(metrics.rate_limited, "_total").get("", 0)),
+    }
 
 
 def _keys(config: Config) -> dict[str, tuple[str, str]]:
@@ -295,7 +364,9 @@ def _health(
         # or a fatal error are. Not yet checked counts as ready.
         ok = readiness.broker_ok is not False and readiness.credentials_ready
         ok = ok and not pipeline.broker_down and pipeline.fatal is None
+        ok = ok and pipeline.assignment_seen  # the group has answered (an empty answer counts)
         return ok, {
+            "assignment_received": pipeline.assignment_seen,
             "broker_reachable": readiness.broker_ok,
             "credentials_valid": readiness.credentials_ok,
             "broker_down": pipeline.broker_down,

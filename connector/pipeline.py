@@ -38,6 +38,8 @@ EXIT_CONFIG = 2
 EXIT_OMNISEND_FATAL = 3
 EXIT_DLQ_LIMIT = 4
 EXIT_KAFKA_FATAL = 5
+# While no partitions were assigned yet, say so this often.
+WAITING_EVERY_S = 10.0
 
 CONSUME_BATCH = 500
 # Poll briefly while work is in flight so fates are collected promptly; longer when idle.
@@ -88,6 +90,7 @@ class PipelineConfig:
     dedupe_cache_size: int = 200_000
     registry_retry_s: float = 1.0
     dlq_max_invalid_share: float = 0.5
+    progress_every_s: float = 60.0  # the `progress` log line
     dlq_window_records: int = 1000
     commit: bool = True  # False in a dry run: offsets are tracked, never committed
     # Tools (backfill, replay): read these partitions from these offsets, without joining the
@@ -138,6 +141,14 @@ class Pipeline:
         self.broker_down = False  # set by the Kafka error callback, cleared by any answer
         self.last_step_at = time.monotonic()
         self.assigned_at: float | None = None  # monotonic time of the first assignment
+        # The first assignment callback ran (an empty assignment counts: a standby is ready).
+        self.assignment_seen = False
+        self._share_due = False  # an assignment's budget share is still to be worked out
+        # Extra fields of the minutely progress line (lag, budget use, 429s), from the app.
+        self.progress_fields: Callable[[], dict[str, Any]] = dict
+        self._started_at = clock.now()
+        self._said_waiting_at = clock.now()
+        self._progress_at = clock.now() + config.progress_every_s
         self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
         self._recent = InvalidShare(config.dlq_window_records)
 
@@ -156,6 +167,7 @@ class Pipeline:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
+            log.info("waiting_for_assignment", topic=self.config.topic)
         try:
             while not stop.is_set() and self.fatal is None:
                 self.step()
@@ -171,6 +183,8 @@ class Pipeline:
         self._check_fatal()
         busy = bool(self._records)
         messages = self._consumer.consume(CONSUME_BATCH, BUSY_POLL_S if busy else IDLE_POLL_S)
+        if self._share_due:
+            self._apply_share()
         if messages:
             self.broker_down = False
         if self._held:
@@ -185,8 +199,27 @@ class Pipeline:
         self._collect()
         self._dlq.poll()
         self._backpressure()
-        if self._clock.now() - self._last_commit >= self.config.commit_interval_s:
+        now = self._clock.now()
+        if now - self._last_commit >= self.config.commit_interval_s:
             self._commit()
+        self._report(now)
+
+    def _report(self, now: float) -> None:
+        """A line while the group has not assigned anything yet, and a summary every minute."""
+        if not self.assignment_seen and now - self._said_waiting_at >= WAITING_EVERY_S:
+            self._said_waiting_at = now
+            waited = round(now - self._started_at)
+            log.info("waiting_for_assignment", topic=self.config.topic, waited_s=waited)
+        if now >= self._progress_at:
+            self._progress_at = now + self.config.progress_every_s
+            log.info(
+                "progress",
+                **self.stats,
+                in_flight=len(self._records),
+                partitions=len(self._assigned),
+                paused=self._paused,
+                **self.progress_fields(),
+            )
 
     def _shutdown(self) -> None:
         if self.fatal is None:
@@ -464,6 +497,7 @@ class Pipeline:
     # ---- rebalancing (called from inside consume) ----------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.assignment_seen = True
         self._assigned = [(p.topic, p.partition) for p in partitions]
         if self.assigned_at is None and partitions:
             self.assigned_at = time.monotonic()
@@ -471,16 +505,21 @@ class Pipeline:
         if partitions:
             consumer.resume(partitions)
         self._paused = False
-        total = topic_partitions(consumer, self.config.topic)
-        share = len(partitions) / total if total else 1.0
+        # The budget share needs the topic's partition count: asked after `consume` returns,
+        # not in here. A blocking consumer call inside a callback ends confluent-kafka's call
+        # state for this thread, and the next callback of the same `consume` then aborts the
+        # process (its `CallState_get` assertion), e.g. when a broker comes back.
+        self._share_due = True
+        log.info("assigned", partitions=len(partitions))
+
+    def _apply_share(self) -> None:
+        """This replica's share of the brand budget, from its partitions of the topic."""
+        self._share_due = False
+        total = topic_partitions(self._consumer, self.config.topic)
+        share = len(self._assigned) / total if total else 1.0
         if self.config.assignment is None:  # a tool's share is set by the tool
             self._sink.reassign_budget(share)
-        log.info(
-            "assigned",
-            partitions=len(partitions),
-            topic_partitions=total,
-            budget_share=round(share, 3),
-        )
+        log.info("budget_share", topic_partitions=total, budget_share=round(share, 3))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         if not self._closing and self.fatal is None:

@@ -12,6 +12,7 @@ import pytest
 
 from connector.app import running
 from connector.broker import Broker, free_port
+from connector.kafka import ensure_topic
 from connector.readiness import CredentialsRefused
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
@@ -33,15 +34,19 @@ def wait_for(url: str, status: int, timeout_s: float) -> float:
 def test_readyz_follows_the_broker(sim: SimulatorServer) -> None:
     port = free_port()
     broker = Broker(port=free_port()).start()
+    ensure_topic(broker.bootstrap, {}, "ready-topic", 2)
     env = connector_env(broker, "ready-topic", sim, METRICS_PORT=str(port))
     settings, kafka = load_settings(env)
     stop = threading.Event()
     try:
         with running(settings, kafka) as parts:
+            url = f"http://127.0.0.1:{port}"
+            # Not ready before the group has assigned partitions, and the body says so.
+            wait_for(f"{url}/readyz", 503, 30)
+            assert httpx.get(f"{url}/readyz").json()["assignment_received"] is False
             runner = threading.Thread(target=parts.pipeline.run, args=(stop,))
             runner.start()
             try:
-                url = f"http://127.0.0.1:{port}"
                 wait_for(f"{url}/readyz", 200, 30)
                 assert httpx.get(f"{url}/healthz").status_code == 200
                 broker.kill()
@@ -62,7 +67,11 @@ def test_credential_check_is_cached(broker: Broker, sim: SimulatorServer) -> Non
         connector_env(broker, "cred-topic", sim, METRICS_PORT=str(port))
     )
     with running(settings, kafka):
-        wait_for(f"http://127.0.0.1:{port}/readyz", 200, 30)
+        readyz = f"http://127.0.0.1:{port}/readyz"
+        deadline = time.monotonic() + 30
+        while httpx.get(readyz).json()["credentials_valid"] is not True:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         for _ in range(10):
             httpx.get(f"http://127.0.0.1:{port}/readyz")
         calls = httpx.get(f"{sim.url}/_sim/stats").json()["requests"]["GET /contacts"]
@@ -89,5 +98,7 @@ def test_omnisend_unreachable_at_start_is_not_ready_until_it_answers(broker: Bro
         wait_for(readyz, 503, 30)
         assert httpx.get(readyz).json()["credentials_valid"] is None
         with SimulatorServer(SimulatorConfig(time_scale=0.1), port=omnisend):
-            wait_for(readyz, 200, 30)  # asked again at the next turn, not in ten minutes
-        assert httpx.get(readyz).json()["credentials_valid"] is True
+            deadline = time.monotonic() + 30  # asked again at the next turn, not in 10 minutes
+            while httpx.get(readyz).json()["credentials_valid"] is not True:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
