@@ -30,7 +30,7 @@ def write_rules(directory: Path) -> Path:
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     result = promtool("check", "rules", str(write_rules(tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 rules found" in result.stdout
+    assert "7 rules found" in result.stdout
 
 
 def test_every_alert_has_a_unit_test() -> None:
@@ -61,3 +61,15 @@ def test_alert_unit_tests_can_fail(tmp_path: Path) -> None:
     result = promtool("test", "rules", str(tmp_path / "alerts.test.yaml"))
     assert result.returncode != 0
     assert "OmnisendConnectorLagGrowing" in result.stdout + result.stderr
+
+
+def test_every_alert_has_a_runbook_in_the_readme() -> None:
+    groups = yaml.safe_load(RULE.read_text())["spec"]["groups"]
+    readme = (HERE.parents[1] / "README.md").read_text()
+    headings = {
+        line.lstrip("#").strip().lower() for line in readme.splitlines() if line.startswith("#")
+    }
+    for rule in (r for group in groups for r in group["rules"]):
+        url = rule["annotations"]["runbook_url"]
+        assert url.endswith("README.md#" + rule["alert"].lower()), url
+        assert rule["alert"].lower() in headings, f"no README section for {rule['alert']}"
