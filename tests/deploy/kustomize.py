@@ -48,9 +48,17 @@ def _transform(kustomization: Doc, docs: list[Doc]) -> None:
                     _apply(doc, op)
 
 
+def pod_spec(doc: Doc) -> Doc:
+    """The pod spec of a Deployment, a Job or a CronJob (empty for other kinds)."""
+    spec = doc.get("spec", {})
+    if doc.get("kind") == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    pod: Doc = spec.get("template", {}).get("spec", {})
+    return pod
+
+
 def _containers(doc: Doc) -> list[Doc]:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-    containers: list[Doc] = spec.get("containers", [])
+    containers: list[Doc] = pod_spec(doc).get("containers", [])
     return containers
 
 

@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 
 from connector.errors import ConfigError
 from connector.settings import SETTINGS_HELP, load_settings
-from tests.deploy.kustomize import Doc, build, find
+from tests.deploy.kustomize import Doc, build, find, pod_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,7 +38,7 @@ def keda() -> list[Doc]:
     return build(DEPLOY / "overlays" / "keda")
 
 
-@pytest.mark.parametrize("overlay", ["base", "overlays/keda"])
+@pytest.mark.parametrize("overlay", ["base", "overlays/keda", "jobs"])
 def test_every_manifest_is_valid(overlay: str) -> None:
     docs = build(DEPLOY / overlay)
     assert docs
@@ -198,3 +198,38 @@ def test_image_dependencies_are_pinned_within_the_project_ranges() -> None:
         name = requirement.name.lower().replace("_", "-")
         assert name in pins, f"{name} is not pinned in deploy/requirements.txt"
         assert requirement.specifier.contains(pins[name]), dependency
+
+
+def test_jobs_share_the_base_configuration_and_key_and_run_the_cli(base: list[Doc]) -> None:
+    from connector.cli import build_parser  # noqa: PLC0415
+
+    jobs = build(DEPLOY / "jobs")
+    live = pod_spec(find(base, "Deployment"))
+    (live_container,) = live["containers"]
+    assert {d["kind"] for d in jobs} == {"Job", "CronJob"}
+    commands = set()
+    for doc in jobs:
+        pod = pod_spec(doc)
+        (container,) = pod["containers"]
+        assert container["envFrom"] == live_container["envFrom"]  # the base's ConfigMap
+        assert pod["volumes"][0] == live["volumes"][0]  # the base's Secret
+        assert container["image"] == live_container["image"]
+        assert pod["restartPolicy"] == "Never"
+        assert "ports" not in container  # a job serves no probes
+        args = build_parser().parse_args(container["args"])  # the image's entrypoint is the CLI
+        commands.add(args.command)
+    assert commands == {"backfill", "replay-dlq", "reconcile"}
+    cron = find(jobs, "CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert pod_spec(cron)["containers"][0]["args"] == ["reconcile", "--apply"]
+
+
+def test_network_policy_opens_the_metrics_port_and_the_connectors_egress(base: list[Doc]) -> None:
+    policy = find(base, "NetworkPolicy")["spec"]
+    pod_labels = find(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == ["metrics"]
+    egress = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert {(53, "UDP"), (53, "TCP"), (9092, "TCP"), (8081, "TCP"), (443, "TCP")} <= egress
+    omnisend = next(r for r in policy["egress"] if any(p["port"] == 443 for p in r["ports"]))
+    assert omnisend["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
