@@ -4,6 +4,7 @@ make to the connector (probes, ports, the Secret, shutdown time) checked against
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def keda() -> list[Doc]:
     return build(DEPLOY / "overlays" / "keda")
 
 
-@pytest.mark.parametrize("overlay", ["base", "overlays/keda", "jobs"])
+@pytest.mark.parametrize("overlay", ["base", "overlays/keda", "overlays/multi-export", "jobs"])
 def test_every_manifest_is_valid(overlay: str) -> None:
     docs = build(DEPLOY / overlay)
     assert docs
@@ -233,3 +234,67 @@ def test_network_policy_opens_the_metrics_port_and_the_connectors_egress(base: l
     assert {(53, "UDP"), (53, "TCP"), (9092, "TCP"), (8081, "TCP"), (443, "TCP")} <= egress
     omnisend = next(r for r in policy["egress"] if any(p["port"] == 443 for p in r["ports"]))
     assert omnisend["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+
+
+def test_the_multi_export_overlay_mounts_what_its_file_names(
+    base: list[Doc], tmp_path: Path
+) -> None:
+    from connector.cli import build_parser  # noqa: PLC0415
+    from connector.config import load_config  # noqa: PLC0415
+
+    docs = build(DEPLOY / "overlays" / "multi-export")
+    pod = pod_spec(find(docs, "Deployment"))
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["args"])  # works with the image's entrypoint
+    assert args.command == "run"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (exports,) = [d for d in docs if d["kind"] == "ConfigMap" and "connector.toml" in d["data"]]
+    config_volume = next(n for n, v in volumes.items() if "configMap" in v)
+    assert volumes[config_volume]["configMap"]["name"] == exports["metadata"]["name"]
+    assert str(args.config) == f"{mounts[config_volume]}/connector.toml"
+    text = exports["data"]["connector.toml"]
+    secret_dirs = {mounts[n] for n, v in volumes.items() if "secret" in v}
+    for line in text.splitlines():
+        if line.startswith("api_key_file"):
+            path = line.split('"')[1]
+            assert path.rsplit("/", 1)[0] in secret_dirs, f"{path} is not mounted"
+            key = tmp_path / path.strip("/").replace("/", "_")
+            key.write_text("k")
+            text = text.replace(path, str(key))
+    file = tmp_path / "connector.toml"
+    # The operator acknowledges the transfer; the base's ConfigMap is the environment.
+    file.write_text(text.replace("privacy_acknowledged = false", "privacy_acknowledged = true"))
+    config = load_config(file, _config(base))
+    assert sorted(config.connections) == ["eu-store", "us-store"]
+    assert [e.name for e in config.exports] == ["vip-eu", "geo-eu", "everything-us"]
+
+
+SERVICE_MONITOR_OVERLAY = """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {base}
+patches:
+  - target:
+      kind: ServiceMonitor
+      name: omnisend-connector
+    patch: |-
+      - op: add
+        path: /metadata/labels/release
+        value: kube-prometheus-stack
+"""
+
+
+def test_an_overlay_can_label_the_service_monitor_for_its_prometheus(tmp_path: Path) -> None:
+    """The README's snippet: kube-prometheus-stack selects ServiceMonitors by `release`."""
+    readme = (ROOT / "README.md").read_text()
+    snippet = SERVICE_MONITOR_OVERLAY.format(base="../../base")
+    assert snippet in readme
+    overlay = tmp_path / "monitoring"
+    overlay.mkdir()
+    base = Path(os.path.relpath(DEPLOY / "base", overlay))
+    (overlay / "kustomization.yaml").write_text(SERVICE_MONITOR_OVERLAY.format(base=base))
+    docs = build(overlay)
+    assert find(docs, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert "release" not in find(docs, "Deployment")["metadata"]["labels"]
