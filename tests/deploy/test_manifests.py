@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CRDS = ROOT / "tests" / "data" / "crds"
 KUBERNETES_VERSION = "1.33.0"
-CUSTOM = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+CUSTOM = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,9 @@ def keda() -> list[Doc]:
     return build(DEPLOY / "overlays" / "keda")
 
 
-@pytest.mark.parametrize("overlay", ["base", "overlays/keda", "overlays/multi-export", "jobs"])
+@pytest.mark.parametrize(
+    "overlay", ["base", "overlays/keda", "overlays/keda-sasl", "overlays/multi-export", "jobs"]
+)
 def test_every_manifest_is_valid(overlay: str) -> None:
     docs = build(DEPLOY / overlay)
     assert docs
@@ -298,3 +300,16 @@ def test_an_overlay_can_label_the_service_monitor_for_its_prometheus(tmp_path: P
     docs = build(overlay)
     assert find(docs, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert "release" not in find(docs, "Deployment")["metadata"]["labels"]
+
+
+def test_the_keda_sasl_overlay_authenticates_the_scaler() -> None:
+    docs = build(DEPLOY / "overlays" / "keda-sasl")
+    auth = find(docs, "TriggerAuthentication")
+    (trigger,) = find(docs, "ScaledObject")["spec"]["triggers"]
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    parameters = {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]}
+    assert parameters == {"sasl", "username", "password", "tls"}
+    misspelt = {**auth, "spec": {"secretTargetRefs": auth["spec"]["secretTargetRef"]}}
+    schema = yaml.safe_load((CRDS / "triggerauthentication.yaml").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(misspelt, schema)
