@@ -231,6 +231,7 @@ def running(
             dlq_max_invalid_share=settings.dlq_max_invalid_share if job is None else 1.0,
             dlq_window_records=settings.dlq_window_records,
             commit=dry is None and job is None,
+            log_dead_letters=dry is None,
             assignment=None if job is None else job.assignment,
             select=None if job is None else job.select,
         ),
@@ -300,6 +301,17 @@ def _banner(config: Config, group_id: str, dry_run: bool) -> None:
             for e in config.exports
         ],
     )
+
+
+def skipped_by_reason(metrics: Metrics) -> dict[str, int]:
+    """Records skipped so far, by reason, over every connection."""
+    counts: dict[str, int] = {}
+    for family in metrics.events_skipped.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value:
+                reason = sample.labels["reason"]
+                counts[reason] = counts.get(reason, 0) + int(sample.value)
+    return counts
 
 
 def _progress_fields(metrics: Metrics) -> dict[str, Any]:

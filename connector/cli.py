@@ -285,7 +285,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import threading  # noqa: PLC0415
 
-    from connector.app import install_signal_handlers, running  # noqa: PLC0415
+    from connector.app import install_signal_handlers, running, skipped_by_reason  # noqa: PLC0415
     from connector.logs import configure_logging  # noqa: PLC0415
 
     config = _load(args, "run")
@@ -299,7 +299,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         with running(config, dry_run=True) as parts:
             code = parts.pipeline.run(stop, until=caught_up())
-            report = parts.dry_run.report() if parts.dry_run is not None else {}
+            report = (
+                parts.dry_run.report(
+                    skipped_by_reason(parts.metrics), dict(parts.pipeline.router.segments_seen)
+                )
+                if parts.dry_run is not None
+                else {}
+            )
         print(
             json.dumps({"dryRun": report, "consumed": parts.pipeline.stats["consumed"]}, indent=2)
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as AnyMapping
 from dataclasses import dataclass, field, replace
@@ -160,6 +161,8 @@ class Router:
     _tag_owners: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
     _collisions: list[TagCollision] = field(init=False, default_factory=list)
     _reported: set[tuple[str, str]] = field(init=False, default_factory=set)
+    # Events per segment name, every segment the topic carried (wanted or not).
+    segments_seen: Counter[str] = field(init=False, default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._mappers = [
@@ -170,6 +173,7 @@ class Router:
         self, change: SegmentChange, position: Position, size: int, now_ms: int
     ) -> list[tuple[str, ContactChange]]:
         """Raises `InvalidRecord` when any export that wants the event cannot take it."""
+        self.segments_seen[change.segment_name] += 1
         routed = [
             (export.connection, mapper.map(change, position, size, now_ms))
             for export, mapper in self._mappers

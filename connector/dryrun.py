@@ -68,9 +68,12 @@ class DryRun:
     simulator: Simulator
     dead_letters: list[DryDeadLetters] = field(default_factory=list)
 
-    def report(self) -> dict[str, Any]:
+    def report(
+        self, skipped: dict[str, int] | None = None, segments: dict[str, int] | None = None
+    ) -> dict[str, Any]:
         """Counts and a few masked samples of what a real run would have sent: in total, and
-        per connection."""
+        per connection; with the records skipped by reason and the segments seen (events per
+        segment name)."""
         log = self.simulator.request_times()
         brands = self.simulator.state()["brands"]
         per = {name: _brand_report(name, brand, log) for name, brand in sorted(brands.items())}
@@ -87,6 +90,8 @@ class DryRun:
             "contactsByTag": dict(sorted(total["contactsByTag"].items())),
             "requests": dict(sorted(total["requests"].items())),
             "deadLettered": dict(sorted(dlq.items())),
+            "skipped": dict(sorted((skipped or {}).items())),
+            "segmentsSeen": dict(sorted((segments or {}).items())),
             "samples": [s for part in per.values() for s in part["samples"]][:SAMPLES],
             "connections": per,
         }
@@ -112,9 +117,12 @@ def _sample(contact: dict[str, Any]) -> dict[str, Any]:
 
 
 def mask(email: str) -> str:
-    """`a***@example.com`: enough to recognise a sample, not enough to read the address."""
+    """`jo***n@example.com`: the first two and the last character of the local part, the rest
+    starred: samples stay distinguishable, the address stays unreadable."""
     local, _, domain = email.partition("@")
-    return f"{local[:1]}***@{domain}"
+    if len(local) <= 3:
+        return f"{local[:1]}{'*' * (len(local) - 1)}@{domain}"
+    return f"{local[:2]}{'*' * (len(local) - 3)}{local[-1]}@{domain}"
 
 
 def caught_up(quiet_s: float = 3.0) -> Callable[[Any], bool]:

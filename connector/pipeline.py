@@ -91,6 +91,7 @@ class PipelineConfig:
     registry_retry_s: float = 1.0
     dlq_max_invalid_share: float = 0.5
     progress_every_s: float = 60.0  # the `progress` log line
+    log_dead_letters: bool = True  # a `dead_lettering` line each (not in a dry run)
     dlq_window_records: int = 1000
     commit: bool = True  # False in a dry run: offsets are tracked, never committed
     # Tools (backfill, replay): read these partitions from these offsets, without joining the
@@ -424,6 +425,9 @@ class Pipeline:
         contact: dict[str, str] = {}
         if email and self._email_hash is not None:
             contact["email_hash"] = self._email_hash(email)
+        if not self.config.log_dead_letters:
+            self._dlq.send(raw, reason, stage, detail, error_class)
+            return  # a dry run counts them in its report instead
         log.info(
             "dead_lettering",
             reason=reason,
@@ -555,6 +559,10 @@ class Pipeline:
     def done_positions(self) -> dict[tuple[str, int], int]:
         """Per partition, the offset before which every record is done (committed or not)."""
         return self._tracker.done_positions()
+
+    @property
+    def router(self) -> Router:
+        return self._router
 
     def committed(self) -> dict[tuple[str, int], int]:
         """Committed position per assigned partition."""

@@ -45,10 +45,17 @@ def test_dry_run_reports_and_writes_nothing(
     assert report["requests"]["POST /contacts/tags"] >= 2
     assert report["requests"]["DELETE /contacts/tags"] >= 1
     assert report["deadLettered"] == {"malformed_avro": 1}
+    assert report["skipped"] == {"tombstone": 1}
+    assert report["segmentsSeen"] == {"Churn": 5, "VIP": 50}
     assert report["samples"]
-    for sample in report["samples"]:
-        assert sample["email"].count("*") == 3  # masked
+    masked = [sample["email"] for sample in report["samples"]]
+    assert len(set(masked)) == len(masked)  # distinguishable
+    for email in masked:
+        local = email.split("@")[0]
+        assert "*" in local and len(local.replace("*", "")) < len(local)
     assert "dry1@example.com" not in result.stdout + result.stderr
+    # Would-be dead letters are counted in the report, not logged one line each.
+    assert "dead_lettering" not in result.stderr
     # Nothing reached Omnisend, the dead-letter topic or the live group's offsets.
     assert httpx.get(f"{sim.url}/_sim/requests").json()["requests"] == []
     assert committed_total(broker.bootstrap, env["KAFKA_GROUP_ID"], topic, 3) == 0
