@@ -589,6 +589,43 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "broker",
+        help="run the bundled Kafka-protocol broker for a local rehearsal",
+        description="Start the bundled in-memory Kafka-protocol broker on 127.0.0.1 and print "
+        "its address; stop it with Ctrl-C (its data is gone then).",
+    )
+    p.add_argument(
+        "--port", type=int, default=9092, help="port; 0 picks a free one (default %(default)s)"
+    )
+    p.set_defaults(func=_cmd_broker)
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from connector.broker import Broker, free_port  # noqa: PLC0415
+
+    try:
+        broker = Broker(port=args.port or free_port()).start()
+    except RuntimeError as exc:
+        print(f"omnisend-connector broker: {exc} (is the port in use?)", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"Kafka broker listening: KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
+    try:
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
@@ -600,11 +637,17 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--count", type=int, default=5000, help="events to generate (default %(default)s)"
     )
     p.add_argument("--segments", type=int, default=3, help="segments (default %(default)s)")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the summary, leave the broker, the simulator and the connector running "
+        "(their addresses are printed) until Ctrl-C",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from connector.demo import run_demo, summary  # noqa: PLC0415
+    from connector.demo import DemoResult, run_demo, summary  # noqa: PLC0415
     from connector.logs import configure_logging  # noqa: PLC0415
 
     configure_logging("WARNING", "console")
@@ -612,8 +655,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"starting a local broker and Omnisend simulator, syncing {args.count} events ...",
         flush=True,
     )
-    result = run_demo(count=args.count, segments=args.segments)
-    print(summary(result))
+
+    def show(result: DemoResult) -> None:
+        print(summary(result), flush=True)
+
+    result = run_demo(
+        count=args.count, segments=args.segments, keep_running=args.keep_running, on_done=show
+    )
+    if not args.keep_running:
+        show(result)
     return result.exit_code
 
 
@@ -629,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jobs(sub)
     _add_generate(sub)
     _add_demo(sub)
+    _add_broker(sub)
     _add_simulate(sub)
     return parser
 

@@ -101,3 +101,66 @@ def test_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "events consumed       600" in result.stdout
     assert "POST /contacts/tags" in result.stdout
+    # Its dead letters are explained by reason, its untagged contacts too; no URL of a
+    # process that is gone is printed.
+    assert "(generated on purpose with an invalid email)" in result.stdout
+    assert "without a tag: their last change was an exit" in result.stdout
+    assert "http://" not in result.stdout
+
+
+def test_demo_keeps_running_with_its_addresses_until_stopped() -> None:
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--count", "300", "--keep-running"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "metrics" in line and "http://" in line:
+                break
+        text = "".join(lines)
+        assert "still running" in text, text
+        after = lines[next(i for i, line in enumerate(lines) if "still running" in line) + 1 :]
+        urls = dict(line.split() for line in after)
+        state = httpx.get(urls["simulator-state"], timeout=10).json()
+        assert state["brands"]["demo-brand"]["contacts"]
+        assert "omnisend_connector_events_consumed_total" in httpx.get(urls["metrics"]).text
+        assert urls["KAFKA_BOOTSTRAP_SERVERS"].startswith("127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0
+
+
+def test_the_broker_command_serves_a_rehearsal_until_stopped() -> None:
+    proc = subprocess.Popen(
+        [*CLI, "broker", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("Kafka broker listening: KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:")
+        bootstrap = line.strip().split("=", 1)[1]
+        done = subprocess.run(
+            [*CLI, "generate", "--count", "50"],
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": "rehearsal"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "wrote 50 events to rehearsal" in done.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert code == 0
