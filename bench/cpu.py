@@ -1,32 +1,75 @@
-"""Benchmark 2, the CPU path: end-to-end events per second against an Omnisend simulator with no
-limits and no latency, next to the raw rate of consuming and decoding the same topic alone.
+"""Benchmark 2, CPU per event: the connector's CPU time per event beside a bare consumer's that
+only consumes and decodes the same topic, each in a process of its own, in one run.
 
-    python -m bench.cpu [--count 200000]
+    python -m bench.cpu [--count 100000] [--reconcile-count 1000000 | --no-reconcile]
 
-Both rates exclude the consumer group join. The ratio says how much of the machine the sync
-path costs beyond reading and decoding; the simulator shares the machine's two cores.
+CPU time is user + system of the measured process (every thread), from its first consumed
+record to its last commit (the bare consumer: to its last decoded record), divided by the
+events. The simulator runs in a third process without limits or latency and is not counted;
+lingers are at their defaults. Two streams, each the `generate` call that makes it:
+
+- *duplicate-heavy*: `GenerateOptions(count=N, contacts=N // 5, segments=3, exit_ratio=0.2,
+  attribute_change_ratio=0.3, duplicate_ratio=0.05)`, about five events per contact;
+- *fresh*: `GenerateOptions(count=N, segments=1)`, one ENTERED per new contact.
+
+Targets: duplicate-heavy at most 3 x the bare consumer's CPU per event, fresh at most 6 x.
+Then the jobs' read rate: `reconcile` without `--apply` over a topic of `--reconcile-count`
+fresh events (events/s and CPU per event of its process).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer
 
-from bench.common import connector_env, new_topic, quiet, run_until_caught_up, sim_get, simulator
+from bench.common import connector_env, new_topic, quiet, simulator
 from connector.broker import Broker
 from connector.codec import PlainAvroDecoder
 from connector.generate import GenerateOptions
+from connector.runtime import tune_gc
+
+TARGETS = {"duplicate-heavy": 3.0, "fresh": 6.0}
 
 
-def consume_and_decode(bootstrap: str, topic: str, count: int) -> float:
-    """Events per second of a bare consumer that decodes every value."""
+def streams(count: int) -> dict[str, GenerateOptions]:
+    return {
+        "duplicate-heavy": GenerateOptions(
+            count=count,
+            contacts=max(1, count // 5),
+            segments=3,
+            exit_ratio=0.2,
+            attribute_change_ratio=0.3,
+            duplicate_ratio=0.05,
+            seed=3,
+        ),
+        "fresh": GenerateOptions(count=count, segments=1, seed=4),
+    }
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---- the measured processes ----------------------------------------------------------------
+
+
+def bare(bootstrap: str, topic: str, count: int) -> dict[str, float]:
+    """Consume and decode every record; CPU from the first record to the last."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"raw-{uuid.uuid4()}",
+            "group.id": f"bare-{uuid.uuid4()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "session.timeout.ms": 6000,
@@ -37,22 +80,137 @@ def consume_and_decode(bootstrap: str, topic: str, count: int) -> float:
     )
     consumer.subscribe([topic])
     decoder = PlainAvroDecoder()
-    seen, start = 0, None
+    seen, started, wall = 0, 0.0, 0.0
     while seen < count:
         messages = consumer.consume(500, 1.0)
-        if messages and start is None:
-            start = time.monotonic()
+        if messages and not seen:
+            started, wall = cpu_s(), time.monotonic()
         for message in messages:
             decoder.decode(message.value())
             seen += 1
-    elapsed = time.monotonic() - (start or time.monotonic())
+    result = {"cpu_s": cpu_s() - started, "wall_s": time.monotonic() - wall, "events": seen}
     consumer.close()
-    return count / elapsed
+    return result
+
+
+def connector(env: dict[str, str], topic: str, ends: dict[int, int]) -> dict[str, float]:
+    """The whole connector in this process; CPU from its first consumed record to the commit
+    that covers every record."""
+    from connector.app import running  # noqa: PLC0415
+    from connector.pipeline import Pipeline  # noqa: PLC0415
+    from connector.settings import load_settings  # noqa: PLC0415
+
+    tune_gc()  # as the command line does
+    settings, kafka = load_settings(env)
+    marks: dict[str, float] = {}
+
+    def done(p: Pipeline) -> bool:
+        if "cpu" not in marks and p.stats["consumed"]:
+            marks["cpu"], marks["wall"] = cpu_s(), time.monotonic()
+        committed = p.committed()
+        if all(committed.get((topic, part), 0) >= end for part, end in ends.items()):
+            marks["cpu_end"], marks["wall_end"] = cpu_s(), time.monotonic()
+            return True
+        return False
+
+    with running(settings, kafka) as parts:
+        parts.pipeline.run(threading.Event(), until=done)
+    return {
+        "cpu_s": marks["cpu_end"] - marks["cpu"],
+        "wall_s": marks["wall_end"] - marks["wall"],
+        "events": float(sum(ends.values())),
+    }
+
+
+def worker(argv: list[str]) -> None:
+    """`python -m bench.cpu --worker KIND JSON`: one measured process; prints its figures."""
+    kind, spec = argv[0], json.loads(argv[1])
+    quiet()
+    if kind == "bare":
+        result = bare(spec["bootstrap"], spec["topic"], spec["count"])
+    else:
+        ends = {int(p): e for p, e in spec["ends"].items()}
+        result = connector(spec["env"], spec["topic"], ends)
+    print(json.dumps(result))
+
+
+def measure(kind: str, spec: dict[str, Any]) -> dict[str, float]:
+    done = subprocess.run(  # noqa: S603 - this module, in a process of its own
+        [sys.executable, "-m", "bench.cpu", "--worker", kind, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=True,
+    )
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    stream: str
+    events: int
+    bare_us: float
+    connector_us: float
+    connector_rate: float
+
+    @property
+    def ratio(self) -> float:
+        return self.connector_us / self.bare_us
+
+
+def run_stream(broker: Broker, sim: str, name: str, options: GenerateOptions) -> Row:
+    topic, ends = new_topic(broker, options)
+    count = sum(ends.values())
+    base = measure("bare", {"bootstrap": broker.bootstrap, "topic": topic, "count": count})
+    env = connector_env(
+        broker,
+        topic,
+        sim,
+        RATE_LIMIT_PER_MINUTE="100000000",
+        TAG_RATE_LIMIT_PER_MINUTE="100000000",
+    )
+    sync = measure("connector", {"env": env, "topic": topic, "ends": ends})
+    return Row(
+        stream=name,
+        events=count,
+        bare_us=base["cpu_s"] / count * 1e6,
+        connector_us=sync["cpu_s"] / count * 1e6,
+        connector_rate=count / sync["wall_s"],
+    )
+
+
+def reconcile_rate(broker: Broker, sim: str, count: int) -> tuple[float, float]:
+    """(events/s, µs of CPU per event) of `reconcile` without --apply over `count` events."""
+    topic, ends = new_topic(broker, GenerateOptions(count=count, segments=1, seed=5))
+    env = connector_env(broker, topic, sim)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "connector.cli", "reconcile"],
+        env=env | {"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=3600,
+        check=False,  # exit 1: drift found, as expected against an empty Omnisend
+    )
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    events = sum(ends.values())
+    return events / wall, cpu / events * 1e6
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=200_000)
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--reconcile-count", type=int, default=1_000_000)
+    parser.add_argument("--no-reconcile", action="store_true")
     args = parser.parse_args()
     quiet()
     with (
@@ -61,25 +219,24 @@ def main() -> None:
             "--unlimited", "--batch-latency", "0", "--item-latency", "0", "--tag-delay", "0"
         ) as sim,
     ):
-        topic, ends = new_topic(broker, GenerateOptions(count=args.count, segments=3, seed=2))
-        raw = consume_and_decode(broker.bootstrap, topic, args.count)
-        env = connector_env(
-            broker,
-            topic,
-            sim,
-            RATE_LIMIT_PER_MINUTE="100000000",
-            TAG_RATE_LIMIT_PER_MINUTE="100000000",
-            UPSERT_LINGER_S="0.05",
-            TAG_LINGER_S="0.05",
+        rows = [run_stream(broker, sim, n, o) for n, o in streams(args.count).items()]
+        read = None if args.no_reconcile else reconcile_rate(broker, sim, args.reconcile_count)
+    print(
+        f"{'stream':<17}{'events':>9}{'bare µs/ev':>12}{'sync µs/ev':>12}{'ratio':>8}"
+        f"{'target':>8}{'sync ev/s':>11}"
+    )
+    for row in rows:
+        print(
+            f"{row.stream:<17}{row.events:>9}{row.bare_us:>12.1f}{row.connector_us:>12.1f}"
+            f"{row.ratio:>8.2f}{'<= ' + format(TARGETS[row.stream], 'g'):>8}"
+            f"{row.connector_rate:>11,.0f}"
         )
-        pipeline, _ = run_until_caught_up(env, topic, ends, timeout_s=1800)
-        assert pipeline.assigned_at is not None
-        end_to_end = args.count / (time.monotonic() - pipeline.assigned_at)
-        calls = sum(sum(s.values()) for s in sim_get(sim, "stats")["requests"].values())
-    print(f"events                      {args.count}")
-    print(f"consume + decode only       {raw:,.0f} events/s")
-    print(f"end to end (to Omnisend)    {end_to_end:,.0f} events/s  ({calls} API calls)")
-    print(f"ratio                       {end_to_end / raw:.2f}   (target >= 0.5)")
+    if read is not None:
+        rate, us = read
+        print(
+            f"reconcile (read only) over {args.reconcile_count:,} events: "
+            f"{rate:,.0f} events/s, {us:.1f} µs of CPU per event"
+        )
 
 
 if __name__ == "__main__":
