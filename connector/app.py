@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -400,7 +401,8 @@ def all_credentials(config: Config) -> Callable[[], bool | None]:
     ]
 
     def check() -> bool | None:
-        verdicts = [c() for c in checks]
+        with ThreadPoolExecutor(max_workers=min(32, len(checks))) as pool:
+            verdicts = list(pool.map(lambda c: c(), checks))  # at once, not one after another
         if False in verdicts:
             return False
         return None if None in verdicts else True

@@ -43,6 +43,11 @@ class Broker:
 
     def start(self, timeout_s: float = 10.0) -> Broker:
         url = f"tcp://127.0.0.1:{self.port}"
+        with socket.socket() as probe:  # another process on the port would answer for tansu
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError as exc:
+                raise RuntimeError(f"port {self.port}: {exc.strerror}") from None
         self._proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
             [
                 str(tansu_binary()),
@@ -57,6 +62,8 @@ class Broker:
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break  # it could not start
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
             except OSError:

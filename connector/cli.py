@@ -568,6 +568,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     from confluent_kafka import KafkaException  # noqa: PLC0415
 
+    # Said first: from a shell with a deployment's environment this is its broker and topic.
+    print(
+        f"writing {args.count} synthetic events to {args.topic} on {args.bootstrap_servers}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         ends = produce(
             args.bootstrap_servers,

@@ -289,6 +289,26 @@ class Coalescer:
 
     # ---- upserts -------------------------------------------------------------------------------
 
+    def upserts_ready(self, limit: int) -> int:
+        """How many waiting upserts `take_upserts(limit)` would take now (at most `limit`)."""
+        ready = 0
+        for email in self.upserts:
+            if email not in self.upserts_in_flight:
+                ready += 1
+                if ready == limit:
+                    break
+        return ready
+
+    def tags_ready(self, group: Group, limit: int, now: float) -> int:
+        """How many intents `take_tags(group, limit, now)` would take now (at most `limit`)."""
+        ready = 0
+        for intent in self.ready.get(group, {}).values():
+            if intent.not_before <= now:
+                ready += 1
+                if ready == limit:
+                    break
+        return ready
+
     def take_upserts(self, limit: int) -> list[UpsertIntent]:
         """Up to `limit` waiting upserts, oldest first, skipping emails already in a batch."""
         taken: list[UpsertIntent] = []

@@ -117,12 +117,14 @@ def _sample(contact: dict[str, Any]) -> dict[str, Any]:
 
 
 def mask(email: str) -> str:
-    """`jo***n@example.com`: the first two and the last character of the local part (only the
-    first of a short one), three stars for the rest whatever its length: samples stay
-    distinguishable, the address stays unreadable."""
+    """`jo***n@example.com`: the first two and the last character of the local part (fewer of
+    a short one: never more than half of it), three stars for the rest whatever its length:
+    samples stay distinguishable, the address stays unreadable."""
     local, _, domain = email.partition("@")
     if len(local) <= 3:  # too short to show more than its first character
         return f"{local[:1]}***@{domain}"
+    if len(local) <= 5:  # the last one too would show most of it
+        return f"{local[:2]}***@{domain}"
     return f"{local[:2]}***{local[-1]}@{domain}"
 
 

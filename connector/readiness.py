@@ -19,6 +19,8 @@ from connector.omnisend.credentials import verify_credentials
 
 log = structlog.get_logger("connector.readiness")
 
+# Without a credential verdict yet, the longest wait before asking again.
+NO_VERDICT_MAX_S = 60.0
 # librdkafka's metadata request gives up after this; a probe every few seconds is plenty.
 BROKER_CHECK_TIMEOUT_S = 5.0
 
@@ -92,6 +94,7 @@ class Readiness:
         # Checked at start already: the next check is one interval away.
         checked = self.credentials_ok is not None
         next_credentials = time.monotonic() + self._credential_interval if checked else 0.0
+        silent = 0  # checks in a row without a verdict
         while not self._stop.is_set():
             self.broker_ok = self._broker_check()
             if self.broker_ok:
@@ -101,8 +104,13 @@ class Readiness:
                 verdict = self._credential_check()
                 if verdict is not None:  # None: Omnisend did not answer; keep the last verdict
                     self.credentials_ok = verdict
-                # Without any verdict yet, ask again at the next turn, not in ten minutes.
-                waited = self._credential_interval if self.credentials_ok is not None else 0.0
+                # Without any verdict yet, ask again soon (10 s, 20, 40, then every 60 s), not
+                # in ten minutes, and not at every turn: Omnisend may be answering 429.
+                if self.credentials_ok is None:
+                    waited = min(NO_VERDICT_MAX_S, self._broker_interval * 2**silent)
+                    silent += 1
+                else:
+                    waited, silent = self._credential_interval, 0
                 next_credentials = time.monotonic() + waited
             self._stop.wait(self._broker_interval)
 

@@ -148,6 +148,11 @@ class Budget:
         replica starts at once); a member with no partitions owns nothing (0)."""
         self._assigned.append(share)
 
+    def apply(self, now: float) -> None:
+        """Take in the group's assignments since the last call; the loop calls it every turn,
+        so the window's phantom slots start when the share changed (within a tick)."""
+        self._apply_assignments(now)
+
     def _apply_assignments(self, now: float) -> None:
         while self._assigned:
             self._apply_assignment(self._assigned.popleft(), now)

@@ -393,6 +393,7 @@ class OmnisendSink:
     def _dispatch(self) -> None:
         now = self.clock.now()
         self._wake_at = now + self.config.tick_s
+        self.budget.apply(now)  # a new share counts from its assignment, not the next request
         self._deadlines(now)
         if now < self._backoff.until:
             self._account_wait(now, limited=False)
@@ -483,7 +484,9 @@ class OmnisendSink:
                 continue
             # Ask first: taking a call's intents and putting them back costs a millisecond
             # and sends them to the back of their group.
-            request = FULL_TAGS if count >= size else TAGS
+            # Full only if a whole call can be taken now: intents settling are not.
+            full = count >= size and self._coalescer.tags_ready(group, size, now) == size
+            request = FULL_TAGS if full else TAGS
             if not self._may_send(now, request):
                 return
             intents = self._coalescer.take_tags(group, size, now)
@@ -514,7 +517,9 @@ class OmnisendSink:
             oldest = next(iter(c.upserts.values())).since
             if len(c.upserts) < size and now - oldest < linger and not self._flushing:
                 return
-            request = FULL_BATCH if len(c.upserts) >= size else BATCH
+            # Full only if a whole batch can be taken now: emails still in a batch are not.
+            full = len(c.upserts) >= size and c.upserts_ready(size) == size
+            request = FULL_BATCH if full else BATCH
             if not self._may_send(now, request):
                 return
             intents = c.take_upserts(size)

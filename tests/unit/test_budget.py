@@ -220,3 +220,10 @@ def test_replicas_joining_and_leaving_never_exceed_the_brand_window(
     tags = [t for t, tag_call in sent if tag_call]
     assert max_in_window(tags, 60.0) <= 54
     assert max_in_window([t for t, _ in sent], 60.0) <= 360
+
+
+def test_a_share_change_counts_from_when_the_loop_took_it_in_not_from_the_next_request() -> None:
+    budget = Budget(BudgetConfig(headroom=0.9))
+    budget.reassign(0.5)  # joined a busy group at 0 ...
+    budget.apply(0.0)  # ... which the loop takes in at its next turn
+    assert grant(budget, 60.5, 100, tag_call=True, full=True) == 27  # not blocked until 120

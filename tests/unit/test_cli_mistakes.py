@@ -90,3 +90,13 @@ def test_generate_takes_the_broker_and_topic_from_the_environment() -> None:
     assert done.returncode == 5
     assert "cannot write to from-env on 127.0.0.1:1:" in done.stderr  # not 127.0.0.1:9092
     assert "Traceback" not in done.stderr
+
+
+def test_the_broker_command_refuses_a_port_in_use() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        done = cli("broker", "--port", str(held.getsockname()[1]), env={})
+    assert done.returncode == 2
+    assert "is the port in use?" in done.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS" not in done.stdout

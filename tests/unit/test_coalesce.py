@@ -438,3 +438,27 @@ def test_a_change_back_to_the_known_fields_is_sent_while_a_ghost_may_land() -> N
     c.ghost_gone(ghost, 0)  # B landed after all
     (redo,) = c.take_upserts(100)
     assert redo.fields == {"firstName": "A"}
+
+
+def test_ready_counts_say_what_a_take_would_take_now() -> None:
+    """The sink sends a call unpaced only when it is full: a count of waiting intents that
+    includes emails still in a batch, or intents still settling, would call a small one full."""
+    c = Coalescer(settle_s=5.0)
+    for i in range(100):
+        c.add(change(i, f"c{i}@x.io", "s", True, 1), 0)
+    first = c.take_upserts(100)
+    for i in range(105):  # newer changes of the same 100, and 5 new contacts
+        c.add(change(100 + i, f"c{i}@x.io", "s", True, 2, name="B"), 0)
+    assert len(c.upserts) == 105
+    assert c.upserts_ready(100) == 5 == len(c.take_upserts(100))
+    for intent in first:
+        c.upsert_accepted(intent.email, 0)
+    c.add(change(300, "c0@x.io", "t", False, 3), 0)  # c0 is known: no upsert needed
+    removed = c.take_tags((False, "t"), 250, 0)
+    c.tags_accepted(removed, now=10)
+    c.add(change(301, "c0@x.io", "t", True, 4, name="B"), 10)  # settles until 15
+    c.add(change(302, "c1@x.io", "t", True, 5, name="B"), 10)
+    assert c.tags_ready((True, "t"), 250, now=14) == 1  # c1 only: c0 is settling
+    assert c.tags_ready((True, "t"), 250, now=15) == 2
+    assert c.tags_ready((True, "t"), 1, now=15) == 1
+    assert len(c.take_tags((True, "t"), 250, now=14)) == 1
