@@ -175,7 +175,8 @@ def test_check_reports_each_connection_and_every_mistake(
         check=False,
     )
     assert result.returncode == 1
-    assert "2 problem(s)" in result.stdout
+    fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL  configuration")]
+    assert len(fails) == 2, result.stdout  # one line a problem
     assert (
         "connections.eu.api_key_env: the environment variable OMNISEND_KEY_EU is unset"
         in result.stdout

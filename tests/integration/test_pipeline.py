@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from connector.broker import Broker
 from connector.codec import encode_plain
+from connector.readiness import CredentialsRefused
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import (
@@ -16,6 +19,7 @@ from tests.integration.conftest import (
     sim_contacts,
     sim_stats,
 )
+from tests.integration.processes import committed_total
 
 T0 = 1_790_000_000_000
 
@@ -135,14 +139,14 @@ def test_restart_resumes_from_committed_offsets(
     assert sim_stats(sim)["requests"]["POST /batches"]["201"] > batches_before
 
 
-def test_bad_api_key_stops_with_exit_code_3_and_commits_nothing(
+def test_bad_api_key_stops_the_start_and_commits_nothing(
     broker: Broker, topic: str, sim: SimulatorServer, run_connector: RunConnector
 ) -> None:
     produce_events(broker.bootstrap, topic, [event(f"x{i}@example.com") for i in range(5)])
     env = connector_env(broker, topic, sim, OMNISEND_API_KEY="not-the-key")
-    run = run_connector(env, lambda p: False)
-    assert run.exit_code == 3
-    assert sum(run.pipeline.committed().values()) == 0
+    with pytest.raises(CredentialsRefused):  # the CLI's exit 3, before the group is joined
+        run_connector(env, lambda p: False)
+    assert committed_total(broker.bootstrap, env["KAFKA_GROUP_ID"], topic, 3) == 0
     assert sim_contacts(sim, settle_s=0) == {}
 
 
