@@ -41,7 +41,7 @@ from connector.kafka import (
 )
 from connector.lag import lag_updater
 from connector.logs import EmailHasher
-from connector.metrics import Metrics
+from connector.metrics import Metrics, totals
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.sink import OmnisendSink, SinkConfig
 from connector.omnisend.sinks import Sinks
@@ -306,33 +306,18 @@ def _banner(config: Config, group_id: str, dry_run: bool) -> None:
 
 def skipped_by_reason(metrics: Metrics) -> dict[str, int]:
     """Records skipped so far, by reason, over every connection."""
-    counts: dict[str, int] = {}
-    for family in metrics.events_skipped.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.value:
-                reason = sample.labels["reason"]
-                counts[reason] = counts.get(reason, 0) + int(sample.value)
-    return counts
+    counts = totals(metrics.events_skipped, "reason", "_total")
+    return {reason: int(n) for reason, n in counts.items() if n}
 
 
 def _progress_fields(metrics: Metrics) -> dict[str, Any]:
     """Lag, budget use and 429s for the minutely `progress` line, from the metrics."""
-
-    def total(metric: Any, suffix: str = "", label: str | None = None) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        for family in metric.collect():
-            for sample in family.samples:
-                if sample.name.endswith(suffix):
-                    key = sample.labels.get(label, "") if label else ""
-                    sums[key] = sums.get(key, 0.0) + sample.value
-        return sums
-
-    used = total(metrics.budget_used, label="window")
-    limit = total(metrics.budget_limit, label="window")
+    used = totals(metrics.budget_used, "window")
+    limit = totals(metrics.budget_limit, "window")
     return {
-        "lag": int(total(metrics.consumer_lag).get("", 0)),
+        "lag": int(totals(metrics.consumer_lag).get("", 0)),
         "budget_used": {w: f"{int(used[w])}/{int(limit.get(w, 0))}" for w in sorted(used)},
-        "rate_limited": int(total(metrics.rate_limited, "_total").get("", 0)),
+        "rate_limited": int(totals(metrics.rate_limited, suffix="_total").get("", 0)),
     }
 
 

@@ -44,6 +44,8 @@ class Broker:
     def start(self, timeout_s: float = 10.0) -> Broker:
         url = f"tcp://127.0.0.1:{self.port}"
         with socket.socket() as probe:  # another process on the port would answer for tansu
+            # Connections of a previous run in TIME_WAIT do not hold the port; a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", self.port))
             except OSError as exc:

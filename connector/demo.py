@@ -18,7 +18,7 @@ import httpx
 from connector.app import install_signal_handlers, running
 from connector.broker import Broker, free_port
 from connector.generate import GenerateOptions, produce
-from connector.metrics import Metrics
+from connector.metrics import Metrics, totals
 from connector.pipeline import Pipeline
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
@@ -135,12 +135,7 @@ def _result(
     calls = {
         endpoint: sum(by_status.values()) for endpoint, by_status in sim_stats["requests"].items()
     }
-    dead: dict[str, int] = {}
-    for family in metrics.dlq_records.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.value:
-                reason = sample.labels["reason"]
-                dead[reason] = dead.get(reason, 0) + int(sample.value)
+    dead = {r: int(n) for r, n in totals(metrics.dlq_records, "reason", "_total").items() if n}
     return DemoResult(
         events=sum(ends.values()),
         contacts=len(state),

@@ -123,8 +123,8 @@ def mask(email: str) -> str:
     local, _, domain = email.partition("@")
     if len(local) <= 3:  # too short to show more than its first character
         return f"{local[:1]}***@{domain}"
-    if len(local) <= 5:  # the last one too would show most of it
-        return f"{local[:2]}***@{domain}"
+    if len(local) <= 5:  # the first and the last: never more than half of it
+        return f"{local[:1]}***{local[-1]}@{domain}"
     return f"{local[:2]}***{local[-1]}@{domain}"
 
 

@@ -252,3 +252,15 @@ class Metrics:
         for endpoint in ENDPOINTS:
             self.unexpected_answers.labels(connection, endpoint)
         self.end_to_end_latency.labels(connection)
+
+
+def totals(metric: Counter | Gauge, label: str | None = None, suffix: str = "") -> dict[str, float]:
+    """A metric's current value summed over its label sets, by `label` (one "" key without),
+    over the samples whose name ends in `suffix` (a counter's "_total")."""
+    sums: dict[str, float] = {}
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith(suffix):
+                key = sample.labels.get(label, "") if label else ""
+                sums[key] = sums.get(key, 0.0) + sample.value
+    return sums

@@ -29,8 +29,8 @@ from tests.integration.conftest import (
 T0 = 1_790_000_000_000
 
 
-def job(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
-    result = subprocess.run(
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "connector.cli", *args],
         env={"PATH": os.environ["PATH"], **env},
         capture_output=True,
@@ -38,6 +38,10 @@ def job(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
         timeout=120,
         check=False,
     )
+
+
+def job(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
+    result = cli(env, *args)
     assert result.stdout.strip(), result.stderr
     return result.returncode, json.loads(result.stdout), result.stderr
 
@@ -240,14 +244,7 @@ def test_a_job_whose_topic_does_not_exist_is_a_configuration_error(
 ) -> None:
     env = connector_env(broker, f"missing-{time.monotonic_ns()}", sim)
     for args in (("backfill", "--since", "1h"), ("replay-dlq",), ("reconcile",)):
-        result = subprocess.run(
-            [sys.executable, "-m", "connector.cli", *args],
-            env={"PATH": os.environ["PATH"], **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = cli(env, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert "does not exist" in result.stderr
         assert "Traceback" not in result.stderr
