@@ -38,6 +38,8 @@ EXIT_CONFIG = 2
 EXIT_OMNISEND_FATAL = 3
 EXIT_DLQ_LIMIT = 4
 EXIT_KAFKA_FATAL = 5
+# The topic's partition count could not be read (a broker away): ask again after this long.
+SHARE_RETRY_S = 1.0
 # While no partitions were assigned yet, say so this often.
 WAITING_EVERY_S = 10.0
 
@@ -145,6 +147,7 @@ class Pipeline:
         # The first assignment callback ran (an empty assignment counts: a standby is ready).
         self.assignment_seen = False
         self._share_due = False  # an assignment's budget share is still to be worked out
+        self._share_retry_at = 0.0
         # Extra fields of the minutely progress line (lag, budget use, 429s), from the app.
         self.progress_fields: Callable[[], dict[str, Any]] = dict
         self._started_at = clock.now()
@@ -517,9 +520,19 @@ class Pipeline:
         log.info("assigned", partitions=len(partitions))
 
     def _apply_share(self) -> None:
-        """This replica's share of the brand budget, from its partitions of the topic."""
+        """This replica's share of the brand budget, from its partitions of the topic. If the
+        broker cannot say how many the topic has just now, the old share holds and it is asked
+        again at a later turn."""
+        now = self._clock.now()
+        if now < self._share_retry_at:
+            return
+        try:
+            total = topic_partitions(self._consumer, self.config.topic)
+        except KafkaException as exc:
+            self._share_retry_at = now + SHARE_RETRY_S
+            log.debug("budget_share_unknown", error=str(exc))
+            return
         self._share_due = False
-        total = topic_partitions(self._consumer, self.config.topic)
         share = len(self._assigned) / total if total else 1.0
         if self.config.assignment is None:  # a tool's share is set by the tool
             self._sink.reassign_budget(share)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Self
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -75,7 +75,7 @@ class MemoryConsumer:
         cls,
         topic: str,
         records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
-    ) -> MemoryConsumer:
+    ) -> Self:
         """From (partition, key, value, headers) in the order produced."""
         partitions: dict[int, list[Message]] = {}
         for partition, key, value, headers in records:

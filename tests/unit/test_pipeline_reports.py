@@ -4,8 +4,10 @@ partitions give it, and a progress summary at its interval."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import structlog.testing
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from connector.clock import ManualClock
@@ -23,13 +25,25 @@ from tests.omnisend_fakes import Scripted, fast_sink, simulator
 TOPIC = "segments"
 
 
+class BrokerAwayAtFirst(MemoryConsumer):
+    """Its first metadata requests fail, as when a broker is away right after an assignment."""
+
+    failures = 3
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return super().list_topics(topic, timeout)
+
+
 def test_the_loop_says_it_waits_then_its_share_then_its_progress() -> None:
     headers: list[tuple[str, bytes | None]] = []
     records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
         (i % 2, f"p{i}".encode(), encode_plain(event(f"r{i}@example.com")), headers)
         for i in range(6)
     ]
-    consumer = MemoryConsumer.of(TOPIC, records)
+    consumer = BrokerAwayAtFirst.of(TOPIC, records)  # the loop outlives a failed metadata read
     producer = MemoryProducer(1 << 20)
     clock = ManualClock(1_000.0)
     sink = fast_sink(Scripted(simulator()))
@@ -66,3 +80,4 @@ def test_the_loop_says_it_waits_then_its_share_then_its_progress() -> None:
     assert progress[-1]["consumed"] == 6
     assert progress[-1]["lag"] == 0
     assert pipeline.assignment_seen
+    assert consumer.failures == 0  # asked again until the broker answered
