@@ -27,6 +27,7 @@ from connector.dryrun import (
     DRY_RUN_BASE_URL,
     DryDeadLetters,
     DryRun,
+    SegmentCountingRouter,
     dry_run_key,
     dry_simulator,
 )
@@ -238,7 +239,9 @@ def running(
         ),
         consumer,
         make_decoder(settings),
-        Router(config.exports),
+        Router(config.exports)
+        if dry is None
+        else SegmentCountingRouter(config.exports, segments=dry.segments),
         sinks,
         dead_letters,
         metrics,

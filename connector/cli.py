@@ -300,9 +300,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         with running(config, dry_run=True) as parts:
             code = parts.pipeline.run(stop, until=caught_up())
             report = (
-                parts.dry_run.report(
-                    skipped_by_reason(parts.metrics), dict(parts.pipeline.router.segments_seen)
-                )
+                parts.dry_run.report(skipped_by_reason(parts.metrics))
                 if parts.dry_run is not None
                 else {}
             )
@@ -312,14 +310,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return code
     with running(config) as parts:
         return parts.pipeline.run(stop)
-
-
-def problem_lines(message: str) -> list[str]:
-    """The problems of a `ConfigError`'s message, one each (see `problems_text`)."""
-    _, _, rest = message.partition(":\n  - ")
-    if not rest:
-        return [message]
-    return rest.split("\n  - ")
 
 
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -343,7 +333,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        for problem in problem_lines(str(exc)):
+        for problem in exc.problems:
             print(f"FAIL  configuration: {problem}")
         return 1
     for warning in config.warnings:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections import Counter
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as AnyMapping
 from dataclasses import dataclass, field, replace
@@ -161,8 +160,6 @@ class Router:
     _tag_owners: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
     _collisions: list[TagCollision] = field(init=False, default_factory=list)
     _reported: set[tuple[str, str]] = field(init=False, default_factory=set)
-    # Events per segment name, every segment the topic carried (wanted or not).
-    segments_seen: Counter[str] = field(init=False, default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._mappers = [
@@ -173,7 +170,6 @@ class Router:
         self, change: SegmentChange, position: Position, size: int, now_ms: int
     ) -> list[tuple[str, ContactChange]]:
         """Raises `InvalidRecord` when any export that wants the event cannot take it."""
-        self.segments_seen[change.segment_name] += 1
         routed = [
             (export.connection, mapper.map(change, position, size, now_ms))
             for export, mapper in self._mappers
@@ -208,7 +204,10 @@ def load_config(path: Path | None, environ: AnyMapping[str, str] | None = None) 
             settings, kafka = load_settings(env)
         except ConfigError as exc:
             # A near miss often explains a missing setting: say both.
-            raise ConfigError(with_warnings(str(exc), unknown_variables(env))) from None
+            warnings = unknown_variables(env)
+            if not warnings:
+                raise
+            raise ConfigError.listing("invalid configuration", exc.problems + warnings) from None
         config = Config.single(settings, kafka)
         return replace(config, warnings=unknown_variables(env))
     try:
@@ -281,22 +280,12 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
     }
     warnings = unknown_variables(env, also_known=named)
     if problems or settings is None:
+        listed = (*problems, *warnings)
         raise ConfigError(
-            f"{source}: {len(problems)} problem(s):\n"
-            + "\n".join(f"  - {p}" for p in (*problems, *warnings))
+            f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in listed),
+            listed,
         )
     return Config(settings, kafka, connections, exports, source, warnings)
-
-
-def with_warnings(message: str, warnings: tuple[str, ...]) -> str:
-    """A configuration error's message with the warnings that may explain it, as more lines."""
-    if not warnings:
-        return message
-    head, sep, rest = message.partition(":\n  - ")
-    lines = rest.split("\n  - ") if sep else [message.split(": ", 1)[-1]]
-    what = head.split(":", 1)[0] if sep else message.split(": ", 1)[0]
-    lines += warnings
-    return f"{what}: {len(lines)} problems:\n" + "\n".join(f"  - {line}" for line in lines)
 
 
 # Prefixes of the connector's own environment variables: others with them are likely typos.

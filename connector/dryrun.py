@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connector.clock import Clock
+from connector.config import Router
 from connector.errors import Fatal
-from connector.events import RawRecord
+from connector.events import ContactChange, Position, RawRecord, SegmentChange
 from connector.simulator import Simulator, SimulatorConfig
 
 DRY_RUN_BASE_URL = "http://omnisend.dry-run.invalid/api"
@@ -64,13 +65,26 @@ def dry_simulator(clock: Clock, connections: list[str]) -> Simulator:
 
 
 @dataclass
+class SegmentCountingRouter(Router):
+    """A dry run's router: it also counts the events of each segment name the topic carries
+    (a live run does not pay for that on every event)."""
+
+    segments: Counter[str] = field(default_factory=Counter)
+
+    def route(
+        self, change: SegmentChange, position: Position, size: int, now_ms: int
+    ) -> list[tuple[str, ContactChange]]:
+        self.segments[change.segment_name] += 1
+        return super().route(change, position, size, now_ms)
+
+
+@dataclass
 class DryRun:
     simulator: Simulator
     dead_letters: list[DryDeadLetters] = field(default_factory=list)
+    segments: Counter[str] = field(default_factory=Counter)  # events per segment name
 
-    def report(
-        self, skipped: dict[str, int] | None = None, segments: dict[str, int] | None = None
-    ) -> dict[str, Any]:
+    def report(self, skipped: dict[str, int] | None = None) -> dict[str, Any]:
         """Counts and a few masked samples of what a real run would have sent: in total, and
         per connection; with the records skipped by reason and the segments seen (events per
         segment name)."""
@@ -91,7 +105,7 @@ class DryRun:
             "requests": dict(sorted(total["requests"].items())),
             "deadLettered": dict(sorted(dlq.items())),
             "skipped": dict(sorted((skipped or {}).items())),
-            "segmentsSeen": dict(sorted((segments or {}).items())),
+            "segmentsSeen": dict(sorted(self.segments.items())),
             "samples": [s for part in per.values() for s in part["samples"]][:SAMPLES],
             "connections": per,
         }

@@ -45,4 +45,17 @@ class Crashed(Fatal):
 
 
 class ConfigError(Fatal):
-    """The configuration is invalid; the message names the setting and what is wrong."""
+    """The configuration is invalid; the message names the setting and what is wrong, and
+    `problems` lists each problem on its own (one line each in `check`)."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+
+    @classmethod
+    def listing(cls, what: str, problems: list[str] | tuple[str, ...]) -> ConfigError:
+        """One problem on one line; several as a list under `what`."""
+        if len(problems) == 1:
+            return cls(f"{what}: {problems[0]}", tuple(problems))
+        lines = "\n".join(f"  - {p}" for p in problems)
+        return cls(f"{what}: {len(problems)} problems:\n{lines}", tuple(problems))

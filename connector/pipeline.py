@@ -428,18 +428,16 @@ class Pipeline:
         contact: dict[str, str] = {}
         if email and self._email_hash is not None:
             contact["email_hash"] = self._email_hash(email)
-        if not self.config.log_dead_letters:
-            self._dlq.send(raw, reason, stage, detail, error_class)
-            return  # a dry run counts them in its report instead
-        log.info(
-            "dead_lettering",
-            reason=reason,
-            stage=stage,
-            topic=raw.position.topic,
-            partition=raw.position.partition,
-            offset=raw.position.offset,
-            **contact,
-        )
+        if self.config.log_dead_letters:  # a dry run counts them in its report instead
+            log.info(
+                "dead_lettering",
+                reason=reason,
+                stage=stage,
+                topic=raw.position.topic,
+                partition=raw.position.partition,
+                offset=raw.position.offset,
+                **contact,
+            )
         self._dlq.send(raw, reason, stage, detail, error_class)
 
     def _dead_lettered(self, raw: RawRecord, reason: str) -> None:
@@ -572,10 +570,6 @@ class Pipeline:
     def done_positions(self) -> dict[tuple[str, int], int]:
         """Per partition, the offset before which every record is done (committed or not)."""
         return self._tracker.done_positions()
-
-    @property
-    def router(self) -> Router:
-        return self._router
 
     def committed(self) -> dict[tuple[str, int], int]:
         """Committed position per assigned partition."""

@@ -249,22 +249,15 @@ def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings
     if settings is not None and (problem := dlq_size_problem(settings.max_value_bytes, kafka)):
         problems.append(problem)
     if problems or settings is None:
-        raise ConfigError(problems_text("invalid configuration", problems))
+        raise ConfigError.listing("invalid configuration", problems)
     return settings, kafka
-
-
-def problems_text(what: str, problems: list[str]) -> str:
-    """One problem on one line; several as a list under `what`."""
-    if len(problems) == 1:
-        return f"{what}: {problems[0]}"
-    return f"{what}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
 def settings_from(values: dict[str, Any], check_connection: bool = True) -> Settings:
     """Validated settings, or a `ConfigError` with every problem (see `settings_problems`)."""
     settings, problems = settings_problems(values, check_connection)
     if problems or settings is None:
-        raise ConfigError(problems_text("invalid configuration", problems))
+        raise ConfigError.listing("invalid configuration", problems)
     return settings
 
 
@@ -279,10 +272,10 @@ def settings_problems(
     put back to their defaults to look at the rest, so one run reports them all."""
     problems: list[str] = []
     settings: Settings | None = None
+    failed: set[str] = set()  # fields put back to their defaults
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
-        failed: set[str] = set()
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
             failed.add(field)
@@ -293,11 +286,10 @@ def settings_problems(
             settings = Settings.model_validate(rest)
         except ValidationError:
             return None, problems
-    failing = {p.split(":", 1)[0] for p in problems}
     if (
         settings.value_format == "confluent"
         and not settings.schema_registry_url
-        and name("value_format") not in failing
+        and "value_format" not in failed
     ):
         problems.append(
             f"{name('schema_registry_url')} is required with {name('value_format')}=confluent "
@@ -309,8 +301,8 @@ def settings_problems(
                 check()
             except ConfigError as exc:
                 problems.append(str(exc))
-        privacy = name("omnisend_privacy_acknowledged")
-        if not settings.omnisend_privacy_acknowledged and privacy not in failing:
+        privacy = "omnisend_privacy_acknowledged"
+        if not settings.omnisend_privacy_acknowledged and privacy not in failed:
             problems.append(PRIVACY_REFUSAL)
     return settings, problems
 

@@ -151,9 +151,6 @@ class Budget:
     def apply(self, now: float) -> None:
         """Take in the group's assignments since the last call; the loop calls it every turn,
         so the window's phantom slots start when the share changed (within a tick)."""
-        self._apply_assignments(now)
-
-    def _apply_assignments(self, now: float) -> None:
         while self._assigned:
             self._apply_assignment(self._assigned.popleft(), now)
 
@@ -196,7 +193,7 @@ class Budget:
         `all - tags` of it. Both together then never exceed `all`. Of the rest, batch requests
         leave `READ_RESERVE` to reads (`read`). A `full` request or a read goes whenever the
         window has room; others are paced as well."""
-        self._apply_assignments(now)
+        self.apply(now)
         self._recover(now)
         if now < self._blocked_until:
             self.waits += 1
