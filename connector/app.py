@@ -54,6 +54,7 @@ from connector.readiness import (
     omnisend_credentials,
 )
 from connector.registry import RegistryClient
+from connector.results import Released, Results
 from connector.settings import Settings, dlq_message_max_bytes
 from connector.simulator.transport import SimulatorTransport
 
@@ -247,6 +248,8 @@ def running(
         metrics,
         clock,
         email_hash=hasher,
+        # A dry run and the jobs write no results, as they write no dead letters.
+        results=_results(producer, settings.kafka_results_topic if live else None),
     )
 
     _announce(config, group_id, pipeline, metrics, dry_run if job is None else None)
@@ -263,6 +266,12 @@ def running(
         if health is not None:
             health.close()
         producer.flush(5)
+
+
+def _results(producer: Any, topic: str | None) -> Callable[[Released], Results] | None:
+    if topic is None:
+        return None
+    return lambda on_delivered: Results(producer, topic, on_delivered)
 
 
 def _announce(

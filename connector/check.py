@@ -36,7 +36,10 @@ def check_kafka(settings: Settings, kafka: dict[str, str]) -> list[Finding]:
     except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable"
         return [Finding("kafka", False, f"{settings.kafka_bootstrap_servers} not reachable: {exc}")]
     findings = [Finding("kafka", True, f"{settings.kafka_bootstrap_servers} reachable")]
-    for role, name in (("topic", settings.kafka_topic), ("dead-letter topic", settings.dlq_topic)):
+    roles = [("topic", settings.kafka_topic), ("dead-letter topic", settings.dlq_topic)]
+    if settings.kafka_results_topic:
+        roles.append(("results topic", settings.kafka_results_topic))
+    for role, name in roles:
         meta = topics.get(name)
         if meta is None or meta.error is not None:
             findings.append(

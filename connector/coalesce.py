@@ -47,6 +47,7 @@ class Ticket:
     email: str
     remaining: int = 0
     failure: tuple[str, str] | None = None  # (reason, detail)
+    contact_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class Outcome:
     detail: str = ""
     skipped: str | None = None  # why it needed no call: "superseded"
     email: str = ""  # of a failed record, for its log line's keyed hash
+    contact_id: str | None = None  # Omnisend's id of the contact, where its answer named it
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,8 +324,11 @@ class Coalescer:
             self.upserts_in_flight[intent.email] = intent
         return taken
 
-    def upsert_accepted(self, email: str, now: float) -> None:
+    def upsert_accepted(self, email: str, now: float, contact_id: str | None = None) -> None:
         intent = self.upserts_in_flight.pop(email)
+        if contact_id is not None:
+            for ticket in intent.tickets:
+                ticket.contact_id = contact_id
         for export, part in intent.parts.items():
             self.known.put((email, export), fields_hash(part.fields), part.occurred_at_ms)
         if email in self._haunted:
@@ -537,6 +542,6 @@ def _attach(tickets: list[Ticket], ticket: Ticket) -> None:
 
 def _outcome(ticket: Ticket) -> Outcome:
     if ticket.failure is None:
-        return Outcome(ticket.position, ticket.size)
+        return Outcome(ticket.position, ticket.size, contact_id=ticket.contact_id)
     reason, detail = ticket.failure
     return Outcome(ticket.position, ticket.size, reason, detail, email=ticket.email)

@@ -40,6 +40,7 @@ from connector.settings import (
     kafka_overrides,
     load_settings,
     settings_problems,
+    settings_warnings,
 )
 
 CONNECTION_KEYS = frozenset(
@@ -209,7 +210,7 @@ def load_config(path: Path | None, environ: AnyMapping[str, str] | None = None) 
                 raise
             raise ConfigError.listing("invalid configuration", exc.problems + warnings) from None
         config = Config.single(settings, kafka)
-        return replace(config, warnings=unknown_variables(env))
+        return replace(config, warnings=unknown_variables(env) + settings_warnings(settings))
     try:
         document = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -279,6 +280,8 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
         if isinstance(table, dict)
     }
     warnings = unknown_variables(env, also_known=named)
+    if settings is not None:
+        warnings += settings_warnings(settings)
     if problems or settings is None:
         listed = (*problems, *warnings)
         raise ConfigError(

@@ -29,6 +29,7 @@ from connector.metrics import Metrics
 from connector.offsets import OffsetTracker
 from connector.omnisend.sinks import Sinks
 from connector.recent import RecentMap
+from connector.results import DEAD_LETTERED, DONE, SKIPPED, About, Released, Results, result_value
 
 log = structlog.get_logger("connector.pipeline")
 
@@ -115,6 +116,7 @@ class Pipeline:
         metrics: Metrics,
         clock: Clock,
         email_hash: Callable[[str], str] | None = None,
+        results: Callable[[Released], Results] | None = None,
     ) -> None:
         self.config = config
         # Logs name a contact by a keyed hash of its email, never by the address.
@@ -124,6 +126,11 @@ class Pipeline:
         self._router = router
         self._sink = sinks
         self._dlq = dead_letters(self._dead_lettered)
+        # The results topic, if any: a record is released (its offset may pass) once its
+        # result is delivered; `_about` holds what its result says until then.
+        self._results = None if results is None else results(self._release)
+        self._about: dict[Position, About] = {}
+        self._reporting: set[Position] = set()  # fate known, result not delivered yet
         self._metrics = metrics
         self._clock = clock
         self._tracker = OffsetTracker()
@@ -201,12 +208,18 @@ class Pipeline:
             changes.extend(self._accept(message))
         self._sink.submit(changes)
         self._collect()
-        self._dlq.poll()
+        self._poll_producers()
         self._backpressure()
         now = self._clock.now()
         if now - self._last_commit >= self.config.commit_interval_s:
             self._commit()
         self._report(now)
+
+    def _poll_producers(self) -> None:
+        """Delivery reports of dead letters and results (the one producer serves both)."""
+        self._dlq.poll()
+        if self._results is not None:
+            self._results.poll()
 
     def _report(self, now: float) -> None:
         """A line while the group has not assigned anything yet, and a summary every minute."""
@@ -230,7 +243,7 @@ class Pipeline:
             self._settle(self._clock.now() + self.config.shutdown_timeout_s)
         else:
             self._collect()
-            self._dlq.poll()
+            self._poll_producers()
             self._commit()  # what is done is done; unfinished work is not committed
         self._closing = True
         try:
@@ -241,12 +254,13 @@ class Pipeline:
         log.info("stopped", exit_code=self.exit_code, **self.stats)
 
     def _check_fatal(self) -> None:
-        fatal = self._sink.fatal or self._dlq.failure
+        results = None if self._results is None else self._results.failure
+        fatal = self._sink.fatal or self._dlq.failure or results
         if fatal is not None and self.fatal is None:
             self.fatal = fatal
             if isinstance(fatal, Crashed):
                 self.exit_code = EXIT_CRASHED
-            elif fatal is self._dlq.failure:
+            elif fatal is self._dlq.failure or fatal is results:
                 self.exit_code = EXIT_KAFKA_FATAL
             else:
                 self.exit_code = EXIT_OMNISEND_FATAL
@@ -321,6 +335,9 @@ class Pipeline:
             except UnicodeDecodeError as exc:
                 raise InvalidRecord("invalid_key", "decode", "the key is not UTF-8") from exc
         event = self._decoder.decode(raw.value)
+        about = None
+        if self._results is not None:
+            about = self._about[raw.position] = About(event)
         if event.event_id in self._seen:
             self._skip(raw.position, "duplicate")
             return []
@@ -328,6 +345,9 @@ class Pipeline:
         for collision in self._router.take_collisions():
             self._report_collision(collision)
         self._remember(event.event_id)
+        if about is not None and routed:
+            about.email = routed[0][1].email
+            about.exports = tuple(self._router.exports[c.export].name for _, c in routed)
         if not routed:
             self._skip(raw.position, "no_export")
         elif len(routed) > 1:
@@ -384,8 +404,14 @@ class Pipeline:
 
     def _apply(self, outcome: Outcome) -> None:
         raw = self._records.get(outcome.position)
-        if raw is None or outcome.position in self._dlq_bound:
+        if (
+            raw is None
+            or outcome.position in self._dlq_bound
+            or outcome.position in self._reporting
+        ):
             return  # its partition was revoked meanwhile, or another export failed it
+        if outcome.contact_id is not None and (about := self._about.get(outcome.position)):
+            about.contact_id = outcome.contact_id
         if outcome.reason is None and outcome.position in self._fanout:
             left = self._fanout[outcome.position] - 1
             if left:
@@ -399,20 +425,35 @@ class Pipeline:
         elif outcome.skipped is not None:
             self._skip(outcome.position, outcome.skipped)
         else:
-            self._done(outcome.position)
+            self.stats["done"] += 1
+            self._finish(raw, DONE)
 
     def _skip(self, position: Position, why: str) -> None:
         self._metrics.events_skipped.labels(self.config.connection, why).inc()
         self.stats["skipped"] += 1
-        self._done(position, count=False)
+        raw = self._records.get(position)
+        if raw is not None:
+            self._finish(raw, SKIPPED, why)
 
-    def _done(self, position: Position, count: bool = True) -> None:
-        raw = self._records.pop(position, None)
-        if raw is None:
+    def _finish(self, raw: RawRecord, outcome: str, reason: str | None = None) -> None:
+        """The record's fate is known: its result goes to the results topic, if there is one,
+        and the record is released once that is delivered; at once otherwise."""
+        if self._results is None:
+            self._release(raw)
             return
+        about = self._about.pop(raw.position, None)
+        self._reporting.add(raw.position)
+        value = result_value(raw, outcome, reason, about, self._email_hash, self._clock.now())
+        self._results.send(raw, value)
+
+    def _release(self, raw: RawRecord) -> None:
+        """Done with the record: its offset may be committed."""
+        position = raw.position
+        if self._records.get(position) is not raw:
+            return  # revoked meanwhile (and perhaps consumed again since)
+        del self._records[position]
+        self._reporting.discard(position)
         self._bytes -= raw.size
-        if count:
-            self.stats["done"] += 1
         self._tracker.done((position.topic, position.partition), position.offset)
 
     def _dead_letter(
@@ -441,10 +482,12 @@ class Pipeline:
         self._dlq.send(raw, reason, stage, detail, error_class)
 
     def _dead_lettered(self, raw: RawRecord, reason: str) -> None:
+        if self._records.get(raw.position) is not raw:
+            return  # revoked meanwhile (and perhaps consumed again since)
         self._dlq_bound.discard(raw.position)
         self._metrics.dlq_records.labels(self.config.connection, reason).inc()
         self.stats["dead_lettered"] += 1
-        self._done(raw.position, count=False)
+        self._finish(raw, DEAD_LETTERED, reason)
 
     # ---- flow control and offsets --------------------------------------------------------------
 
@@ -497,6 +540,8 @@ class Pipeline:
         self._collect()
         self._dlq.flush(max(0.0, deadline - self._clock.now()))
         self._collect()
+        if self._results is not None:
+            self._results.flush(max(0.0, deadline - self._clock.now()))
         self._commit()
 
     # ---- rebalancing (called from inside consume) ----------------------------------------------
@@ -552,6 +597,8 @@ class Pipeline:
         self._records.clear()
         self._fanout.clear()
         self._dlq_bound.clear()
+        self._about.clear()
+        self._reporting.clear()
         self._bytes = 0
         self._held.clear()
         # Redelivered records must not look like duplicates of themselves.

@@ -7,6 +7,7 @@ refused with a message naming the setting and what is wrong.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from collections.abc import Mapping as AnyMapping
 from pathlib import Path
@@ -22,6 +23,8 @@ from connector.mapping import DEFAULT_FIELD_MAP, DEFAULT_TAG_TEMPLATE, Mapping, 
 from connector.omnisend.client import DEFAULT_BASE_URL
 
 KAFKA_CFG_PREFIX = "KAFKA_CFG_"
+# What Kafka accepts as a topic name.
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # librdkafka properties the connector owns: changing them would break its delivery guarantees.
 OWNED_KAFKA_PROPERTIES = {
     "enable.auto.commit": "offsets are committed only after Omnisend has the change",
@@ -73,6 +76,7 @@ class Settings(BaseSettings):
     kafka_topic: str = "segment-membership"
     kafka_group_id: str = "omnisend-connector"
     kafka_dlq_topic: str | None = None
+    kafka_results_topic: str | None = None
     value_format: Literal["confluent", "avro"] = "confluent"
     schema_registry_url: str | None = None
     schema_registry_user_info: SecretStr | None = None
@@ -126,6 +130,13 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         raise ValueError("must be true or false")
+
+    @field_validator("kafka_topic", "kafka_dlq_topic", "kafka_results_topic")
+    @classmethod
+    def _topic_name(cls, value: str | None) -> str | None:
+        if value is not None and not TOPIC_NAME.fullmatch(value):
+            raise ValueError("not a Kafka topic name (1-249 of the characters a-z A-Z 0-9 . _ -)")
+        return value
 
     @field_validator("tag_template")
     @classmethod
@@ -228,6 +239,31 @@ def dlq_size_problem(max_value_bytes: int, kafka: dict[str, str]) -> str | None:
     return None
 
 
+def _topic_problems(settings: Settings, name: Callable[[str], str]) -> list[str]:
+    """The connector writes to the dead-letter and results topics: writing to the topic it
+    reads would feed its own records back to it."""
+    problems = []
+    if settings.dlq_topic == settings.kafka_topic:
+        problems.append(f"{name('kafka_dlq_topic')}: must differ from {name('kafka_topic')}")
+    results = settings.kafka_results_topic
+    if results is not None and results in (settings.kafka_topic, settings.dlq_topic):
+        problems.append(
+            f"{name('kafka_results_topic')}: must differ from {name('kafka_topic')} and "
+            f"{name('kafka_dlq_topic')}"
+        )
+    return problems
+
+
+def settings_warnings(settings: Settings) -> tuple[str, ...]:
+    """What is allowed but probably not meant."""
+    if settings.kafka_results_topic and settings.email_hash_key is None:
+        return (
+            "KAFKA_RESULTS_TOPIC without EMAIL_HASH_KEY: the results' email_hash changes at "
+            "every restart (a random key); set EMAIL_HASH_KEY to look contacts up by email",
+        )
+    return ()
+
+
 def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
     """Settings and librdkafka overrides, or a `ConfigError` naming every bad setting at once."""
     env = dict(os.environ if environ is None else environ)
@@ -295,6 +331,7 @@ def settings_problems(
             f"{name('schema_registry_url')} is required with {name('value_format')}=confluent "
             f"(or set {name('value_format')}=avro for plain Avro with the bundled schema)"
         )
+    problems.extend(_topic_problems(settings, name))
     if check_connection:
         for check in (settings.api_key, settings.mapping):
             try:
@@ -318,6 +355,11 @@ SETTINGS_HELP: list[tuple[str, str, str]] = [
         "consumer group; replicas of one group share the brand's budget",
     ),
     ("KAFKA_DLQ_TOPIC", "<KAFKA_TOPIC>.dlq", "dead-letter topic"),
+    (
+        "KAFKA_RESULTS_TOPIC",
+        "",
+        "optional: one JSON record per consumed record, its outcome (README: Results topic)",
+    ),
     (
         "KAFKA_CFG_<NAME>",
         "",

@@ -147,23 +147,31 @@ class MemoryProducer:
     """The dead-letter producer: refuses a message over `max_bytes` in `produce` (as
     librdkafka does), delivers the rest at the next `poll` or `flush`."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, lag_polls: int = 0) -> None:
         self.max_bytes = max_bytes
-        self.queued: list[tuple[dict[str, Any], Callable[..., None]]] = []
+        self.lag_polls = lag_polls  # polls a message waits before its delivery report
+        self.queued: list[tuple[dict[str, Any], Callable[..., None], int]] = []
         self.delivered: list[dict[str, Any]] = []
 
     def produce(self, topic: str, **message: Any) -> None:
-        if record_size(message["key"], message["value"], message["headers"]) > self.max_bytes:
+        headers = message.get("headers") or []
+        if record_size(message["key"], message["value"], headers) > self.max_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-        self.queued.append((message, message["on_delivery"]))
+        self.queued.append(({**message, "topic": topic}, message["on_delivery"], self.lag_polls))
 
-    def poll(self, timeout: float = 0) -> int:
+    def poll(self, timeout: float = 0, everything: bool = False) -> int:
         queued, self.queued = self.queued, []
-        for message, report in queued:
+        delivered = 0
+        for message, report, wait in queued:
+            if wait > 0 and not everything:
+                self.queued.append((message, report, wait - 1))
+                continue
             self.delivered.append(message)
             report(None, None)
-        return len(queued)
+            delivered += 1
+        return delivered
 
     def flush(self, timeout: float = 0) -> int:
-        self.poll()
+        while self.queued:  # including what delivery reports produce meanwhile
+            self.poll(everything=True)
         return 0

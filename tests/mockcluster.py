@@ -36,6 +36,7 @@ def _library() -> ctypes.CDLL:
         "rd_kafka_mock_group_initial_rebalance_delay_ms": (None, [p, ctypes.c_int32]),
         "rd_kafka_mock_broker_set_down": (i, [p, ctypes.c_int32]),
         "rd_kafka_mock_broker_set_up": (i, [p, ctypes.c_int32]),
+        "rd_kafka_mock_topic_set_error": (None, [p, s, i]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
@@ -60,6 +61,11 @@ class MockCluster:
         err = self._lib.rd_kafka_mock_topic_create(self._cluster, name.encode(), partitions, 1)
         if err:
             raise RuntimeError(f"mock topic_create failed with error {err}")
+
+    def refuse_topic(self, name: str, error_code: int) -> None:
+        """Answer every metadata request about the topic with this Kafka error code (e.g. 29,
+        TOPIC_AUTHORIZATION_FAILED: a topic this client may not write)."""
+        self._lib.rd_kafka_mock_topic_set_error(self._cluster, name.encode(), error_code)
 
     def broker_down(self) -> None:
         self._lib.rd_kafka_mock_broker_set_down(self._cluster, 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,8 @@ MAX_RETRY_AFTER_S = 120.0
 ENDED = frozenset({"finished", "stopped"})
 # Omnisend's ids are 24 hex digits; this admits any plain id, nothing a URL would read otherwise.
 _BATCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A contact id longer than this is not one (it would only be copied into a result record).
+MAX_CONTACT_ID_CHARS = 64
 
 
 class UnexpectedAnswer(Retriable):
@@ -62,6 +64,7 @@ class BatchItems:
     status: BatchStatus
     accepted: frozenset[str]
     refused: dict[str, tuple[int, str]]  # email -> (responseCode, problem detail)
+    contact_ids: dict[str, str] = field(default_factory=dict)  # accepted email -> contactID
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,7 @@ def batch_items(endpoint: str, response: httpx.Response) -> BatchItems:
     header = batch_status(endpoint, status, body)
     accepted: set[str] = set()
     refused: dict[str, tuple[int, str]] = {}
+    contact_ids: dict[str, str] = {}
     for key in ("responses", "errors"):
         items = body.get(key) or []
         if not isinstance(items, list):
@@ -152,9 +156,13 @@ def batch_items(endpoint: str, response: httpx.Response) -> BatchItems:
             code = _count(item.get("responseCode")) or 0
             if 200 <= code < 300:
                 accepted.add(email)
+                if (contact_id := _item_contact_id(item)) is not None:
+                    contact_ids[email] = contact_id
             else:
                 refused[email] = (code, _item_detail(item))
-    return BatchItems(header, frozenset(accepted - set(refused)), refused)
+    accepted -= set(refused)
+    ids = {email: contact_id for email, contact_id in contact_ids.items() if email in accepted}
+    return BatchItems(header, frozenset(accepted), refused, ids)
 
 
 def contacts_page(endpoint: str, response: httpx.Response) -> ContactsPage:
@@ -255,6 +263,19 @@ def _item_email(item: Any) -> str | None:
         if isinstance(ident, dict) and ident.get("type") == "email":
             email = ident.get("id")
             return email if isinstance(email, str) else None
+    return None
+
+
+def _item_contact_id(item: dict[str, Any]) -> str | None:
+    """The contact id in an accepted item's response: a ContactResponse, whose `id` it is
+    (`contactID` in the older versions' answers); None when the answer does not name it
+    sensibly."""
+    response = item.get("response")
+    if not isinstance(response, dict):
+        return None
+    contact_id = response.get("id", response.get("contactID"))
+    if isinstance(contact_id, str) and 0 < len(contact_id) <= MAX_CONTACT_ID_CHARS:
+        return contact_id
     return None
 
 

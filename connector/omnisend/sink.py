@@ -622,7 +622,9 @@ class OmnisendSink:
         if generation != self._generation or not self._batches.tracked(batch):
             return
         verdict = self._batches.sort_items(batch, items)
-        self._settle_batch(batch, verdict.accepted, verdict.retry, verdict.failed)
+        self._settle_batch(
+            batch, verdict.accepted, verdict.retry, verdict.failed, items.contact_ids
+        )
 
     def _settle_batch(
         self,
@@ -630,12 +632,14 @@ class OmnisendSink:
         accepted: list[str],
         retry: list[str],
         failed: dict[str, tuple[str, str]],
+        contact_ids: dict[str, str] | None = None,
     ) -> None:
         now, c = self.clock.now(), self._coalescer
         self._batches.finish(batch)
         self._count_batches()
+        ids = contact_ids or {}
         for email in accepted:
-            c.upsert_accepted(email, now)
+            c.upsert_accepted(email, now, ids.get(email))
         for email, (reason, detail) in failed.items():
             c.upsert_failed(email, reason, detail, now)
         for email in retry:

@@ -48,13 +48,17 @@ def test_everything_ready_exits_0(
 def test_each_problem_is_reported_and_exits_1(
     broker: Broker, topic: str, sim: SimulatorServer
 ) -> None:
-    result = check(connector_env(broker, topic, sim, OMNISEND_API_KEY="wrong-key"))
+    env = connector_env(
+        broker, topic, sim, OMNISEND_API_KEY="wrong-key", KAFKA_RESULTS_TOPIC=f"{topic}.results"
+    )
+    result = check(env)
     assert result.returncode == 1
     out = result.stdout
     assert f"FAIL  dead-letter topic: {topic}.dlq does not exist" in out
+    assert f"FAIL  results topic: {topic}.results does not exist" in out
     assert "FAIL  omnisend connection 'default': Omnisend answered 401" in out
     assert "wrong-key" not in out + result.stderr
-    assert out.splitlines()[-1] == "4 ok, 2 failed"
+    assert out.splitlines()[-1] == "4 ok, 3 failed"
 
 
 def test_unreachable_broker_and_omnisend_fail(broker: Broker, topic: str) -> None:

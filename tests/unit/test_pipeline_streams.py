@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -21,18 +22,20 @@ from connector.clock import SystemClock
 from connector.codec import ConfluentDecoder, bundled_schema_json, encode_confluent
 from connector.config import Export, Router
 from connector.dlq import DeadLetters, Delivered
-from connector.events import ContactChange, Position
+from connector.events import ContactChange, Position, RawRecord
 from connector.mapping import Mapping
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
 from connector.registry import RegistryClient
+from connector.results import Results
 from tests.events import event
 from tests.fake_kafka import MemoryConsumer, MemoryProducer
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator
 from tests.unit.test_coalesce import one_by_one
 
 TOPIC = "segments"
+RESULTS = "segments.results"
 T0 = 1_790_000_000_000
 MAX_VALUE_BYTES = 4096
 DLQ_MAX_BYTES = 8192  # what the dead-letter producer takes: large headers must be dropped
@@ -60,6 +63,21 @@ KINDS: dict[str, str | None] = {
     "bad_email": "invalid_email",
     "no_email": "missing_email",
     "bad_timestamp": "invalid_timestamp",
+}
+
+# Kinds whose records are never decoded: their results cannot name the profile.
+UNDECODED = {
+    "tombstone",
+    "bad_magic",
+    "unknown_id",
+    "json_schema",
+    "protobuf",
+    "garbage_schema",
+    "json_untyped",
+    "truncated",
+    "trailing",
+    "oversized",
+    "bad_key",
 }
 
 
@@ -146,11 +164,10 @@ class Watched(Pipeline):
         super().__init__(*args, **kwargs)
         self.fates: dict[Position, str] = {}
 
-    def _done(self, position: Position, count: bool = True) -> None:
-        if position in self._records:
-            assert position not in self.fates, f"{position} got a second fate"
-            self.fates[position] = "done" if count else "skipped or dead-lettered"
-        super()._done(position, count)
+    def _finish(self, raw: RawRecord, outcome: str, reason: str | None = None) -> None:
+        assert raw.position not in self.fates, f"{raw.position} got a second fate"
+        self.fates[raw.position] = outcome
+        super()._finish(raw, outcome, reason)
 
 
 record_st = st.tuples(
@@ -166,9 +183,13 @@ record_st = st.tuples(
     spec=st.lists(record_st, min_size=1, max_size=60),
     order=st.randoms(use_true_random=False),
     outage=st.integers(0, 3),
+    with_results=st.booleans(),
 )
 def test_any_stream_ends_committed_with_one_fate_per_record(
-    spec: list[tuple[str, int, tuple[int, int, bool, str], bool]], order: Any, outage: int
+    spec: list[tuple[str, int, tuple[int, int, bool, str], bool]],
+    order: Any,
+    outage: int,
+    with_results: bool,
 ) -> None:
     times = list(range(len(spec)))
     order.shuffle(times)  # distinct occurred_at, in any order
@@ -192,7 +213,8 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         records.append((partition, key, value_of(kind, e), headers))
         kinds.append(kind)
     consumer = MemoryConsumer.of(TOPIC, records)
-    producer = MemoryProducer(DLQ_MAX_BYTES)
+    # Deliveries lag a turn: a commit may come while results are still on their way.
+    producer = MemoryProducer(DLQ_MAX_BYTES, lag_polls=1)
     sim = simulator()
     sink = fast_sink(Scripted(sim))
     registry = Registry(outage)
@@ -207,7 +229,7 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         PipelineConfig(
             topic=TOPIC,
             max_value_bytes=MAX_VALUE_BYTES,
-            commit_interval_s=0.01,
+            commit_interval_s=0,  # every turn: a commit must never pass unsettled work
             registry_retry_s=0.02,
             dlq_max_invalid_share=1.0,
             shutdown_timeout_s=5,
@@ -219,10 +241,21 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         dead_letters,
         Metrics(CollectorRegistry()),
         SystemClock(),
+        email_hash=lambda email: f"h({email})",
+        results=(lambda released: Results(producer, RESULTS, released)) if with_results else None,
     )
 
+    def settled() -> set[Position]:
+        """With a results topic, a record is settled once its result is delivered."""
+        if not with_results:
+            return set(pipeline.fates)
+        delivered = [m for m in producer.delivered if m["topic"] == RESULTS]
+        sources = (json.loads(m["value"])["source"] for m in delivered)
+        return {Position(s["topic"], s["partition"], s["offset"]) for s in sources}
+
     def check_commit(tp: tuple[str, int], offset: int) -> None:
-        unfinished = [o for o in range(offset) if Position(tp[0], tp[1], o) not in pipeline.fates]
+        done = settled()
+        unfinished = [o for o in range(offset) if Position(tp[0], tp[1], o) not in done]
         assert unfinished == [], f"committed {tp} at {offset} past unfinished {unfinished}"
 
     consumer.on_commit = check_commit
@@ -237,11 +270,15 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
     assert exit_code == 0
     assert len(pipeline.fates) == len(records)
 
+    letters = [m for m in producer.delivered if m["topic"] == f"{TOPIC}.dlq"]
     dead = {
         (int(h["omnisend.dlq.original.partition"]), int(h["omnisend.dlq.original.offset"])): h
-        for h in (dict(m["headers"]) for m in producer.delivered)
+        for h in (dict(m["headers"]) for m in letters)
     }
-    assert len(dead) == len(producer.delivered)  # one dead letter per failed record
+    assert len(dead) == len(letters)  # one dead letter per failed record
+    results = [json.loads(m["value"]) for m in producer.delivered if m["topic"] == RESULTS]
+    by_source = {(r["source"]["partition"], r["source"]["offset"]): r for r in results}
+    assert len(by_source) == len(results) == (len(records) if with_results else 0)
     offsets: dict[int, int] = {}
     for (partition, _, _, headers), kind in zip(records, kinds, strict=True):
         offset = offsets[partition] = offsets.get(partition, -1) + 1
@@ -252,6 +289,14 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         if letter is not None and headers:  # too large with its own headers: dropped
             assert letter["omnisend.dlq.dropped"] in (b"value,headers", b"value,headers,key")
             assert "trace" not in letter
+        if with_results:
+            check_result(by_source[(partition, offset)], kind, want, pipeline.fates)
+    if with_results:  # every copy of an event but one is a duplicate
+        copies = Counter(r["event_id"] for r in results if r["reason"] in (None, "superseded"))
+        assert set(copies.values()) <= {1}
+        duplicates = Counter(r["event_id"] for r in results if r["reason"] == "duplicate")
+        assert duplicates.keys() <= copies.keys()
+        assert sum(duplicates.values()) == kinds.count("duplicate")
 
     expected_fields, expected_tags = one_by_one(valid)
     state = contacts(sim)
@@ -259,3 +304,31 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
     for email, fields in expected_fields.items():
         assert {k: state[email][k] for k in fields} == fields
         assert set(state[email]["tags"]) == expected_tags[email]
+
+
+def check_result(result: dict[str, Any], kind: str, reason: str | None, fates: Any) -> None:
+    """A record's result says what became of it, and who it was about."""
+    source = result["source"]
+    assert (
+        fates[Position(source["topic"], source["partition"], source["offset"])]
+        == (result["outcome"])
+    )
+    if reason is not None:
+        assert (result["outcome"], result["reason"]) == ("dead_lettered", reason), kind
+    elif kind == "tombstone":
+        assert (result["outcome"], result["reason"], result["profile_id"]) == (
+            "skipped",
+            "tombstone",
+            None,
+        )
+    else:  # which copy of an event is the duplicate depends on the partitions' order
+        assert result["outcome"] in ("done", "skipped"), kind
+        assert result["reason"] in (None, "superseded", "duplicate"), kind
+        if result["reason"] != "duplicate":  # a duplicate is not routed again
+            assert result["exports"] == ["all"]
+            assert result["email_hash"] in {f"h({e})" for e in EMAILS}
+    if kind not in UNDECODED:
+        assert result["profile_id"] in {"p0", "p1", "p2"}, kind
+        assert result["segment_id"] in {"seg-1", "seg-2"}, kind
+    else:
+        assert result["profile_id"] is None, kind

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from connector.config import load_config
 from connector.errors import ConfigError
 from connector.settings import SETTINGS_HELP, Settings, load_settings, parse_field_map
 
@@ -56,6 +57,11 @@ def test_kafka_cfg_passes_through_and_owned_settings_are_refused() -> None:
         ({"TAG_TEMPLATE": "{email}"}, "TAG_TEMPLATE"),
         ({"FIELD_MAP": "nickname=nick"}, "FIELD_MAP"),
         ({"RATE_LIMIT_HEADROOM": "1.5"}, "RATE_LIMIT_HEADROOM"),
+        ({"KAFKA_RESULTS_TOPIC": "sync results"}, "KAFKA_RESULTS_TOPIC: .*not a Kafka topic"),
+        ({"KAFKA_DLQ_TOPIC": "x" * 250}, "KAFKA_DLQ_TOPIC: .*not a Kafka topic"),
+        ({"KAFKA_RESULTS_TOPIC": "segment-membership"}, "KAFKA_RESULTS_TOPIC: must differ"),
+        ({"KAFKA_RESULTS_TOPIC": "segment-membership.dlq"}, "KAFKA_RESULTS_TOPIC: must differ"),
+        ({"KAFKA_DLQ_TOPIC": "segment-membership"}, "KAFKA_DLQ_TOPIC: must differ"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
@@ -167,3 +173,10 @@ def test_a_sasl_mechanism_this_librdkafka_lacks_is_refused_at_load() -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings({**BASE, **secret, "KAFKA_CFG_SASL_MECHANISM": "SCRAM-SHA-512"})
     assert "hunter2" not in str(refused.value)
+
+
+def test_a_results_topic_without_a_stable_hash_key_is_warned_about() -> None:
+    env = {**BASE, "KAFKA_RESULTS_TOPIC": "segment-membership.results"}
+    assert any("EMAIL_HASH_KEY" in w for w in load_config(None, env).warnings)
+    keyed = load_config(None, {**env, "EMAIL_HASH_KEY": "k"})
+    assert not any("EMAIL_HASH_KEY" in w for w in keyed.warnings)
