@@ -86,7 +86,7 @@ def bare(bootstrap: str, topic: str, count: int) -> dict[str, float]:
         if messages and not seen:
             started, wall = cpu_s(), time.monotonic()
         for message in messages:
-            decoder.decode(message.value())
+            decoder.decode(message.value() or b"")
             seen += 1
     result = {"cpu_s": cpu_s() - started, "wall_s": time.monotonic() - wall, "events": seen}
     consumer.close()

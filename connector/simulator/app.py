@@ -343,7 +343,7 @@ class Simulator:
             if (contact := store.by_id.get(contact_id)) is not None:
                 targets[contact.id] = contact
         for contact in targets.values():
-            _retag(contact, op.body["tags"], op.add)
+            store.retag(contact, op.body["tags"], op.add)
         self.tag_ops_applied += 1
 
     # ---- batches ---------------------------------------------------------------------------
@@ -537,14 +537,6 @@ def _bind_item(
     fn: Callable[[Brand, Batch, int, float], None], brand: Brand, batch: Batch, index: int
 ) -> Callable[[float], None]:
     return lambda at: fn(brand, batch, index, at)
-
-
-def _retag(contact: Contact, tags: list[str], add: bool) -> None:
-    if add:
-        contact.tags = list(dict.fromkeys([*contact.tags, *tags]))
-    else:
-        removed = set(tags)
-        contact.tags = [t for t in contact.tags if t not in removed]
 
 
 def _json_body(request: Request) -> Any:

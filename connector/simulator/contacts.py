@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import random
 from dataclasses import dataclass, field
@@ -129,9 +130,23 @@ class ContactStore:
         self.by_id: dict[str, Contact] = {}
         self._by_ident: dict[tuple[str, str], Contact] = {}
         self._seq = 0
+        # Listings, filtered and sorted, while no contact changes: paging through one costs
+        # O(page) per page, not O(contacts) (a reconcile pages through a million).
+        self._version = 0
+        self._listings: dict[tuple[tuple[str, str], ...], list[Contact]] = {}
+        self._listed_version = 0
 
     def find(self, kind: str, value: str) -> Contact | None:
         return self._by_ident.get((kind, value))
+
+    def retag(self, contact: Contact, tags: list[str], add: bool) -> None:
+        """Tags added to or removed from a contact (POST and DELETE /contacts/tags)."""
+        self._version += 1
+        if add:
+            contact.tags = list(dict.fromkeys([*contact.tags, *tags]))
+        else:
+            removed = set(tags)
+            contact.tags = [t for t in contact.tags if t not in removed]
 
     def upsert(self, body: dict[str, Any], now: float) -> tuple[Contact, bool]:
         """POST /contacts semantics on a validated body: (contact, created)."""
@@ -172,9 +187,11 @@ class ContactStore:
         return contact
 
     def _forget(self, contact: Contact) -> None:
+        self._version += 1
         self.by_id.pop(contact.id, None)
 
     def _apply(self, contact: Contact, body: dict[str, Any], now: float) -> None:
+        self._version += 1
         for ident_body in body.get("identifiers") or []:
             self._apply_identifier(contact, ident_body, now)
         for name in _PLAIN_FIELDS:
@@ -211,10 +228,7 @@ class ContactStore:
     def list(self, query: dict[str, str]) -> dict[str, Any]:
         """GET /contacts: filters, sort and cursor paging."""
         limit = _limit(query.get("limit"))
-        contacts = [c for c in self.by_id.values() if _matches(c, query)]
-        key = "updated_at" if query.get("sort") == "updatedAt" else "created_at"
-        reverse = query.get("direction", "desc") != "asc"
-        contacts.sort(key=lambda c: (getattr(c, key), c.seq), reverse=reverse)
+        contacts = self._listing(query)
         start = 0
         if after := query.get("after"):
             start = _decode_cursor(after)
@@ -233,6 +247,31 @@ class ContactStore:
                 "limit": limit,
             },
         }
+
+
+    def _listing(self, query: dict[str, str]) -> builtins.list[Contact]:
+        """The contacts a query selects, in its order; kept until any contact changes."""
+        if self._listed_version != self._version:
+            self._listings.clear()
+            self._listed_version = self._version
+        key = tuple(sorted((k, v) for k, v in query.items() if k in _LISTING_KEYS))
+        contacts = self._listings.get(key)
+        if contacts is None:
+            contacts = [c for c in self.by_id.values() if _matches(c, query)]
+            order = "updated_at" if query.get("sort") == "updatedAt" else "created_at"
+            reverse = query.get("direction", "desc") != "asc"
+            contacts.sort(key=lambda c: (getattr(c, order), c.seq), reverse=reverse)
+            if len(self._listings) >= _MAX_LISTINGS:
+                self._listings.clear()
+            self._listings[key] = contacts
+        return contacts
+
+
+# What decides a listing's contacts and their order (not its page: limit and cursors).
+_LISTING_KEYS = frozenset(
+    {"email", "phone", "tag", "status", "segmentID", "updatedAtFrom", "sort", "direction"}
+)
+_MAX_LISTINGS = 16
 
 
 def _apply_channel(ident: Identifier, name: str, body: dict[str, Any], now: float) -> None:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from connector.simulator import contacts as contacts_module
+from connector.simulator.contacts import ContactStore
 from tests.simulator.conftest import Sim, contact
 
 
@@ -172,3 +179,65 @@ def test_patch_with_taken_identifier_is_409(sim: Sim) -> None:
 
 def test_patch_by_id_unknown_is_404(sim: Sim) -> None:
     assert sim.api.patch("/contacts/" + "a" * 24, json={"firstName": "x"}).status_code == 404
+
+
+def _store_with(count: int, tag_every: int) -> ContactStore:
+    store = ContactStore()
+    for i in range(count):
+        tags = ["vip"] if i % tag_every == 0 else []
+        body = {"identifiers": [{"type": "email", "id": f"c{i}@example.com"}], "tags": tags}
+        store.upsert(body, float(i))
+    return store
+
+
+def _all_pages(store: ContactStore, query: dict[str, str]) -> list[str]:
+    seen: list[str] = []
+    params = dict(query)
+    while True:
+        page = store.list(params)
+        seen += [c["email"] for c in page["contacts"]]
+        if not page["paging"]["hasMore"]:
+            return seen
+        params = {**query, "after": page["paging"]["cursors"]["after"]}
+
+
+def test_a_page_after_the_first_costs_the_page_not_every_contact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = _store_with(2_000, 3)
+    examined = [0]
+    matches = contacts_module._matches
+
+    def counting(contact: Any, query: dict[str, str]) -> bool:
+        examined[0] += 1
+        return matches(contact, query)
+
+    monkeypatch.setattr(contacts_module, "_matches", counting)
+    first = store.list({"tag": "vip", "limit": "250"})
+    assert examined[0] == 2_000  # the first page filters once
+    cursor = first["paging"]["cursors"]["after"]
+    store.list({"tag": "vip", "limit": "250", "after": cursor})
+    assert examined[0] == 2_000  # the next pages do not
+    store.retag(store.find("email", "c1@example.com"), ["vip"], add=True)  # type: ignore[arg-type]
+    store.list({"tag": "vip", "limit": "250", "after": cursor})
+    assert examined[0] == 4_000  # a change is seen at the next page
+
+
+@given(
+    count=st.integers(0, 60),
+    tag_every=st.integers(1, 5),
+    limit=st.integers(1, 7),
+    changes=st.lists(st.tuples(st.integers(0, 59), st.booleans()), max_size=10),
+)
+def test_paging_through_a_tag_lists_exactly_its_contacts(
+    count: int, tag_every: int, limit: int, changes: list[tuple[int, bool]]
+) -> None:
+    store = _store_with(count, tag_every)
+    for index, add in changes:
+        if (found := store.find("email", f"c{index}@example.com")) is not None:
+            store.retag(found, ["vip"], add)
+    query = {"tag": "vip", "limit": str(limit)}
+    expected = {c.email for c in store.by_id.values() if "vip" in c.tags}
+    seen = _all_pages(store, query)
+    assert len(seen) == len(set(seen))
+    assert set(seen) == expected
