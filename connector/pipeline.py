@@ -241,6 +241,7 @@ class Pipeline:
     def _shutdown(self) -> None:
         if self.fatal is None:
             self._settle(self._clock.now() + self.config.shutdown_timeout_s)
+            self._check_fatal()  # a dead letter or result that could not be written meanwhile
         else:
             self._collect()
             self._poll_producers()
@@ -337,7 +338,7 @@ class Pipeline:
         event = self._decoder.decode(raw.value)
         about = None
         if self._results is not None:
-            about = self._about[raw.position] = About(event)
+            about = self._about[raw.position] = About.of(event)
         if event.event_id in self._seen:
             self._skip(raw.position, "duplicate")
             return []
@@ -346,7 +347,8 @@ class Pipeline:
             self._report_collision(collision)
         self._remember(event.event_id)
         if about is not None and routed:
-            about.email = routed[0][1].email
+            if self._email_hash is not None:
+                about.email_hash = self._email_hash(routed[0][1].email)
             about.exports = tuple(self._router.exports[c.export].name for _, c in routed)
         if not routed:
             self._skip(raw.position, "no_export")
@@ -410,8 +412,10 @@ class Pipeline:
             or outcome.position in self._reporting
         ):
             return  # its partition was revoked meanwhile, or another export failed it
-        if outcome.contact_id is not None and (about := self._about.get(outcome.position)):
-            about.contact_id = outcome.contact_id
+        about = self._about.get(outcome.position)
+        if about is not None and outcome.reason is None and outcome.skipped is None:
+            about.synced = True  # for a fanned-out record: some export synced it
+            about.contact_id = outcome.contact_id or about.contact_id
         if outcome.reason is None and outcome.position in self._fanout:
             left = self._fanout[outcome.position] - 1
             if left:
@@ -422,7 +426,7 @@ class Pipeline:
             self._dead_letter(
                 raw, outcome.reason, "omnisend", outcome.detail, "Rejected", outcome.email
             )
-        elif outcome.skipped is not None:
+        elif outcome.skipped is not None and not (about is not None and about.synced):
             self._skip(outcome.position, outcome.skipped)
         else:
             self.stats["done"] += 1
@@ -443,8 +447,7 @@ class Pipeline:
             return
         about = self._about.pop(raw.position, None)
         self._reporting.add(raw.position)
-        value = result_value(raw, outcome, reason, about, self._email_hash, self._clock.now())
-        self._results.send(raw, value)
+        self._results.send(raw, result_value(raw, outcome, reason, about, self._clock.now()))
 
     def _release(self, raw: RawRecord) -> None:
         """Done with the record: its offset may be committed."""
@@ -538,11 +541,23 @@ class Pipeline:
         """Finish what can be finished before `deadline`, and commit it."""
         self._sink.drain(max(0.0, deadline - self._clock.now()))
         self._collect()
-        self._dlq.flush(max(0.0, deadline - self._clock.now()))
+        self._flush_producers(deadline)
         self._collect()
-        if self._results is not None:
-            self._results.flush(max(0.0, deadline - self._clock.now()))
         self._commit()
+
+    def _flush_producers(self, deadline: float) -> None:
+        """Dead letters and results confirmed, before `deadline`: a dead letter's result goes
+        once the dead letter is delivered, and a dead letter refused for its size goes again."""
+        until = time.monotonic() + max(0.0, deadline - self._clock.now())
+        while True:
+            self._dlq.flush(max(0.0, until - time.monotonic()))
+            if self._results is None:
+                return
+            self._results.flush(max(0.0, until - time.monotonic()))
+            waiting = self._dlq.pending > 0 or self._results.pending > 0
+            failed = self._dlq.failure or self._results.failure
+            if not waiting or failed or time.monotonic() >= until:
+                return
 
     # ---- rebalancing (called from inside consume) ----------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,50 +25,58 @@ DONE, SKIPPED, DEAD_LETTERED = "done", "skipped", "dead_lettered"
 # A value longer than this is cut (and the result says `truncated`): a result must fit the
 # producer's `message.max.bytes` whatever the source record carried.
 MAX_TEXT_CHARS = 1000
-# How long `send` waits for a full producer queue to drain, per attempt.
-_QUEUE_FULL_WAIT_S = 0.1
 
 Released = Callable[[RawRecord], None]
 
 
 @dataclass(slots=True)
 class About:
-    """What the pipeline learnt of a record on its way, for its result."""
+    """What the pipeline learnt of a record on its way, for its result: scalars only (not the
+    decoded profile, which would outweigh the in-flight caps), the email already hashed."""
 
-    event: SegmentChange | None = None
+    profile_id: str | None = None
+    event_id: str | None = None
+    segment_id: str | None = None
+    segment_name: str | None = None
+    entered: bool | None = None
+    occurred_at_ms: int | None = None
     exports: tuple[str, ...] = ()
-    email: str = ""
+    email_hash: str | None = None
     contact_id: str | None = None
+    synced: bool = False  # an export of a fanned-out record synced it
+
+    @classmethod
+    def of(cls, event: SegmentChange) -> About:
+        return cls(
+            event.profile_id,
+            event.event_id,
+            event.segment_id,
+            event.segment_name,
+            event.entered,
+            event.occurred_at_ms,
+        )
 
 
 def result_value(
-    record: RawRecord,
-    outcome: str,
-    reason: str | None,
-    about: About | None,
-    email_hash: Callable[[str], str] | None,
-    now_s: float,
+    record: RawRecord, outcome: str, reason: str | None, about: About | None, now_s: float
 ) -> dict[str, Any]:
-    """The result of one record, as the JSON object written to the topic."""
+    """The result of one record, as the JSON object written to the topic. Never raises: a
+    value it cannot render (a timestamp out of range) is null."""
     about = about or About()
-    event = about.event
     position = record.position
+    change = None if about.entered is None else ("ENTERED" if about.entered else "EXITED")
     value: dict[str, Any] = {
         "outcome": outcome,
         "reason": reason,
-        "at": datetime.fromtimestamp(now_s, UTC).isoformat(timespec="milliseconds"),
-        "profile_id": None if event is None else event.profile_id,
-        "event_id": None if event is None else event.event_id,
-        "segment_id": None if event is None else event.segment_id,
-        "segment_name": None if event is None else event.segment_name,
-        "change": None if event is None else ("ENTERED" if event.entered else "EXITED"),
-        "occurred_at": None
-        if event is None
-        else datetime.fromtimestamp(event.occurred_at_ms / 1000, UTC).isoformat(
-            timespec="milliseconds"
-        ),
+        "at": _iso(now_s * 1000),
+        "profile_id": about.profile_id,
+        "event_id": about.event_id,
+        "segment_id": about.segment_id,
+        "segment_name": about.segment_name,
+        "change": change,
+        "occurred_at": None if about.occurred_at_ms is None else _iso(about.occurred_at_ms),
         "exports": list(about.exports),
-        "email_hash": email_hash(about.email) if about.email and email_hash else None,
+        "email_hash": about.email_hash,
         "contact_id": about.contact_id,
         "source": {
             "topic": position.topic,
@@ -77,6 +86,13 @@ def result_value(
         },
     }
     return _bounded(value)
+
+
+def _iso(millis: float) -> str | None:
+    try:
+        return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):
+        return None  # beyond what a date can say (year 10000, or 2**62 ms)
 
 
 def _bounded(value: dict[str, Any]) -> dict[str, Any]:
@@ -90,34 +106,44 @@ def _bounded(value: dict[str, Any]) -> dict[str, Any]:
 
 class Results:
     """Produces results and releases each record once its result is delivered (from `poll`,
-    on the caller's thread)."""
+    on the caller's thread).
+
+    `send` only queues: it may be called from a dead letter's delivery report, inside the
+    producer's `poll`, where producing into a full queue would mean polling again from inside
+    a callback (which aborts confluent-kafka's next callback). `poll` and `flush` produce what
+    waits, outside any callback."""
 
     def __init__(self, producer: Any, topic: str, on_delivered: Released) -> None:
         self._producer = producer
         self.topic = topic
         self._on_delivered = on_delivered
-        self.pending = 0
+        self._waiting: deque[tuple[RawRecord, dict[str, Any]]] = deque()
+        self.pending = 0  # sent and not delivered yet, waiting ones included
         self.failure: Fatal | None = None
 
     def send(self, record: RawRecord, value: dict[str, Any]) -> None:
+        if self.failure is not None:
+            return  # stopping: the record stays unfinished, so uncommitted
         profile_id = value.get("profile_id")
         message = {
             "key": profile_id.encode() if isinstance(profile_id, str) else None,
             "value": json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(),
         }
-        if self.failure is not None:
-            return  # stopping: the record stays unfinished, so uncommitted
         self.pending += 1
-        while self.failure is None:
+        self._waiting.append((record, message))
+
+    def _produce_waiting(self) -> None:
+        while self._waiting and self.failure is None:
+            record, message = self._waiting[0]
             try:
                 self._producer.produce(self.topic, **message, on_delivery=self._report(record))
             except BufferError:
-                # The producer's queue is full: what it holds must reach the broker first.
-                self._producer.poll(_QUEUE_FULL_WAIT_S)
+                return  # the producer's queue is full: the next poll or flush goes on
             except KafkaException as exc:
+                self._waiting.popleft()
                 self._fail(exc.args[0])
-            else:
                 return
+            self._waiting.popleft()
 
     def _report(self, record: RawRecord) -> Callable[[KafkaError | None, Any], None]:
         def delivered(err: KafkaError | None, msg: Any) -> None:
@@ -136,12 +162,15 @@ class Results:
 
     def poll(self) -> None:
         self._producer.poll(0)
+        self._produce_waiting()
 
     def flush(self, timeout_s: float) -> bool:
         """Wait for every result to be confirmed; False if some were not in time."""
         deadline = time.monotonic() + timeout_s
-        left = self._producer.flush(timeout_s)
-        # Results produced from a dead letter's delivery, during that flush, go too.
-        while self.pending > 0 and self.failure is None and time.monotonic() < deadline:
+        while True:
+            self._produce_waiting()
+            # Results queued by dead letters delivered during this flush go at the next turn.
             left = self._producer.flush(max(0.0, deadline - time.monotonic()))
-        return bool(left == 0) and self.pending <= 0
+            done = left == 0 and not self._waiting
+            if done or self.failure is not None or time.monotonic() >= deadline:
+                return done and self.pending <= 0

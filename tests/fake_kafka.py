@@ -147,29 +147,39 @@ class MemoryProducer:
     """The dead-letter producer: refuses a message over `max_bytes` in `produce` (as
     librdkafka does), delivers the rest at the next `poll` or `flush`."""
 
-    def __init__(self, max_bytes: int, lag_polls: int = 0) -> None:
+    def __init__(self, max_bytes: int, lag_polls: int = 0, capacity: int | None = None) -> None:
         self.max_bytes = max_bytes
         self.lag_polls = lag_polls  # polls a message waits before its delivery report
+        self.capacity = capacity  # queued messages before `produce` raises BufferError
         self.queued: list[tuple[dict[str, Any], Callable[..., None], int]] = []
         self.delivered: list[dict[str, Any]] = []
+        self._reporting = False
 
     def produce(self, topic: str, **message: Any) -> None:
         headers = message.get("headers") or []
         if record_size(message["key"], message["value"], headers) > self.max_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        if self.capacity is not None and len(self.queued) >= self.capacity:
+            raise BufferError("Local: Queue full")
         self.queued.append(({**message, "topic": topic}, message["on_delivery"], self.lag_polls))
 
     def poll(self, timeout: float = 0, everything: bool = False) -> int:
-        queued, self.queued = self.queued, []
-        delivered = 0
-        for message, report, wait in queued:
-            if wait > 0 and not everything:
-                self.queued.append((message, report, wait - 1))
-                continue
-            self.delivered.append(message)
-            report(None, None)
-            delivered += 1
-        return delivered
+        # confluent-kafka aborts the process when a delivery report polls again.
+        assert not self._reporting, "poll or flush called from inside a delivery report"
+        due = [q for q in self.queued if everything or q[2] <= 0]
+        self.queued = [(m, r, w - 1) for m, r, w in self.queued if not (everything or w <= 0)]
+        # Reported one by one, each counted against the capacity until its report returned
+        # (as librdkafka counts a message until it is destroyed, after its report).
+        self.queued[:0] = due
+        for entry in due:
+            self.delivered.append(entry[0])
+            self._reporting = True
+            try:
+                entry[1](None, None)
+            finally:
+                self._reporting = False
+                self.queued.remove(entry)
+        return len(due)
 
     def flush(self, timeout: float = 0) -> int:
         while self.queued:  # including what delivery reports produce meanwhile

@@ -273,7 +273,7 @@ def _item_contact_id(item: dict[str, Any]) -> str | None:
     response = item.get("response")
     if not isinstance(response, dict):
         return None
-    contact_id = response.get("id", response.get("contactID"))
+    contact_id = response.get("id") or response.get("contactID")
     if isinstance(contact_id, str) and 0 < len(contact_id) <= MAX_CONTACT_ID_CHARS:
         return contact_id
     return None

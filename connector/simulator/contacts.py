@@ -248,7 +248,6 @@ class ContactStore:
             },
         }
 
-
     def _listing(self, query: dict[str, str]) -> builtins.list[Contact]:
         """The contacts a query selects, in its order; kept until any contact changes."""
         if self._listed_version != self._version:

@@ -40,6 +40,7 @@ T0 = 1_790_000_000_000
 MAX_VALUE_BYTES = 4096
 DLQ_MAX_BYTES = 8192  # what the dead-letter producer takes: large headers must be dropped
 BIG_HEADER = 9000
+FAR_FUTURE_MS = 253_402_300_800_000  # 10000-01-01
 GOOD, JSON_ID, PROTO_ID, UNKNOWN_ID, FLAKY_ID, GARBAGE_ID, UNTYPED_ID = 1, 2, 3, 4, 5, 6, 7
 EMAILS = ["ann@x.io", "bob@x.io", "cid@x.io"]
 SEGMENTS = [("seg-1", "One"), ("seg-2", "Two")]
@@ -63,6 +64,7 @@ KINDS: dict[str, str | None] = {
     "bad_email": "invalid_email",
     "no_email": "missing_email",
     "bad_timestamp": "invalid_timestamp",
+    "far_timestamp": "invalid_timestamp",  # year 10000: no date can say it
 }
 
 # Kinds whose records are never decoded: their results cannot name the profile.
@@ -140,7 +142,7 @@ def record_event(kind: str, i: int, at: int, choice: tuple[int, int, bool, str])
         change="ENTERED" if entered else "EXITED",
         segment_id=segment_id,
         segment_name=segment_name,
-        occurred_at=0 if kind == "bad_timestamp" else at,
+        occurred_at={"bad_timestamp": 0, "far_timestamp": FAR_FUTURE_MS}.get(kind, at),
         profile_id=f"p{email_index}",
         event_id=f"e{i}",
         first_name=name,
@@ -184,12 +186,14 @@ record_st = st.tuples(
     order=st.randoms(use_true_random=False),
     outage=st.integers(0, 3),
     with_results=st.booleans(),
+    capacity=st.sampled_from([None, 1, 3]),  # the producer's queue, full now and then
 )
 def test_any_stream_ends_committed_with_one_fate_per_record(
     spec: list[tuple[str, int, tuple[int, int, bool, str], bool]],
     order: Any,
     outage: int,
     with_results: bool,
+    capacity: int | None,
 ) -> None:
     times = list(range(len(spec)))
     order.shuffle(times)  # distinct occurred_at, in any order
@@ -214,7 +218,7 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         kinds.append(kind)
     consumer = MemoryConsumer.of(TOPIC, records)
     # Deliveries lag a turn: a commit may come while results are still on their way.
-    producer = MemoryProducer(DLQ_MAX_BYTES, lag_polls=1)
+    producer = MemoryProducer(DLQ_MAX_BYTES, lag_polls=1, capacity=capacity)
     sim = simulator()
     sink = fast_sink(Scripted(sim))
     registry = Registry(outage)
