@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ from connector.lag import lag_updater
 from connector.logs import EmailHasher
 from connector.metrics import Metrics, totals
 from connector.omnisend.budget import Budget, BudgetConfig
+from connector.omnisend.credentials import verify_all
 from connector.omnisend.sink import OmnisendSink, SinkConfig
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
@@ -51,7 +51,6 @@ from connector.readiness import (
     Readiness,
     broker_reachable,
     check_at_start,
-    omnisend_credentials,
 )
 from connector.registry import RegistryClient
 from connector.results import Released, Results
@@ -391,18 +390,19 @@ def _health(
 
 
 def all_credentials(config: Config) -> Callable[[], bool | None]:
-    """Every connection's key is accepted (None: some could not be checked just now)."""
-    checks = [
-        omnisend_credentials(c.base_url, c.api_key.get_secret_value())
-        for c in config.connections.values()
-    ]
+    """Every connection's key is accepted (None: some could not be checked just now), all
+    checked at once."""
+    keys = _keys(config)
 
     def check() -> bool | None:
-        with ThreadPoolExecutor(max_workers=min(32, len(checks))) as pool:
-            verdicts = list(pool.map(lambda c: c(), checks))  # at once, not one after another
-        if False in verdicts:
+        verdicts = verify_all(keys)
+        for name, verdict in verdicts.items():
+            if verdict.ok is False:
+                log.error("omnisend_credentials_refused", connection=name, detail=verdict.detail)
+        oks = [verdict.ok for verdict in verdicts.values()]
+        if False in oks:
             return False
-        return None if None in verdicts else True
+        return None if None in oks else True
 
     return check
 

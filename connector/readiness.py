@@ -10,12 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
 from connector.errors import Fatal
-from connector.omnisend.credentials import verify_credentials
+from connector.omnisend.credentials import verify_all
 
 log = structlog.get_logger("connector.readiness")
 
@@ -35,14 +34,7 @@ def check_at_start(connections: dict[str, tuple[str, str]], timeout_s: float = 1
     Omnisend until it does); `CredentialsRefused` naming each refused one."""
     if not connections:
         return True
-    with ThreadPoolExecutor(max_workers=min(32, len(connections))) as pool:
-        verdicts = dict(
-            zip(
-                connections,
-                pool.map(lambda c: verify_credentials(c[0], c[1], timeout_s), connections.values()),
-                strict=True,
-            )
-        )
+    verdicts = verify_all(connections, timeout_s)
     refused = [f"connection '{name}': {v.detail}" for name, v in verdicts.items() if v.ok is False]
     if refused:
         raise CredentialsRefused("Omnisend refused the credentials: " + "; ".join(refused))
@@ -122,19 +114,5 @@ def broker_reachable(admin: object, topic: str) -> Callable[[], bool]:
         except Exception:  # noqa: BLE001 - any failure to get metadata means not reachable
             return False
         return True
-
-    return check
-
-
-def omnisend_credentials(
-    base_url: str, api_key: str, timeout_s: float = 10.0
-) -> Callable[[], bool | None]:
-    """True: accepted; False: refused (401, 403, 410); None: no verdict (network, 429, 5xx)."""
-
-    def check() -> bool | None:
-        verdict = verify_credentials(base_url, api_key, timeout_s)
-        if verdict.ok is False:
-            log.error("omnisend_credentials_refused", detail=verdict.detail)
-        return verdict.ok
 
     return check

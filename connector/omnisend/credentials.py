@@ -10,6 +10,9 @@ from connector.errors import Fatal, Retriable
 from connector.omnisend.client import OmnisendClient, Rejected
 from connector.omnisend.http import async_client
 
+# Credential checks in flight at once (and connections per Omnisend host for them).
+CONCURRENT_CHECKS = 32
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -23,15 +26,36 @@ class Verdict:
 def verify_credentials(base_url: str, api_key: str, timeout_s: float = 10.0) -> Verdict:
     """`GET /contacts?limit=1` with the key (reads only: the `contacts.write` scope shows at the
     first write)."""
+    return verify_all({"": (base_url, api_key)}, timeout_s)[""]
 
-    async def call() -> None:
-        async with async_client(base_url, timeout_s) as http:
-            await OmnisendClient(http, api_key, base_url, deadline_s=timeout_s).check_credentials()
 
-    try:
-        asyncio.run(call())
-    except Fatal as exc:
-        return Verdict(False, str(exc))
-    except (Retriable, Rejected) as exc:
-        return Verdict(None, str(exc))
-    return Verdict(True, "accepted")
+def verify_all(
+    connections: dict[str, tuple[str, str]], timeout_s: float = 10.0
+) -> dict[str, Verdict]:
+    """Every connection's key (name -> (base URL, key)) checked at once: one event loop, one
+    client per base URL, at most `CONCURRENT_CHECKS` requests at a time. Two hundred brands
+    take about as long as one."""
+
+    async def all_of() -> list[Verdict]:
+        urls = {url for url, _ in connections.values()}
+        clients = {url: async_client(url, timeout_s, pool=CONCURRENT_CHECKS) for url in urls}
+        gate = asyncio.Semaphore(CONCURRENT_CHECKS)
+
+        async def one(url: str, key: str) -> Verdict:
+            async with gate:
+                client = OmnisendClient(clients[url], key, url, deadline_s=timeout_s)
+                try:
+                    await client.check_credentials()
+                except Fatal as exc:
+                    return Verdict(False, str(exc))
+                except (Retriable, Rejected) as exc:
+                    return Verdict(None, str(exc))
+                return Verdict(True, "accepted")
+
+        try:
+            return await asyncio.gather(*(one(url, key) for url, key in connections.values()))
+        finally:
+            for http in clients.values():
+                await http.aclose()
+
+    return dict(zip(connections, asyncio.run(all_of()), strict=True))
