@@ -44,6 +44,7 @@ from connector.logs import EmailHasher
 from connector.metrics import Metrics, totals
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.credentials import verify_all
+from connector.omnisend.loop import SinkLoop
 from connector.omnisend.sink import OmnisendSink, SinkConfig
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
@@ -121,6 +122,7 @@ def make_sink(
     clock: Clock,
     dry_run: DryRun | None = None,
     exports: tuple[int, ...] = (0,),
+    loop: SinkLoop | None = None,
 ) -> OmnisendSink:
     """The sink of one connection: its own client and its own share of its brand's budget."""
     budget = brand_budget(settings, connection)
@@ -149,6 +151,21 @@ def make_sink(
         connection=connection.name,
         config=config,
         transport=transport,
+        loop=loop,
+    )
+
+
+def _sinks(config: Config, metrics: Metrics, clock: Clock, dry: DryRun | None) -> Sinks:
+    """Every connection's sink, on one loop with one connection pool per Omnisend host."""
+    loop = SinkLoop(connections=SinkConfig().max_concurrent_requests * len(config.connections))
+    return Sinks(
+        {
+            name: make_sink(
+                config.settings, connection, metrics, clock, dry, config.exports_of(name), loop
+            )
+            for name, connection in config.connections.items()
+        },
+        loop,
     )
 
 
@@ -182,12 +199,7 @@ def running(
     metrics.prime(config.metrics_connection, settings.kafka_topic)
     for name in config.connections:
         metrics.prime(name, settings.kafka_topic)
-    sinks = Sinks(
-        {
-            name: make_sink(settings, connection, metrics, clock, dry, config.exports_of(name))
-            for name, connection in config.connections.items()
-        }
-    ).start()
+    sinks = _sinks(config, metrics, clock, dry).start()
     if job is not None:
         sinks.set_budget_share(job.share)
     counted: list[DryDeadLetters] = []

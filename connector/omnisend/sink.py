@@ -14,6 +14,7 @@ leaving its records unfinished and its partition's commits pinned.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import queue
@@ -43,6 +44,7 @@ from connector.omnisend.batches import (
 from connector.omnisend.budget import Budget, Request, Slot
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
 from connector.omnisend.http import sink_transport
+from connector.omnisend.loop import SinkLoop
 
 log = structlog.get_logger("connector.sink")
 
@@ -60,6 +62,9 @@ BATCH, FULL_BATCH = Request(), Request(full=True)
 TAGS, FULL_TAGS = Request(tag_call=True), Request(tag_call=True, full=True)
 # How often the budget and in-flight gauges are refreshed.
 REPORT_EVERY_S = 1.0
+# How long a sink with nothing to do sleeps unless woken (new work and shares wake it): its
+# gauges are refreshed this often while idle.
+QUIET_WAKE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,7 @@ class OmnisendSink:
         connection: str = "default",
         config: SinkConfig | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        loop: SinkLoop | None = None,
     ) -> None:
         self.config = config or SinkConfig()
         self.budget = budget
@@ -149,10 +155,11 @@ class OmnisendSink:
         self._inbox: queue.SimpleQueue[tuple[int, list[ContactChange]]] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[tuple[int, list[Outcome]]] = queue.SimpleQueue()
         self._epoch = 0  # the Kafka side's; the loop's is `_generation`, which follows it
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._run, name=f"omnisend-sink-{connection}", daemon=True
-        )
+        # The loop it runs on: shared by every connection of the process, or its own.
+        self._owns_loop = loop is None
+        self._shared = loop or SinkLoop(f"omnisend-sink-{connection}")
+        self._loop = self._shared.loop
+        self._running: concurrent.futures.Future[None] | None = None
         self._idle = threading.Event()
         self._idle.set()
         self._flushing = False
@@ -186,7 +193,8 @@ class OmnisendSink:
     # ---- the Kafka side (any thread) ---------------------------------------------------------
 
     def start(self) -> OmnisendSink:
-        self._thread.start()
+        self._shared.start()
+        self._running = self._shared.submit(self._run())
         return self
 
     def submit(self, changes: list[ContactChange]) -> None:
@@ -196,6 +204,12 @@ class OmnisendSink:
             self._inbox.put((self._epoch, changes))
             self._idle.clear()
             self._call(self._poke)
+
+    @property
+    def has_outcomes(self) -> bool:
+        """Whether `take_outcomes` may find any (cheap: the many idle connections of a process
+        are skipped without raising `queue.Empty` each)."""
+        return not self._outbox.empty()
 
     def take_outcomes(self) -> list[Outcome]:
         out: list[Outcome] = []
@@ -249,7 +263,11 @@ class OmnisendSink:
     def stop(self) -> None:
         self._stopping = True
         self._call(self._poke)
-        self._thread.join(timeout=10)
+        if self._running is not None:
+            with contextlib.suppress(Exception):  # a crash is reported by `fatal`
+                self._running.result(timeout=10)
+        if self._owns_loop:
+            self._shared.stop()
 
     @property
     def uncertain(self) -> int:
@@ -264,23 +282,24 @@ class OmnisendSink:
         upserts = len(c.upserts) >= self.config.saturation_upserts * fraction
         return upserts or c.ready_count >= self.config.saturation_tags * fraction
 
+    def poke(self) -> None:
+        """Look at the budget again now (its share changed), from any thread."""
+        self._call(self._poke)
+
     def _call(self, fn: Callable[[], None]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to do
             self._loop.call_soon_threadsafe(fn)
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
+    async def _run(self) -> None:
         try:
-            self._loop.run_until_complete(self._main())
+            await self._main()
         except Exception as exc:
             log.exception("sink_crashed")
             self.fatal = Crashed(
                 f"the Omnisend sink stopped unexpectedly: {type(exc).__name__}: {exc}"
             )
-        finally:
-            self._loop.close()
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -295,8 +314,15 @@ class OmnisendSink:
         timeout = httpx.Timeout(
             self.config.request_timeout_s, connect=min(5.0, self.config.request_timeout_s)
         )
-        transport = self._transport or sink_transport(self._base_url, limits)
-        async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
+        # Its own transport when given one (or when it has its own loop); else the pool the
+        # process's sinks share for this host, which outlives this client.
+        own = self._transport or (
+            sink_transport(self._base_url, limits) if self._owns_loop else None
+        )
+        http = httpx.AsyncClient(
+            timeout=timeout, transport=own or self._shared.transport(self._base_url)
+        )
+        try:
             self._client = OmnisendClient(
                 http,
                 self._api_key,
@@ -309,12 +335,32 @@ class OmnisendSink:
                 self._dispatch()
                 self._publish()
                 self._wake.clear()
-                sleep_s = min(self.config.tick_s, max(0.0, self._wake_at - self.clock.now()))
+                if self._quiet():
+                    sleep_s = QUIET_WAKE_S  # nothing to time: woken by new work or a share
+                else:
+                    sleep_s = min(self.config.tick_s, max(0.0, self._wake_at - self.clock.now()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), sleep_s)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            if own is not None:
+                await http.aclose()
+
+    def _quiet(self) -> bool:
+        """Nothing in flight, waiting, settling or watched: no timer to keep."""
+        c, batches = self._coalescer, self._batches
+        return not (
+            self._tasks
+            or not c.idle
+            or c.ghosts
+            or batches.live
+            or batches.stuck
+            or self._splits
+            or self._tag_splits
+            or not self._inbox.empty()
+        )
 
     def _ingest(self) -> None:
         now = self.clock.now()

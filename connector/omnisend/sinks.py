@@ -9,14 +9,16 @@ from collections.abc import Iterator
 from connector.coalesce import Outcome
 from connector.errors import Fatal
 from connector.events import ContactChange
+from connector.omnisend.loop import SinkLoop
 from connector.omnisend.sink import OmnisendSink
 
 
 class Sinks:
-    def __init__(self, sinks: dict[str, OmnisendSink]) -> None:
+    def __init__(self, sinks: dict[str, OmnisendSink], loop: SinkLoop | None = None) -> None:
         if not sinks:
             raise ValueError("at least one sink is needed")
         self.by_connection = sinks
+        self._loop = loop  # the one the sinks share, stopped after them
 
     def __iter__(self) -> Iterator[OmnisendSink]:
         return iter(self.by_connection.values())
@@ -34,7 +36,12 @@ class Sinks:
             self.by_connection[connection].submit(group)
 
     def take_outcomes(self) -> list[Outcome]:
-        return [o for sink in self.by_connection.values() for o in sink.take_outcomes()]
+        return [
+            o
+            for sink in self.by_connection.values()
+            if sink.has_outcomes
+            for o in sink.take_outcomes()
+        ]
 
     def saturated(self, fraction: float = 1.0) -> bool:
         """Any connection has all the unsent work it can use: reading more would only pile up
@@ -62,6 +69,8 @@ class Sinks:
     def stop(self) -> None:
         for sink in self.by_connection.values():
             sink.stop()
+        if self._loop is not None:
+            self._loop.stop()
 
     @property
     def fatal(self) -> Fatal | None:
@@ -71,9 +80,11 @@ class Sinks:
         """A job's fixed share of every brand's budget, from the start."""
         for sink in self.by_connection.values():
             sink.budget.share = share
+            sink.poke()
 
     def reassign_budget(self, share: float) -> None:
         """The consumer group gave this replica `share` of its partitions, and so of every
         brand's budget (see `Budget.reassign`)."""
         for sink in self.by_connection.values():
             sink.budget.reassign(share)
+            sink.poke()
