@@ -10,6 +10,7 @@ batch may still run, and a second upsert of its contacts could race it.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Literal
@@ -108,6 +109,12 @@ class BatchTracker:
             and any(b.next_poll_at <= now for b in listable)
         )
         return (listable if list_due else []), [b for b in by_id if b.next_poll_at <= now]
+
+    def next_read_at(self) -> float:
+        """When a status or items read is next due (inf: none is; a read in flight wakes the
+        loop with its answer)."""
+        idle = [b.next_poll_at for b in (*self.live.values(), *self.stuck.values()) if not b.busy]
+        return min(idle, default=math.inf)
 
     def listed(self, now: float) -> None:
         """A list read was sent."""

@@ -103,8 +103,12 @@ class OmnisendClient:
         base_url: str = DEFAULT_BASE_URL,
         observe: RequestObserver | None = None,
         deadline_s: float = 30.0,
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         self._http = http
+        # Requests of many clients sharing one connection pool wait here, in order and at O(1)
+        # each, rather than in the pool's own queue (which it scans for every request).
+        self._gate = gate
         # httpx's timeouts bound each read, not the answer: one dripping a byte at a time
         # would hold a request (and its slot) forever. This bounds the whole exchange.
         self._deadline_s = deadline_s
@@ -127,6 +131,14 @@ class OmnisendClient:
     ) -> httpx.Response:
         """One request, answered 2xx; raises `RateLimited`, `Retriable` (`UnexpectedAnswer`
         among them), `FatalApiError`, `WrongEndpoint` or `Rejected`."""
+        if self._gate is None:
+            return await self._call(endpoint, method, path, json, params)
+        async with self._gate:
+            return await self._call(endpoint, method, path, json, params)
+
+    async def _call(
+        self, endpoint: str, method: str, path: str, json: Any, params: dict[str, Any] | None
+    ) -> httpx.Response:
         start = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline_s):

@@ -18,7 +18,7 @@ from connector.omnisend.http import sink_transport
 
 # Connections of one shared pool: a sink's own limit (`max_concurrent_requests`) bounds what it
 # sends; the pool bounds them together.
-MAX_SHARED_CONNECTIONS = 128
+MAX_SHARED_CONNECTIONS = 32
 
 
 class SinkLoop:
@@ -29,6 +29,7 @@ class SinkLoop:
         self._lock = threading.Lock()
         self._connections = max(1, min(MAX_SHARED_CONNECTIONS, connections))
         self._transports: dict[str, httpx.AsyncBaseTransport] = {}
+        self._gates: dict[str, asyncio.Semaphore] = {}
 
     def start(self) -> SinkLoop:
         with self._lock:
@@ -48,16 +49,17 @@ class SinkLoop:
         """Run `coro` on the loop (from any thread)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def transport(self, url: str) -> httpx.AsyncBaseTransport:
-        """The connection pool for requests to `url`'s host, shared (on the loop's thread)."""
-        host = httpx.URL(url).copy_with(path="/", query=None, fragment=None)
-        key = str(host)
+    def transport(self, url: str) -> tuple[httpx.AsyncBaseTransport, asyncio.Semaphore]:
+        """The connection pool for requests to `url`'s host, shared (on the loop's thread),
+        and the gate its requests pass, one per connection."""
+        key = str(httpx.URL(url).copy_with(path="/", query=None, fragment=None))
         if key not in self._transports:
             limits = httpx.Limits(
                 max_connections=self._connections, max_keepalive_connections=self._connections
             )
             self._transports[key] = sink_transport(url, limits)
-        return self._transports[key]
+            self._gates[key] = asyncio.Semaphore(self._connections)
+        return self._transports[key], self._gates[key]
 
     async def _close_transports(self) -> None:
         for transport in self._transports.values():

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import math
 import queue
 import random
 import threading
@@ -65,6 +66,8 @@ REPORT_EVERY_S = 1.0
 # How long a sink with nothing to do sleeps unless woken (new work and shares wake it): its
 # gauges are refreshed this often while idle.
 QUIET_WAKE_S = 5.0
+# How often ghosts (upserts of unknown fate) are looked at for expiry.
+GHOST_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ class OmnisendSink:
         self._report_at = 0.0
         self._generation = 0
         self._wake: asyncio.Event | None = None
-        self._wake_at = 0.0  # when the budget lets the next held-back request go
+        self._wake_at = 0.0  # the loop's next timer: a linger, a read, the budget, a back-off
         # Called on the sink's thread with the end-to-end latencies of accepted tag changes.
         self.on_accepted: Callable[[list[float]], None] | None = None
 
@@ -319,9 +322,8 @@ class OmnisendSink:
         own = self._transport or (
             sink_transport(self._base_url, limits) if self._owns_loop else None
         )
-        http = httpx.AsyncClient(
-            timeout=timeout, transport=own or self._shared.transport(self._base_url)
-        )
+        transport, gate = (own, None) if own is not None else self._shared.transport(self._base_url)
+        http = httpx.AsyncClient(timeout=timeout, transport=transport)
         try:
             self._client = OmnisendClient(
                 http,
@@ -329,16 +331,16 @@ class OmnisendSink:
                 self._base_url,
                 observe=self._observe,
                 deadline_s=3 * self.config.request_timeout_s,
+                gate=gate,
             )
             while not self._stopping and self.fatal is None:
                 self._ingest()
                 self._dispatch()
                 self._publish()
                 self._wake.clear()
-                if self._quiet():
-                    sleep_s = QUIET_WAKE_S  # nothing to time: woken by new work or a share
-                else:
-                    sleep_s = min(self.config.tick_s, max(0.0, self._wake_at - self.clock.now()))
+                # Until the next timer, if any: an answer, new work or a new share wake it
+                # sooner. Idle connections of a process serving many brands cost nothing.
+                sleep_s = min(QUIET_WAKE_S, max(0.0, self._wake_at - self.clock.now()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), sleep_s)
             for task in list(self._tasks):
@@ -347,20 +349,6 @@ class OmnisendSink:
         finally:
             if own is not None:
                 await http.aclose()
-
-    def _quiet(self) -> bool:
-        """Nothing in flight, waiting, settling or watched: no timer to keep."""
-        c, batches = self._coalescer, self._batches
-        return not (
-            self._tasks
-            or not c.idle
-            or c.ghosts
-            or batches.live
-            or batches.stuck
-            or self._splits
-            or self._tag_splits
-            or not self._inbox.empty()
-        )
 
     def _ingest(self) -> None:
         now = self.clock.now()
@@ -387,7 +375,7 @@ class OmnisendSink:
         freed place in the window is used at once, not at the next tick."""
         wait = self.budget.wait(now, request.tag_call, full=request.full, read=request.read)
         if wait > 0:
-            self._wake_at = min(self._wake_at, now + wait)
+            self._wake_by(now + wait)
         return wait == 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None], now: float, request: Request) -> None:
@@ -438,17 +426,23 @@ class OmnisendSink:
 
     def _dispatch(self) -> None:
         now = self.clock.now()
-        self._wake_at = now + self.config.tick_s
+        self._wake_at = math.inf  # each part below says when it needs to look again
         self.budget.apply(now)  # a new share counts from its assignment, not the next request
         self._deadlines(now)
         if now < self._backoff.until:
+            self._wake_by(self._backoff.until)
             self._account_wait(now, limited=False)
             return
-        waits = self.budget.waits
+        waits, spawned = self.budget.waits, len(self._tasks)
         self._dispatch_polls(now)
         self._dispatch_tags(now)
         self._dispatch_upserts(now)
+        if len(self._tasks) != spawned:
+            self._wake_by(now + self.config.tick_s)  # work flows: look again soon
         self._account_wait(now, limited=self.budget.waits != waits)
+
+    def _wake_by(self, at: float) -> None:
+        self._wake_at = min(self._wake_at, at)
 
     def _account_wait(self, now: float, limited: bool) -> None:
         """Time between two dispatches counts as waiting when the first was held back."""
@@ -489,10 +483,14 @@ class OmnisendSink:
                 coalescer.ghost_gone(batch.ghost, now)
         if coalescer.ghosts:
             coalescer.expire_ghosts(now)
+            self._wake_by(now + GHOST_CHECK_S)
 
     def _dispatch_polls(self, now: float) -> None:
         """Item reads first (they unblock tag calls), then status reads."""
         tracker = self._batches
+        # A read due now and held back (no room, the budget, a list read not due yet) is
+        # looked at again a tick later, never in a spin.
+        self._wake_by(max(tracker.next_read_at(), now + self.config.tick_s))
         for batch in tracker.due_items(now):
             if not self._room() or not self._may_send(now, READ):
                 return
@@ -525,8 +523,9 @@ class OmnisendSink:
         groups = sorted(self._coalescer.ready_groups(), key=lambda g: g[2])
         for group, count, since in groups:
             if not self._room(tag_call=True):
-                return
+                return  # a call's answer wakes the loop
             if count < size and now - since < linger and not self._flushing:
+                self._wake_by(since + linger)
                 continue
             # Ask first: taking a call's intents and putting them back costs a millisecond
             # and sends them to the back of their group.
@@ -537,6 +536,9 @@ class OmnisendSink:
                 return
             intents = self._coalescer.take_tags(group, size, now)
             if not intents:
+                # Held back a moment (an opposite call settling, or contacts still in a
+                # batch): look again at the next tick.
+                self._wake_by(now + self.config.tick_s)
                 continue
             self._spawn(self._change_tags(group[0], group[1], intents), now, request)
 
@@ -562,6 +564,7 @@ class OmnisendSink:
         while c.upserts and self._batch_room():
             oldest = next(iter(c.upserts.values())).since
             if len(c.upserts) < size and now - oldest < linger and not self._flushing:
+                self._wake_by(oldest + linger)
                 return
             # Full only if a whole batch can be taken now: emails still in a batch are not.
             full = len(c.upserts) >= size and c.upserts_ready(size) == size
@@ -570,6 +573,7 @@ class OmnisendSink:
                 return
             intents = c.take_upserts(size)
             if not intents:
+                self._wake_by(now + self.config.tick_s)  # every email still in a batch
                 return
             self._spawn(self._create_batch(intents), now, request)
 
