@@ -150,6 +150,10 @@ class TagCollision:
     segment_id: str
 
 
+# Segments whose exports the router remembers (a look-up each, instead of asking every export).
+MAX_KNOWN_SEGMENTS = 100_000
+
+
 @dataclass
 class Router:
     """A decoded event → the contact change of every export that wants it, with the
@@ -161,6 +165,11 @@ class Router:
     _tag_owners: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
     _collisions: list[TagCollision] = field(init=False, default_factory=list)
     _reported: set[tuple[str, str]] = field(init=False, default_factory=set)
+    # (segment id, segment name) -> the exports that want it, in order: one look-up per event
+    # instead of asking each of hundreds of exports.
+    _wanting: dict[tuple[str, str], list[tuple[Export, Mapper]]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self._mappers = [
@@ -173,14 +182,22 @@ class Router:
         """Raises `InvalidRecord` when any export that wants the event cannot take it."""
         routed = [
             (export.connection, mapper.map(change, position, size, now_ms))
-            for export, mapper in self._mappers
-            if export.wants(change)
+            for export, mapper in self._wanted_by(change)
         ]
         for connection, mapped in routed:
             owner = self._tag_owners.setdefault((connection, mapped.tag), change.segment_id)
             if owner != change.segment_id:
                 self._collide(TagCollision(connection, mapped.tag, owner, change.segment_id))
         return routed
+
+    def _wanted_by(self, change: SegmentChange) -> list[tuple[Export, Mapper]]:
+        key = (change.segment_id, change.segment_name)
+        wanted = self._wanting.get(key)
+        if wanted is None:
+            if len(self._wanting) >= MAX_KNOWN_SEGMENTS:
+                self._wanting.clear()  # segments come and go: keep the recent ones
+            wanted = self._wanting[key] = [(e, m) for e, m in self._mappers if e.wants(change)]
+        return wanted
 
     def _collide(self, collision: TagCollision) -> None:
         # Reported once per tag: the second segment becomes its owner too, so the same two

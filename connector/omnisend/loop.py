@@ -9,7 +9,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -48,6 +48,11 @@ class SinkLoop:
     def submit(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
         """Run `coro` on the loop (from any thread)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """Run `fn` on the loop soon (from any thread); nothing once the loop is closed."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(fn)
 
     def transport(self, url: str) -> tuple[httpx.AsyncBaseTransport, asyncio.Semaphore]:
         """The connection pool for requests to `url`'s host, shared (on the loop's thread),

@@ -200,13 +200,16 @@ class OmnisendSink:
         self._running = self._shared.submit(self._run())
         return self
 
-    def submit(self, changes: list[ContactChange]) -> None:
+    def submit(self, changes: list[ContactChange], wake: bool = True) -> None:
+        """Hand changes to the loop; `wake` False when the caller wakes it (one wake-up for
+        every sink given work in one turn, not one each)."""
         if changes:
             # In this order: cleared first, the loop could find the inbox still empty and say
             # idle while these wait in it.
             self._inbox.put((self._epoch, changes))
             self._idle.clear()
-            self._call(self._poke)
+            if wake:
+                self._call(self._poke)
 
     @property
     def has_outcomes(self) -> bool:
@@ -307,6 +310,8 @@ class OmnisendSink:
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
+
+    poke_now = _poke  # on the loop's thread (`poke` from any other)
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()

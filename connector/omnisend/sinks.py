@@ -32,8 +32,14 @@ class Sinks:
         grouped: dict[str, list[ContactChange]] = {}
         for connection, change in changes:
             grouped.setdefault(connection, []).append(change)
-        for connection, group in grouped.items():
-            self.by_connection[connection].submit(group)
+        if self._loop is None or len(grouped) == 1:
+            for connection, group in grouped.items():
+                self.by_connection[connection].submit(group)
+            return
+        touched = [self.by_connection[connection] for connection in grouped]
+        for sink, group in zip(touched, grouped.values(), strict=True):
+            sink.submit(group, wake=False)
+        self._loop.call(lambda: [sink.poke_now() for sink in touched])
 
     def take_outcomes(self) -> list[Outcome]:
         return [
