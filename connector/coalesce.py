@@ -311,6 +311,10 @@ class Coalescer:
                     break
         return ready
 
+    def settled_at(self, group: Group) -> float:
+        """When the first intent of `group` held back by `settle_s` may go."""
+        return min((i.not_before for i in self.ready.get(group, {}).values()), default=0.0)
+
     def take_upserts(self, limit: int) -> list[UpsertIntent]:
         """Up to `limit` waiting upserts, oldest first, skipping emails already in a batch."""
         taken: list[UpsertIntent] = []

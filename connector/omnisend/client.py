@@ -133,8 +133,21 @@ class OmnisendClient:
         among them), `FatalApiError`, `WrongEndpoint` or `Rejected`."""
         if self._gate is None:
             return await self._call(endpoint, method, path, json, params)
-        async with self._gate:
+        try:
+            # Bounded: other brands' requests hanging on the shared pool must not stall this
+            # one forever; it is retried with a back-off, never sent.
+            async with asyncio.timeout(self._deadline_s):
+                await self._gate.acquire()
+        except TimeoutError:
+            self._observe(endpoint, "error", 0.0)
+            raise Retriable(
+                f"{endpoint}: no free connection to Omnisend within {self._deadline_s:g} s",
+                maybe_applied=False,
+            ) from None
+        try:
             return await self._call(endpoint, method, path, json, params)
+        finally:
+            self._gate.release()
 
     async def _call(
         self, endpoint: str, method: str, path: str, json: Any, params: dict[str, Any] | None

@@ -50,6 +50,8 @@ def verify_all(
                     return Verdict(False, str(exc))
                 except (Retriable, Rejected) as exc:
                     return Verdict(None, str(exc))
+                except Exception as exc:  # noqa: BLE001 - e.g. a key httpx cannot send
+                    return Verdict(False, f"the key cannot be used: {type(exc).__name__}")
                 return Verdict(True, "accepted")
 
         try:

@@ -93,11 +93,22 @@ def ssl_context() -> ssl.SSLContext:
     """Certificates to trust: SSL_CERT_FILE / SSL_CERT_DIR when set, else certifi's. One
     context per setting, shared: building one costs about 30 ms of CPU (reading the CA
     bundle), which a process with 200 connections paid 400 times at start."""
-    return _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    cert_file, cert_dir = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    return _ssl_context(cert_file, cert_dir, _changed_at(cert_file), _changed_at(cert_dir))
+
+
+def _changed_at(path: str | None) -> int:
+    """A rotated CA file (a Secret mounted again) gives a new context."""
+    try:
+        return os.stat(path).st_mtime_ns if path else 0
+    except OSError:
+        return 0
 
 
 @functools.lru_cache(maxsize=8)
-def _ssl_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+def _ssl_context(
+    cert_file: str | None, cert_dir: str | None, file_at: int, dir_at: int
+) -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=True)
 
 

@@ -266,12 +266,19 @@ class OmnisendSink:
         self._tag_splits.clear()
         self._count_batches()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.stop_soon()
+        self.wait_stopped(timeout_s)
+
+    def stop_soon(self) -> None:
+        """Ask the loop to stop this sink (in-flight requests are cancelled); returns at once."""
         self._stopping = True
         self._call(self._poke)
+
+    def wait_stopped(self, timeout_s: float) -> None:
         if self._running is not None:
             with contextlib.suppress(Exception):  # a crash is reported by `fatal`
-                self._running.result(timeout=10)
+                self._running.result(timeout=timeout_s)
         if self._owns_loop:
             self._shared.stop()
 
@@ -348,10 +355,10 @@ class OmnisendSink:
                 sleep_s = min(QUIET_WAKE_S, max(0.0, self._wake_at - self.clock.now()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), sleep_s)
-            for task in list(self._tasks):
+        finally:
+            for task in list(self._tasks):  # a crash too leaves nothing running on the loop
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        finally:
             if own is not None:
                 await http.aclose()
 
@@ -411,6 +418,9 @@ class OmnisendSink:
                     log.exception("sink_task_failed")
         finally:
             Budget.answered(_SLOT.get(), self.clock.now())  # no answer (cancelled): from now
+            # Gone from the tasks before the loop wakes (from Python 3.12 the loop may resume
+            # before the task's done callbacks run): its slot is free and idleness is seen.
+            self._tasks.discard(asyncio.current_task())
             self._poke()
 
     # ---- scheduling --------------------------------------------------------------------------
@@ -493,9 +503,13 @@ class OmnisendSink:
     def _dispatch_polls(self, now: float) -> None:
         """Item reads first (they unblock tag calls), then status reads."""
         tracker = self._batches
-        # A read due now and held back (no room, the budget, a list read not due yet) is
-        # looked at again a tick later, never in a spin.
-        self._wake_by(max(tracker.next_read_at(), now + self.config.tick_s))
+        # A read not due yet wakes the loop when it is; one due and held back is woken by what
+        # holds it: the budget (its wait), an answer (a free slot), the list read's turn.
+        next_read = tracker.next_read_at()
+        if next_read > now:
+            self._wake_by(next_read)
+        if tracker.next_list_at > now:
+            self._wake_by(tracker.next_list_at)
         for batch in tracker.due_items(now):
             if not self._room() or not self._may_send(now, READ):
                 return
@@ -541,9 +555,8 @@ class OmnisendSink:
                 return
             intents = self._coalescer.take_tags(group, size, now)
             if not intents:
-                # Held back a moment (an opposite call settling, or contacts still in a
-                # batch): look again at the next tick.
-                self._wake_by(now + self.config.tick_s)
+                # Held back while an opposite call settles: look again when the first may go.
+                self._wake_by(max(self._coalescer.settled_at(group), now + self.config.tick_s))
                 continue
             self._spawn(self._change_tags(group[0], group[1], intents), now, request)
 
@@ -578,8 +591,7 @@ class OmnisendSink:
                 return
             intents = c.take_upserts(size)
             if not intents:
-                self._wake_by(now + self.config.tick_s)  # every email still in a batch
-                return
+                return  # every email still in a batch: its read's answer wakes the loop
             self._spawn(self._create_batch(intents), now, request)
 
     # ---- requests ----------------------------------------------------------------------------

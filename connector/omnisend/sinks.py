@@ -72,9 +72,13 @@ class Sinks:
         for sink in self.by_connection.values():
             sink.reset()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Every sink asked at once, then waited for within one deadline."""
+        deadline = time.monotonic() + timeout_s
         for sink in self.by_connection.values():
-            sink.stop()
+            sink.stop_soon()
+        for sink in self.by_connection.values():
+            sink.wait_stopped(max(0.0, deadline - time.monotonic()))
         if self._loop is not None:
             self._loop.stop()
 

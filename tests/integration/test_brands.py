@@ -3,17 +3,22 @@ does not wake until there is something to do, and every key is checked in one go
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 
+import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.clock import SystemClock
+from connector.errors import Retriable
 from connector.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
+from connector.omnisend.client import OmnisendClient
 from connector.omnisend.credentials import verify_all
 from connector.omnisend.loop import SinkLoop
 from connector.omnisend.sink import OmnisendSink, SinkConfig
@@ -79,3 +84,27 @@ def test_every_key_is_checked_and_each_verdict_goes_to_its_connection() -> None:
     assert verdicts["c7"].ok is False
     assert verdicts["away"].ok is None
     assert all(v.ok is True for name, v in verdicts.items() if name not in ("c7", "away"))
+
+
+def test_a_request_waiting_too_long_for_the_shared_pool_is_retried_never_sent() -> None:
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"contacts": [], "paging": {}})
+
+    async def attempt() -> Retriable:
+        gate = asyncio.Semaphore(1)
+        await gate.acquire()  # other brands' requests hold every connection
+        http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+        client = OmnisendClient(http, "key", "http://omnisend.test/api", deadline_s=0.2, gate=gate)
+        with pytest.raises(Retriable) as raised:
+            await client.check_credentials()
+        gate.release()
+        await client.check_credentials()  # a free connection: it goes
+        return raised.value
+
+    error = asyncio.run(attempt())
+    assert error.maybe_applied is False
+    assert "no free connection" in str(error)
+    assert len(sent) == 1
