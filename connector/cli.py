@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -209,18 +209,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         )
         return 2
 
+    print(f"Omnisend simulator listening: OMNISEND_BASE_URL={server.api_url}", flush=True)
+    print(f"state: {server.url}/_sim/state  stats: {server.url}/_sim/stats", flush=True)
+    return _serve_until_stopped(server.serve_forever, server.close)
+
+
+def _serve_until_stopped(serve: Callable[[], object], close: Callable[[], object]) -> int:
+    """Run `serve` until Ctrl-C or SIGTERM, then `close`; exit 0."""
+
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"Omnisend simulator listening: OMNISEND_BASE_URL={server.api_url}", flush=True)
-    print(f"state: {server.url}/_sim/state  stats: {server.url}/_sim/stats", flush=True)
     try:
-        server.serve_forever()
+        serve()
     except KeyboardInterrupt:
         pass
     finally:
-        server.close()
+        close()
     return 0
 
 
@@ -607,19 +613,13 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         print(f"omnisend-connector broker: {exc} (is the port in use?)", file=sys.stderr)
         return 2
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     print(f"Kafka broker listening: KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
-    try:
+
+    def wait() -> None:
         while True:
             signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        broker.stop()
-    return 0
+
+    return _serve_until_stopped(wait, broker.stop)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -118,9 +118,30 @@ class _Letter:
         return True
 
 
-class DeadLetters:
+class TopicWriter:
+    """What the dead-letter and results producers share: their topic, how many records are on
+    their way, and the first failure to write one, which is fatal (exit 5): the records behind
+    it could never be committed."""
+
+    WHAT = "topic"
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self._producer = producer
+        self.topic = topic
+        self.pending = 0
+        self.failure: Fatal | None = None
+
+    def _fail(self, err: KafkaError) -> None:
+        self.pending -= 1
+        if self.failure is None:
+            self.failure = Fatal(f"cannot write to the {self.WHAT} {self.topic}: {err.str()}")
+
+
+class DeadLetters(TopicWriter):
     """Produces DLQ records and reports each one once delivered (from `poll`, on the caller's
     thread)."""
+
+    WHAT = "dead-letter topic"
 
     def __init__(
         self,
@@ -129,15 +150,12 @@ class DeadLetters:
         on_delivered: Delivered,
         max_message_bytes: int | None = None,
     ) -> None:
-        self._producer = producer
-        self.topic = topic
+        super().__init__(producer, topic)
         self._on_delivered = on_delivered
         # Known ahead, a record too large is sent without its value at once; either way the
         # producer's and the broker's refusals are handled.
         self._max_bytes = max_message_bytes
         self._again: deque[_Letter] = deque()  # refused by the broker for their size
-        self.pending = 0
-        self.failure: Fatal | None = None
 
     def send(
         self, record: RawRecord, reason: str, stage: str, detail: str, error_class: str
@@ -184,11 +202,6 @@ class DeadLetters:
                 self._fail(err)
 
         return delivered
-
-    def _fail(self, err: KafkaError) -> None:
-        self.pending -= 1
-        if self.failure is None:
-            self.failure = Fatal(f"cannot write to the dead-letter topic {self.topic}: {err.str()}")
 
     def poll(self) -> None:
         self._producer.poll(0)

@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from connector.errors import Fatal
+from connector.dlq import TopicWriter
 from connector.events import RawRecord, SegmentChange
 
 DONE, SKIPPED, DEAD_LETTERED = "done", "skipped", "dead_lettered"
@@ -104,7 +104,7 @@ def _bounded(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-class Results:
+class Results(TopicWriter):
     """Produces results and releases each record once its result is delivered (from `poll`,
     on the caller's thread).
 
@@ -113,13 +113,12 @@ class Results:
     a callback (which aborts confluent-kafka's next callback). `poll` and `flush` produce what
     waits, outside any callback."""
 
+    WHAT = "results topic"
+
     def __init__(self, producer: Any, topic: str, on_delivered: Released) -> None:
-        self._producer = producer
-        self.topic = topic
+        super().__init__(producer, topic)  # `pending` counts the waiting ones too
         self._on_delivered = on_delivered
         self._waiting: deque[tuple[RawRecord, dict[str, Any]]] = deque()
-        self.pending = 0  # sent and not delivered yet, waiting ones included
-        self.failure: Fatal | None = None
 
     def send(self, record: RawRecord, value: dict[str, Any]) -> None:
         if self.failure is not None:
@@ -154,11 +153,6 @@ class Results:
                 self._fail(err)
 
         return delivered
-
-    def _fail(self, err: KafkaError) -> None:
-        self.pending -= 1
-        if self.failure is None:
-            self.failure = Fatal(f"cannot write to the results topic {self.topic}: {err.str()}")
 
     def poll(self) -> None:
         self._producer.poll(0)

@@ -1,7 +1,8 @@
 """The Omnisend sink: turns changes into batch upserts and tag calls, as fast as the brand's
 budget allows, and reports each record's fate.
 
-It runs its own asyncio loop in a thread, so many requests are in flight at once while the Kafka
+It runs on an asyncio loop in a thread of its own or shared with the process's other
+connections (`connector.omnisend.loop`), so many requests are in flight at once while the Kafka
 loop keeps polling. The Kafka side talks to it through three thread-safe calls: `submit` (new
 changes), `take_outcomes` (records whose fate is known) and `drain` (finish what was submitted,
 within a deadline). Nothing here blocks the caller for longer than a queue operation.
@@ -44,7 +45,6 @@ from connector.omnisend.batches import (
 )
 from connector.omnisend.budget import Budget, Request, Slot
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
-from connector.omnisend.http import sink_transport
 from connector.omnisend.loop import SinkLoop
 
 log = structlog.get_logger("connector.sink")
@@ -160,7 +160,9 @@ class OmnisendSink:
         self._epoch = 0  # the Kafka side's; the loop's is `_generation`, which follows it
         # The loop it runs on: shared by every connection of the process, or its own.
         self._owns_loop = loop is None
-        self._shared = loop or SinkLoop(f"omnisend-sink-{connection}")
+        self._shared = loop or SinkLoop(
+            f"omnisend-sink-{connection}", connections=self.config.max_concurrent_requests
+        )
         self._loop = self._shared.loop
         self._running: concurrent.futures.Future[None] | None = None
         self._idle = threading.Event()
@@ -211,13 +213,9 @@ class OmnisendSink:
             if wake:
                 self._call(self._poke)
 
-    @property
-    def has_outcomes(self) -> bool:
-        """Whether `take_outcomes` may find any (cheap: the many idle connections of a process
-        are skipped without raising `queue.Empty` each)."""
-        return not self._outbox.empty()
-
     def take_outcomes(self) -> list[Outcome]:
+        if self._outbox.empty():
+            return []  # most connections of a process serving many brands, most turns
         out: list[Outcome] = []
         while True:
             try:
@@ -322,18 +320,12 @@ class OmnisendSink:
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
-        limits = httpx.Limits(
-            max_connections=self.config.max_concurrent_requests,
-            max_keepalive_connections=self.config.max_concurrent_requests,
-        )
         timeout = httpx.Timeout(
             self.config.request_timeout_s, connect=min(5.0, self.config.request_timeout_s)
         )
-        # Its own transport when given one (or when it has its own loop); else the pool the
-        # process's sinks share for this host, which outlives this client.
-        own = self._transport or (
-            sink_transport(self._base_url, limits) if self._owns_loop else None
-        )
+        # The pool of its loop for this host (shared by the process's sinks, and outliving
+        # this client), or the transport it was given.
+        own = self._transport
         transport, gate = (own, None) if own is not None else self._shared.transport(self._base_url)
         http = httpx.AsyncClient(timeout=timeout, transport=transport)
         try:

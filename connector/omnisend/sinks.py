@@ -42,12 +42,7 @@ class Sinks:
         self._loop.call(lambda: [sink.poke_now() for sink in touched])
 
     def take_outcomes(self) -> list[Outcome]:
-        return [
-            o
-            for sink in self.by_connection.values()
-            if sink.has_outcomes
-            for o in sink.take_outcomes()
-        ]
+        return [o for sink in self.by_connection.values() for o in sink.take_outcomes()]
 
     def saturated(self, fraction: float = 1.0) -> bool:
         """Any connection has all the unsent work it can use: reading more would only pile up
