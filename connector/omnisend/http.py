@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from connector.omnisend.transport import SinkTransport
+from connector.omnisend.wire import WireTransport
 
 
 def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> httpx.Proxy | None:
@@ -112,9 +113,13 @@ def _ssl_context(
     return httpx.create_ssl_context(trust_env=True)
 
 
-def sink_transport(url: str, limits: httpx.Limits) -> SinkTransport:
-    """The sink's transport for requests to `url`."""
-    return SinkTransport(limits, proxy=proxy_for(url), verify=ssl_context())
+def sink_transport(url: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """The sink's transport for requests to `url`: its own lean one (`wire`) when requests go
+    directly, httpx's through a proxy."""
+    proxy = proxy_for(url)
+    if proxy is None:
+        return WireTransport(limits, verify=ssl_context())
+    return SinkTransport(limits, proxy=proxy, verify=ssl_context())
 
 
 def client(url: str, timeout_s: float) -> httpx.Client:
