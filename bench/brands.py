@@ -33,8 +33,8 @@ from typing import Any
 
 from bench.common import new_topic, quiet, simulator
 from bench.cpu import cpu_s
-from connector.broker import Broker
-from connector.generate import GenerateOptions
+from connector.dev.broker import Broker
+from connector.dev.generate import GenerateOptions
 from connector.runtime import tune_gc
 
 UNLIMITED = "100000000"

@@ -21,8 +21,8 @@ from bench.common import (
     sim_get,
     simulator,
 )
-from connector.broker import Broker
-from connector.generate import GenerateOptions
+from connector.dev.broker import Broker
+from connector.dev.generate import GenerateOptions
 
 
 def main() -> None:

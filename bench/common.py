@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 
 from connector.app import running
-from connector.broker import Broker, free_port
-from connector.generate import GenerateOptions, produce
+from connector.dev.broker import Broker, free_port
+from connector.dev.generate import GenerateOptions, produce
 from connector.pipeline import Pipeline
 from connector.runtime import tune_gc
 from connector.settings import load_settings

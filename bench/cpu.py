@@ -33,9 +33,9 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from bench.common import connector_env, new_topic, quiet, simulator
-from connector.broker import Broker
-from connector.codec import PlainAvroDecoder
-from connector.generate import GenerateOptions
+from connector.core.codec import PlainAvroDecoder
+from connector.dev.broker import Broker
+from connector.dev.generate import GenerateOptions
 from connector.runtime import tune_gc
 
 TARGETS = {"duplicate-heavy": 3.0, "fresh": 6.0}

@@ -19,10 +19,10 @@ from confluent_kafka import Producer
 
 from bench.common import connector_env, quiet, sim_get, simulator
 from connector.app import running
-from connector.broker import Broker
-from connector.codec import encode_plain
-from connector.generate import GenerateOptions, events
-from connector.kafka import ensure_topic
+from connector.core.codec import encode_plain
+from connector.dev.broker import Broker
+from connector.dev.generate import GenerateOptions, events
+from connector.kafka.clients import ensure_topic
 from connector.settings import load_settings
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import connector_env, new_topic, quiet, simulator
-from connector.broker import Broker
-from connector.generate import GenerateOptions
+from connector.dev.broker import Broker
+from connector.dev.generate import GenerateOptions
 
 STALLS = {
     # One request per minute: everything after the first is answered 429 with a retryAfter.

@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 
 from bench.common import connector_env, new_topic, quiet, run_until_caught_up, sim_get, simulator
-from connector.broker import Broker
-from connector.generate import GenerateOptions
+from connector.dev.broker import Broker
+from connector.dev.generate import GenerateOptions
 from connector.omnisend.budget import READ_RESERVE, Budget, BudgetConfig
 
 

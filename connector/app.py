@@ -18,11 +18,13 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from connector import __version__
-from connector.clock import Clock, SystemClock
-from connector.codec import ConfluentDecoder, Decoder, PlainAvroDecoder
-from connector.config import Config, Connection, Router
-from connector.dlq import DeadLetters, DeadLetterSink
-from connector.dryrun import (
+from connector.config import Config, Connection
+from connector.core.clock import Clock, SystemClock
+from connector.core.codec import ConfluentDecoder, Decoder, PlainAvroDecoder
+from connector.core.events import RawRecord
+from connector.core.routing import Router
+from connector.health import HealthServer
+from connector.jobs.dryrun import (
     DRY_RUN_BASE_URL,
     DryDeadLetters,
     DryRun,
@@ -30,16 +32,17 @@ from connector.dryrun import (
     dry_run_key,
     dry_simulator,
 )
-from connector.events import RawRecord
-from connector.health import HealthServer
-from connector.kafka import (
+from connector.kafka.clients import (
     admin_config,
     consumer_config,
     dlq_producer_config,
     make_consumer,
     make_producer,
 )
-from connector.lag import lag_updater
+from connector.kafka.dlq import DeadLetters, DeadLetterSink
+from connector.kafka.lag import lag_updater
+from connector.kafka.registry import RegistryClient
+from connector.kafka.results import Released, Results
 from connector.logs import EmailHasher
 from connector.metrics import Metrics, totals
 from connector.omnisend.budget import Budget, BudgetConfig
@@ -53,8 +56,6 @@ from connector.readiness import (
     broker_reachable,
     check_at_start,
 )
-from connector.registry import RegistryClient
-from connector.results import Released, Results
 from connector.settings import Settings, dlq_message_max_bytes
 from connector.simulator.transport import SimulatorTransport
 

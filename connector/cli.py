@@ -13,8 +13,8 @@ from types import FrameType
 
 from connector import __version__
 from connector.config import Config, load_config
-from connector.errors import ConfigError, Fatal
-from connector.reasons import REASONS
+from connector.core.errors import ConfigError, ExitCode, Fatal
+from connector.core.reasons import REASONS
 from connector.runtime import tune_gc
 from connector.simulator.config import CURRENT_VERSION, RETIRED_VERSIONS, Faults, SimulatorConfig
 from connector.simulator.server import SimulatorServer
@@ -198,7 +198,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         config = simulator_config_from_args(args)
     except ValueError as exc:
         print(f"omnisend-connector simulate: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     try:
         server = SimulatorServer(config, host=args.host, port=args.port)
     except OSError as exc:
@@ -207,7 +207,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             f"{exc.strerror or exc}",
             file=sys.stderr,
         )
-        return 2
+        return ExitCode.CONFIG
 
     print(f"Omnisend simulator listening: OMNISEND_BASE_URL={server.api_url}", flush=True)
     print(f"state: {server.url}/_sim/state  stats: {server.url}/_sim/stats", flush=True)
@@ -227,7 +227,7 @@ def _serve_until_stopped(serve: Callable[[], object], close: Callable[[], object
         pass
     finally:
         close()
-    return 0
+    return ExitCode.OK
 
 
 def _settings_epilog() -> str:
@@ -296,12 +296,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args, "run")
     if config is None:
-        return 2
+        return ExitCode.CONFIG
     configure_logging(config.settings.log_level, config.settings.log_format)
     stop = threading.Event()
     install_signal_handlers(stop)
     if args.dry_run:
-        from connector.dryrun import caught_up  # noqa: PLC0415
+        from connector.jobs.dryrun import caught_up  # noqa: PLC0415
 
         with running(config, dry_run=True) as parts:
             code = parts.pipeline.run(stop, until=caught_up())
@@ -332,7 +332,7 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from connector.check import run_checks  # noqa: PLC0415
+    from connector.jobs.check import run_checks  # noqa: PLC0415
     from connector.logs import configure_logging  # noqa: PLC0415
 
     configure_logging("ERROR", "console")
@@ -341,7 +341,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"FAIL  configuration: {problem}")
-        return 1
+        return ExitCode.FAILED
     for warning in config.warnings:
         print(f"WARN  configuration: {warning}")
     findings = run_checks(config)
@@ -349,7 +349,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(finding.line())
     failed = sum(not f.ok for f in findings)
     print(f"{len(findings) - failed} ok, {failed} failed")
-    return 1 if failed else 0
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def _add_job_options(p: argparse.ArgumentParser) -> None:
@@ -432,18 +432,18 @@ def _job_config(args: argparse.Namespace, command: str) -> Config | None:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from connector.tools import backfill, parse_since  # noqa: PLC0415
+    from connector.jobs.runner import backfill, parse_since  # noqa: PLC0415
 
     config = _job_config(args, "backfill")
     if config is None:
-        return 2
+        return ExitCode.CONFIG
     try:
         since_ms = parse_since(args.since)
     except ConfigError as exc:
         print(f"omnisend-connector backfill: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     report = backfill(config, since_ms, args.share)
-    return _report(report, int(report["exitCode"]) or (0 if report["complete"] else 1))
+    return _report(report, int(report["exitCode"]) or (ExitCode.OK if report["complete"] else ExitCode.FAILED))
 
 
 def _report(report: dict[str, object], code: int) -> int:
@@ -454,35 +454,39 @@ def _report(report: dict[str, object], code: int) -> int:
 
 
 def _cmd_replay_dlq(args: argparse.Namespace) -> int:
-    from connector.tools import replay_dlq  # noqa: PLC0415
+    from connector.jobs.runner import replay_dlq  # noqa: PLC0415
 
     config = _job_config(args, "replay-dlq")
     if config is None:
-        return 2
+        return ExitCode.CONFIG
     report = replay_dlq(config, args.reason, args.share)
     if report["exitCode"]:
         return _report(report, int(report["exitCode"]))
-    return _report(report, 1 if report["failedAgain"] or not report["complete"] else 0)
+    return _report(
+        report, ExitCode.FAILED if report["failedAgain"] or not report["complete"] else ExitCode.OK
+    )
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from connector.jobs.reconcile import reconcile  # noqa: PLC0415
     from connector.omnisend.client import FatalApiError, WrongEndpoint  # noqa: PLC0415
-    from connector.reconcile import reconcile  # noqa: PLC0415
 
     config = _job_config(args, "reconcile")
     if config is None:
-        return 2
+        return ExitCode.CONFIG
     try:
         report = reconcile(config, args.export, args.apply, args.share)
     except ConfigError as exc:
         print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     except Fatal as exc:  # Omnisend refused the key, or kept failing
         print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
-        return 3 if isinstance(exc, FatalApiError | WrongEndpoint) else 1
+        return ExitCode.OMNISEND_FATAL if isinstance(exc, FatalApiError | WrongEndpoint) else ExitCode.FAILED
     drifted = any(t["missing"] or t["stale"] for e in report["exports"] for t in e["tags"])
     failed = any(e.get("repair", {}).get("failed") for e in report["exports"])
-    return _report(report, 1 if failed or (drifted and not args.apply) else 0)
+    return _report(
+        report, ExitCode.FAILED if failed or (drifted and not args.apply) else ExitCode.OK
+    )
 
 
 def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -541,7 +545,7 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from connector.generate import GenerateOptions, produce  # noqa: PLC0415
+    from connector.dev.generate import GenerateOptions, produce  # noqa: PLC0415
     from connector.settings import kafka_overrides  # noqa: PLC0415
 
     if args.value_format == "confluent" and not args.schema_registry_url:
@@ -549,7 +553,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             "omnisend-connector generate: --schema-registry-url is needed for confluent",
             file=sys.stderr,
         )
-        return 2
+        return ExitCode.CONFIG
     options = GenerateOptions(
         count=args.count,
         contacts=args.contacts,
@@ -586,9 +590,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             f"{args.bootstrap_servers}: {exc.args[0].str()}",
             file=sys.stderr,
         )
-        return 5
+        return ExitCode.KAFKA_FATAL
     print(f"wrote {sum(ends.values())} events to {args.topic} ({len(ends)} partitions)")
-    return 0
+    return ExitCode.OK
 
 
 def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -605,13 +609,13 @@ def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from connector.broker import Broker, free_port  # noqa: PLC0415
+    from connector.dev.broker import Broker, free_port  # noqa: PLC0415
 
     try:
         broker = Broker(port=args.port or free_port()).start()
     except RuntimeError as exc:
         print(f"omnisend-connector broker: {exc} (is the port in use?)", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
 
     print(f"Kafka broker listening: KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
 
@@ -643,7 +647,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from connector.demo import DemoResult, run_demo, summary  # noqa: PLC0415
+    from connector.dev.demo import DemoResult, run_demo, summary  # noqa: PLC0415
     from connector.logs import configure_logging  # noqa: PLC0415
 
     configure_logging("WARNING", "console")
@@ -689,13 +693,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
     except ConfigError as exc:  # found once running: a port in use, a job's missing topic
         print(f"omnisend-connector {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     except Fatal as exc:  # before the loop ran: Omnisend refused the credentials at start
         print(f"omnisend-connector {args.command}: {exc}", file=sys.stderr)
-        return 3
+        return ExitCode.OMNISEND_FATAL
     except KafkaException as exc:  # a job's metadata or offsets could not be read
         print(f"omnisend-connector {args.command}: Kafka: {exc.args[0].str()}", file=sys.stderr)
-        return 5
+        return ExitCode.KAFKA_FATAL
     return result
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from connector.errors import ConfigError
+from connector.core.errors import ConfigError
 
 Check = Callable[[], tuple[bool, dict[str, Any]]]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from connector.core.reasons import REASONS
 from connector.omnisend.client import ENDPOINTS
-from connector.reasons import REASONS
 
 # Why a record needed no Omnisend call (the `reason` label of events_skipped).
 SKIP_REASONS = ("duplicate", "superseded", "tombstone", "no_export", "not_selected")

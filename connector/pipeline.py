@@ -17,28 +17,30 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException
 
-from connector.clock import Clock
-from connector.coalesce import Outcome
-from connector.codec import Decoder
-from connector.config import Router, TagCollision
-from connector.dlq import DeadLetterSink
-from connector.errors import Crashed, Fatal, InvalidRecord, Retriable
-from connector.events import ContactChange, Position, RawRecord
-from connector.kafka import topic_partitions, tp
+from connector.core.clock import Clock
+from connector.core.coalesce import Outcome
+from connector.core.codec import Decoder
+from connector.core.errors import Crashed, ExitCode, Fatal, InvalidRecord, Retriable
+from connector.core.events import ContactChange, Position, RawRecord
+from connector.core.offsets import OffsetTracker
+from connector.core.recent import RecentMap
+from connector.core.routing import Router, TagCollision
+from connector.kafka.clients import topic_partitions, tp
+from connector.kafka.dlq import DeadLetterSink
+from connector.kafka.results import (
+    DEAD_LETTERED,
+    DONE,
+    SKIPPED,
+    About,
+    Released,
+    Results,
+    result_value,
+)
 from connector.metrics import Metrics
-from connector.offsets import OffsetTracker
 from connector.omnisend.sinks import Sinks
-from connector.recent import RecentMap
-from connector.results import DEAD_LETTERED, DONE, SKIPPED, About, Released, Results, result_value
 
 log = structlog.get_logger("connector.pipeline")
 
-EXIT_OK = 0
-EXIT_CRASHED = 1
-EXIT_CONFIG = 2
-EXIT_OMNISEND_FATAL = 3
-EXIT_DLQ_LIMIT = 4
-EXIT_KAFKA_FATAL = 5
 # The topic's partition count could not be read (a broker away): ask again after this long.
 SHARE_RETRY_S = 1.0
 # While no partitions were assigned yet, say so this often.
@@ -147,7 +149,7 @@ class Pipeline:
         self._last_commit = clock.now()
         self._closing = False
         self.fatal: Fatal | None = None
-        self.exit_code = EXIT_OK
+        self.exit_code = ExitCode.OK
         self.broker_down = False  # set by the Kafka error callback, cleared by any answer
         self.last_step_at = time.monotonic()
         self.assigned_at: float | None = None  # monotonic time of the first assignment
@@ -260,11 +262,11 @@ class Pipeline:
         if fatal is not None and self.fatal is None:
             self.fatal = fatal
             if isinstance(fatal, Crashed):
-                self.exit_code = EXIT_CRASHED
+                self.exit_code = ExitCode.FAILED
             elif fatal is self._dlq.failure or fatal is results:
-                self.exit_code = EXIT_KAFKA_FATAL
+                self.exit_code = ExitCode.KAFKA_FATAL
             else:
-                self.exit_code = EXIT_OMNISEND_FATAL
+                self.exit_code = ExitCode.OMNISEND_FATAL
             log.error("fatal", error=str(fatal), exit_code=self.exit_code)
 
     # ---- one record ----------------------------------------------------------------------------
@@ -296,7 +298,7 @@ class Pipeline:
                 f"(limit DLQ_MAX_INVALID_SHARE={self.config.dlq_max_invalid_share}): stopping rather "
                 "than moving the topic into the dead-letter queue; check the producer upstream"
             )
-            self.exit_code = EXIT_DLQ_LIMIT
+            self.exit_code = ExitCode.DLQ_LIMIT
             log.error(
                 "dlq_limit_reached", share=round(self._recent.share(), 3), window=len(self._recent)
             )

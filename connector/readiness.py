@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from connector.errors import Fatal
+from connector.core.errors import Fatal
 from connector.omnisend.credentials import verify_all
 
 log = structlog.get_logger("connector.readiness")

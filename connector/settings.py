@@ -16,10 +16,15 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from connector.dlq import DLQ_HEADER_ROOM
-from connector.errors import ConfigError
-from connector.kafka import property_problems
-from connector.mapping import DEFAULT_FIELD_MAP, DEFAULT_TAG_TEMPLATE, Mapping, check_tag_template
+from connector.core.errors import ConfigError
+from connector.core.mapping import (
+    DEFAULT_FIELD_MAP,
+    DEFAULT_TAG_TEMPLATE,
+    Mapping,
+    check_tag_template,
+)
+from connector.kafka.clients import property_problems
+from connector.kafka.dlq import DLQ_HEADER_ROOM
 from connector.omnisend.client import DEFAULT_BASE_URL
 
 KAFKA_CFG_PREFIX = "KAFKA_CFG_"

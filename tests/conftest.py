@@ -1,1 +1,1 @@
-"""Shared fixtures. The Omnisend simulator fixtures come from the `connector.testing` plugin."""
+"""Shared fixtures. The Omnisend simulator fixtures come from the `connector.dev.testing` plugin."""

@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from connector.dlq import record_size
+from connector.kafka.dlq import record_size
 
 TP = tuple[str, int]
 

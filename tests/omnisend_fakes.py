@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from connector.clock import Clock, SystemClock
-from connector.events import ContactChange, Position
+from connector.core.clock import Clock, SystemClock
+from connector.core.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.sink import OmnisendSink, SinkConfig

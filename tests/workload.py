@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from connector.mapping import DEFAULT_TAG_TEMPLATE
+from connector.core.mapping import DEFAULT_TAG_TEMPLATE
 
 T0 = 1_790_000_000_000
 SEGMENTS = [("seg-vip", "VIP"), ("seg-churn", "Churn"), ("seg-new", "New"), ("seg-b2b", "B2B")]

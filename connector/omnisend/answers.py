@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from connector.errors import Retriable
+from connector.core.errors import Retriable
 
 # A `retryAfter` longer than this is taken as this: a wrong answer must not idle a connection
 # for a day. Omnisend's window is a minute; two minutes covers any honest answer.

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from connector.errors import Fatal, Retriable
+from connector.core.errors import Fatal, Retriable
 from connector.omnisend import answers
 from connector.omnisend.answers import BatchItems, BatchStatus, ContactsPage, UnexpectedAnswer
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from connector.errors import Fatal, Retriable
+from connector.core.errors import Fatal, Retriable
 from connector.omnisend.client import OmnisendClient, Rejected
 from connector.omnisend.http import async_client
 

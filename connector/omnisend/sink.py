@@ -30,11 +30,11 @@ from typing import Any
 import httpx
 import structlog
 
-from connector.clock import Clock
-from connector.coalesce import Coalescer, Outcome, TagIntent, UpsertIntent
-from connector.errors import Crashed, Fatal, Retriable
-from connector.events import ContactChange
-from connector.mapping import contact_request
+from connector.core.clock import Clock
+from connector.core.coalesce import Coalescer, Outcome, TagIntent, UpsertIntent
+from connector.core.errors import Crashed, Fatal, Retriable
+from connector.core.events import ContactChange
+from connector.core.mapping import contact_request
 from connector.metrics import Metrics
 from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
 from connector.omnisend.batches import (
@@ -102,7 +102,7 @@ class SinkConfig:
     request_timeout_s: float = 10.0
     # The exports whose changes this connection receives (the parts an upsert may carry).
     exports: tuple[int, ...] = (0,)
-    # What the coalescer remembers between changes (see `connector.recent` for the cost).
+    # What the coalescer remembers between changes (see `connector.core.recent` for the cost).
     known_cache_size: int = 1_000_000
     applied_cache_size: int = 1_000_000
 

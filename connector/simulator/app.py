@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
-from connector.clock import Clock
+from connector.core.clock import Clock
 from connector.simulator.batches import BATCH_STATUSES, Batch, ItemResult, new_batch
 from connector.simulator.config import CURRENT_VERSION, Faults, SimulatorConfig
 from connector.simulator.contacts import Contact, ContactStore, check_list_filters

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from connector.clock import Clock, SystemClock
+from connector.core.clock import Clock, SystemClock
 from connector.simulator.app import Request, Response, Simulator
 from connector.simulator.config import SimulatorConfig
 from connector.simulator.wire import render

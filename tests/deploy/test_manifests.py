@@ -18,7 +18,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from connector.errors import ConfigError
+from connector.core.errors import ConfigError
 from connector.settings import SETTINGS_HELP, load_settings
 from tests.deploy.kustomize import Doc, build, find, pod_spec
 

@@ -18,9 +18,9 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client import CollectorRegistry
 
 from connector.app import running
-from connector.broker import Broker
-from connector.codec import encode_plain
-from connector.kafka import ensure_topic
+from connector.core.codec import encode_plain
+from connector.dev.broker import Broker
+from connector.kafka.clients import ensure_topic
 from connector.omnisend.client import API_VERSION
 from connector.pipeline import Pipeline
 from connector.settings import load_settings

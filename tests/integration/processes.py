@@ -16,7 +16,7 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.broker import free_port
+from connector.dev.broker import free_port
 
 CLI = [sys.executable, "-m", "connector.cli", "run"]
 

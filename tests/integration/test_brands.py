@@ -13,9 +13,9 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from connector.clock import SystemClock
-from connector.errors import Retriable
-from connector.events import ContactChange, Position
+from connector.core.clock import SystemClock
+from connector.core.errors import Retriable
+from connector.core.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.client import OmnisendClient

@@ -11,8 +11,8 @@ from contextlib import ExitStack, contextmanager
 import httpx
 
 from connector.app import running
-from connector.broker import Broker
-from connector.kafka import ensure_topic
+from connector.dev.broker import Broker
+from connector.kafka.clients import ensure_topic
 from connector.pipeline import Pipeline
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer

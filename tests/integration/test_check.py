@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from connector.broker import Broker, free_port
-from connector.kafka import ensure_topic
+from connector.dev.broker import Broker, free_port
+from connector.kafka.clients import ensure_topic
 from connector.simulator import SimulatorServer
 from tests.integration.conftest import connector_env
 from tests.registry import RegistryServer

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from connector.broker import Broker, free_port
+from connector.dev.broker import Broker, free_port
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import connector_env, produce_events, sim_contacts

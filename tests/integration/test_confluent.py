@@ -10,8 +10,8 @@ from typing import Any
 
 import fastavro
 
-from connector.broker import Broker
-from connector.codec import bundled_schema_json, encode_confluent
+from connector.core.codec import bundled_schema_json, encode_confluent
+from connector.dev.broker import Broker
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import (

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.broker import Broker
-from connector.kafka import ensure_topic
+from connector.dev.broker import Broker
+from connector.kafka.clients import ensure_topic
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.conftest import connector_env, produce_events, storm
 from tests.integration.processes import ConnectorProcess, committed_total

@@ -11,7 +11,7 @@ import sys
 import httpx
 from confluent_kafka.admin import AdminClient
 
-from connector.broker import Broker
+from connector.dev.broker import Broker
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import connector_env, produce, produce_events

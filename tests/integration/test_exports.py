@@ -17,8 +17,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.app import running
-from connector.broker import Broker
 from connector.config import load_config
+from connector.dev.broker import Broker
 from connector.pipeline import Pipeline
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event

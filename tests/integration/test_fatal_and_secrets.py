@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.broker import Broker
+from connector.dev.broker import Broker
 from connector.omnisend.client import API_VERSION
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from connector.app import running
-from connector.broker import Broker
-from connector.kafka import ensure_topic
+from connector.dev.broker import Broker
+from connector.kafka.clients import ensure_topic
 from connector.settings import load_settings
 from connector.simulator import Faults, SimulatorConfig, SimulatorServer
 from tests.integration.conftest import connector_env, produce_events, sim_stats, storm

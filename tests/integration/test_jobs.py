@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from connector.broker import Broker
-from connector.codec import encode_plain
-from connector.kafka import ensure_topic
+from connector.core.codec import encode_plain
+from connector.dev.broker import Broker
+from connector.kafka.clients import ensure_topic
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import (

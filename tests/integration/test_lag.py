@@ -10,8 +10,8 @@ import httpx
 from confluent_kafka import Producer
 
 from connector.app import running
-from connector.broker import free_port
-from connector.codec import encode_plain
+from connector.core.codec import encode_plain
+from connector.dev.broker import free_port
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event

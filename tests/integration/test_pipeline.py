@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connector.broker import Broker
-from connector.codec import encode_plain
+from connector.core.codec import encode_plain
+from connector.dev.broker import Broker
 from connector.readiness import CredentialsRefused
 from connector.simulator import SimulatorServer
 from tests.events import event

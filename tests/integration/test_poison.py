@@ -8,8 +8,8 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from connector.broker import Broker
-from connector.codec import encode_confluent, encode_plain
+from connector.core.codec import encode_confluent, encode_plain
+from connector.dev.broker import Broker
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import (

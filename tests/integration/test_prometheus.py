@@ -23,8 +23,8 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.app import running
-from connector.broker import free_port
-from connector.codec import encode_plain
+from connector.core.codec import encode_plain
+from connector.dev.broker import free_port
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event

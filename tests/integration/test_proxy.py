@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.broker import Broker
+from connector.dev.broker import Broker
 from connector.omnisend.credentials import verify_credentials
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from connector.app import running
-from connector.broker import Broker, free_port
-from connector.kafka import ensure_topic
+from connector.dev.broker import Broker, free_port
+from connector.kafka.clients import ensure_topic
 from connector.readiness import CredentialsRefused
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer

@@ -10,8 +10,8 @@ import threading
 from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 
 from connector.app import running
-from connector.broker import Broker
-from connector.codec import encode_plain
+from connector.core.codec import encode_plain
+from connector.dev.broker import Broker
 from connector.logs import EmailHasher
 from connector.settings import load_settings
 from connector.simulator import SimulatorConfig, SimulatorServer

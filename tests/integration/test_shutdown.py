@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.broker import Broker
-from connector.kafka import ensure_topic
+from connector.dev.broker import Broker
+from connector.kafka.clients import ensure_topic
 from connector.pipeline import Pipeline
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.conftest import RunConnector, connector_env, produce_events

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from connector.broker import Broker
+from connector.dev.broker import Broker
 from connector.pipeline import Pipeline
 from connector.simulator import Faults, SimulatorConfig, SimulatorServer
 from tests.integration.conftest import RunConnector, connector_env, produce_events

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.clock import ManualClock
+from connector.core.clock import ManualClock
 from connector.simulator.config import Faults, SimulatorConfig
 from connector.simulator.server import SimulatorServer
 from tests.contract import assert_matches_contract

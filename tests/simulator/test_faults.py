@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from connector.clock import ManualClock
+from connector.core.clock import ManualClock
 from connector.simulator.app import Request, Simulator
 from connector.simulator.config import Faults, SimulatorConfig
 from tests.simulator.conftest import HEADERS, MakeSim, Sim, contact

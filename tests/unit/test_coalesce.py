@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.coalesce import Coalescer, Outcome, TagIntent, UpsertIntent
-from connector.events import ContactChange, Position
+from connector.core.coalesce import Coalescer, Outcome, TagIntent, UpsertIntent
+from connector.core.events import ContactChange, Position
 
 
 def change(

@@ -11,15 +11,15 @@ import fastavro
 import httpx
 import pytest
 
-from connector.codec import (
+from connector.core.codec import (
     ConfluentDecoder,
     PlainAvroDecoder,
     bundled_schema_json,
     encode_confluent,
     encode_plain,
 )
-from connector.errors import InvalidRecord, Retriable
-from connector.registry import RegistryClient
+from connector.core.errors import InvalidRecord, Retriable
+from connector.kafka.registry import RegistryClient
 from tests.events import event
 
 

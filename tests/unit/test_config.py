@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from connector.config import Config, Router, load_config
-from connector.errors import ConfigError
-from connector.events import Position, SegmentChange
+from connector.config import Config, load_config
+from connector.core.errors import ConfigError
+from connector.core.events import Position, SegmentChange
+from connector.core.routing import Router
 
 GOOD = """
 kafka_bootstrap_servers = "k:9092"

@@ -11,8 +11,8 @@ from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.dlq import DLQ_HEADER_ROOM, DeadLetters, record_size
-from connector.events import Position, RawRecord
+from connector.core.events import Position, RawRecord
+from connector.kafka.dlq import DLQ_HEADER_ROOM, DeadLetters, record_size
 
 Report = Callable[[KafkaError | None, Any], None]
 

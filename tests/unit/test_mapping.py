@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from connector.codec import PlainAvroDecoder, encode_plain
-from connector.errors import ConfigError, InvalidRecord
-from connector.events import ContactChange, Position
-from connector.mapping import Mapper, Mapping, contact_request
+from connector.core.codec import PlainAvroDecoder, encode_plain
+from connector.core.errors import ConfigError, InvalidRecord
+from connector.core.events import ContactChange, Position
+from connector.core.mapping import Mapper, Mapping, contact_request
 from tests.events import event
 
 NOW = 1_800_000_000_000

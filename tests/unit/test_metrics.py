@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from connector.core.reasons import REASONS
 from connector.metrics import NAMESPACE, Metrics
-from connector.reasons import REASONS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.offsets import OffsetTracker, PartitionOffsets
+from connector.core.offsets import OffsetTracker, PartitionOffsets
 
 TP = ("t", 0)
 

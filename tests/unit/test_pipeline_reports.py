@@ -10,11 +10,11 @@ import structlog.testing
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
-from connector.clock import ManualClock
-from connector.codec import PlainAvroDecoder, encode_plain
-from connector.config import Export, Router
-from connector.dlq import DeadLetters, Delivered
-from connector.mapping import Mapping
+from connector.core.clock import ManualClock
+from connector.core.codec import PlainAvroDecoder, encode_plain
+from connector.core.mapping import Mapping
+from connector.core.routing import Export, Router
+from connector.kafka.dlq import DeadLetters, Delivered
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig

@@ -18,17 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from connector.clock import SystemClock
-from connector.codec import ConfluentDecoder, bundled_schema_json, encode_confluent
-from connector.config import Export, Router
-from connector.dlq import DeadLetters, Delivered
-from connector.events import ContactChange, Position, RawRecord
-from connector.mapping import Mapping
+from connector.core.clock import SystemClock
+from connector.core.codec import ConfluentDecoder, bundled_schema_json, encode_confluent
+from connector.core.events import ContactChange, Position, RawRecord
+from connector.core.mapping import Mapping
+from connector.core.routing import Export, Router
+from connector.kafka.dlq import DeadLetters, Delivered
+from connector.kafka.registry import RegistryClient
+from connector.kafka.results import Results
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
-from connector.registry import RegistryClient
-from connector.results import Results
 from tests.events import event
 from tests.fake_kafka import MemoryConsumer, MemoryProducer
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator

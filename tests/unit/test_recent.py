@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.recent import IntTable, RecentMap
+from connector.core.recent import IntTable, RecentMap
 
 ops = st.lists(
     st.tuples(

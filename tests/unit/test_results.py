@@ -14,18 +14,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from connector.clock import ManualClock
-from connector.coalesce import Coalescer, Outcome
-from connector.codec import PlainAvroDecoder, encode_plain
-from connector.config import Export, Router
-from connector.dlq import DeadLetters, Delivered
-from connector.events import ContactChange, Position, RawRecord, SegmentChange
-from connector.mapping import Mapping
+from connector.core.clock import ManualClock
+from connector.core.coalesce import Coalescer, Outcome
+from connector.core.codec import PlainAvroDecoder, encode_plain
+from connector.core.events import ContactChange, Position, RawRecord, SegmentChange
+from connector.core.mapping import Mapping
+from connector.core.routing import Export, Router
+from connector.kafka.dlq import DeadLetters, Delivered
+from connector.kafka.results import MAX_TEXT_CHARS, About, Released, Results, result_value
 from connector.metrics import Metrics
 from connector.omnisend import answers
 from connector.omnisend.sinks import Sinks
-from connector.pipeline import EXIT_KAFKA_FATAL, Pipeline, PipelineConfig
-from connector.results import MAX_TEXT_CHARS, About, Released, Results, result_value
+from connector.core.errors import ExitCode
+from connector.pipeline import Pipeline, PipelineConfig
 from tests.events import event
 from tests.fake_kafka import MemoryConsumer, MemoryProducer
 from tests.omnisend_fakes import Scripted, fast_sink, simulator
@@ -172,7 +173,7 @@ def test_a_results_topic_that_cannot_be_written_stops_the_loop_with_exit_5() -> 
         assert turns[0] < 2_000, "the loop did not stop"
         return False
 
-    assert pipeline.run(threading.Event(), until=until) == EXIT_KAFKA_FATAL
+    assert pipeline.run(threading.Event(), until=until) == ExitCode.KAFKA_FATAL
     assert "cannot write to the results topic" in str(pipeline.fatal)
     assert consumer.committed.get((TOPIC, 0), 0) == 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from connector.config import load_config
-from connector.errors import ConfigError
+from connector.core.errors import ConfigError
 from connector.settings import SETTINGS_HELP, Settings, load_settings, parse_field_map
 
 BASE = {
@@ -111,7 +111,7 @@ def test_privacy_acknowledgement_is_required(value: str | None) -> None:
 def test_the_dlq_producer_can_carry_a_max_value_bytes_record_by_default() -> None:
     """librdkafka's own `message.max.bytes` (1,000,000) is less than MAX_VALUE_BYTES (1 MiB):
     every value between the two could not be dead-lettered."""
-    from connector.kafka import dlq_producer_config  # noqa: PLC0415
+    from connector.kafka.clients import dlq_producer_config  # noqa: PLC0415
     from connector.settings import dlq_message_max_bytes  # noqa: PLC0415
 
     settings, kafka = load_settings(BASE)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.errors import Crashed, Retriable
+from connector.core.errors import Crashed, Retriable
 from connector.omnisend.answers import MAX_RETRY_AFTER_S, retry_after
 from connector.omnisend.client import OmnisendClient
 from connector.simulator.transport import SimulatorTransport

@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 from prometheus_client import CollectorRegistry
 
-from connector.clock import ManualClock, SystemClock
-from connector.events import ContactChange, Position
+from connector.core.clock import ManualClock, SystemClock
+from connector.core.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.sink import OmnisendSink, SinkConfig

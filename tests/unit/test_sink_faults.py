@@ -9,7 +9,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.events import ContactChange
+from connector.core.events import ContactChange
 from connector.simulator import Faults
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator, wait_outcomes
 from tests.unit.test_coalesce import change, one_by_one

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from connector.config import Export
-from connector.errors import ConfigError
-from connector.events import SegmentChange
-from connector.mapping import Mapping
-from connector.recent import IntTable, fingerprint
-from connector.reconcile import Finder, Membership, drift
-from connector.tools import Span, _Probe, parse_since
+from connector.core.errors import ConfigError
+from connector.core.events import SegmentChange
+from connector.core.mapping import Mapping
+from connector.core.recent import IntTable, fingerprint
+from connector.core.routing import Export
+from connector.jobs.reconcile import Finder, Membership, drift
+from connector.jobs.runner import Span, _Probe, parse_since
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

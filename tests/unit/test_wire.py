@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.errors import Retriable
+from connector.core.errors import Retriable
 from connector.omnisend.client import OmnisendClient
 from connector.omnisend.wire import WireTransport
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from connector.errors import ConfigError, InvalidRecord
-from connector.events import ContactChange, Position, SegmentChange
+from connector.core.errors import ConfigError, InvalidRecord
+from connector.core.events import ContactChange, Position, SegmentChange
 
 # Omnisend contact field ← profile attribute, the bulk export's optional fields.
 DEFAULT_FIELD_MAP: dict[str, str] = {

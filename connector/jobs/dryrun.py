@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from connector.clock import Clock
-from connector.config import Router
-from connector.errors import Fatal
-from connector.events import ContactChange, Position, RawRecord, SegmentChange
+from connector.core.clock import Clock
+from connector.core.errors import Fatal
+from connector.core.events import ContactChange, Position, RawRecord, SegmentChange
+from connector.core.routing import Router
 from connector.simulator import Simulator, SimulatorConfig
 
 DRY_RUN_BASE_URL = "http://omnisend.dry-run.invalid/api"

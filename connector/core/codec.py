@@ -2,7 +2,7 @@
 Confluent wire format with writer schemas fetched from a Schema Registry.
 
 Decoding is a pure function of the bytes once a writer schema is known; the writer schemas come
-from a `SchemaSource` (the Schema Registry client in `connector.registry`, or the tests' own).
+from a `SchemaSource` (the Schema Registry client in `connector.kafka.registry`, or the tests' own).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.read import SchemaResolutionError
 
-from connector.errors import InvalidRecord
-from connector.events import SegmentChange
+from connector.core.errors import InvalidRecord
+from connector.core.events import SegmentChange
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "segment_membership_change.avsc"
+SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "segment_membership_change.avsc"
 # What fastavro raises on bad bytes (ValueError covers UnicodeDecodeError and bad varints).
 _DECODE_ERRORS = (EOFError, IndexError, OverflowError, ValueError, TypeError, KeyError)
 

@@ -19,8 +19,8 @@ from urllib.parse import quote
 import fastavro
 import httpx
 
-from connector.codec import strip_logical_types
-from connector.errors import InvalidRecord, Retriable
+from connector.core.codec import strip_logical_types
+from connector.core.errors import InvalidRecord, Retriable
 
 # How long a 404 for a schema id is believed before the registry is asked again.
 UNKNOWN_ID_RETRY_S = 60.0

@@ -12,7 +12,7 @@ import httpx
 from confluent_kafka.admin import AdminClient
 
 from connector.config import Config, Connection
-from connector.kafka import admin_config
+from connector.kafka.clients import admin_config
 from connector.omnisend.credentials import verify_credentials
 from connector.settings import Settings
 

@@ -31,8 +31,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from connector.events import ContactChange, Position
-from connector.recent import RecentMap
+from connector.core.events import ContactChange, Position
+from connector.core.recent import RecentMap
 
 Key = tuple[str, str]  # (email, tag)
 Group = tuple[bool, str]  # (add?, tag)

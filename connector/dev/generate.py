@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from connector.codec import bundled_schema_json, encode_confluent, encode_plain
-from connector.kafka import ensure_topic, make_producer, producer_config
+from connector.core.codec import bundled_schema_json, encode_confluent, encode_plain
+from connector.kafka.clients import ensure_topic, make_producer, producer_config
 
 FIRST = ["Ann", "Ben", "Chloe", "Dovydas", "Emma", "Farid", "Greta", "Hugo", "Ines", "Jonas"]
 LAST = ["Adams", "Brown", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Hansen", "Ivanova"]

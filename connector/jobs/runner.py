@@ -21,10 +21,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from connector.app import Job, running
 from connector.config import Config
-from connector.dlq import HEADER_PREFIX
-from connector.errors import ConfigError
-from connector.events import RawRecord
-from connector.kafka import consumer_config
+from connector.core.errors import ConfigError
+from connector.core.events import RawRecord
+from connector.kafka.clients import consumer_config
+from connector.kafka.dlq import HEADER_PREFIX
 from connector.pipeline import Pipeline
 
 METADATA_TIMEOUT_S = 10.0

@@ -7,6 +7,21 @@
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """How the process ends (README "Exit codes"): what the operator must look at."""
+
+    OK = 0
+    # An unexpected failure (the logs say where); for `check` and the jobs also: a check
+    # failed, drift was found, or records were left unfinished.
+    FAILED = 1
+    CONFIG = 2  # the configuration or the command line is wrong
+    OMNISEND_FATAL = 3  # Omnisend refused the key or the API version, or the URL is wrong
+    DLQ_LIMIT = 4  # too large a share of the records went to the dead-letter topic
+    KAFKA_FATAL = 5  # a topic cannot be written or the cluster refuses the connector
+
 
 class ConnectorError(Exception):
     """Base of the connector's own errors."""

@@ -18,8 +18,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from connector.dlq import TopicWriter
-from connector.events import RawRecord, SegmentChange
+from connector.core.events import RawRecord, SegmentChange
+from connector.kafka.dlq import TopicWriter
 
 DONE, SKIPPED, DEAD_LETTERED = "done", "skipped", "dead_lettered"
 # A value longer than this is cut (and the result says `truncated`): a result must fit the

@@ -9,7 +9,7 @@ with the contact's latest fields by `occurred_at` across all the export's segmen
 the segment whose tag was lost.
 
 Memory: a topic may hold millions of changes of millions of contacts, so the first read keeps
-fingerprints, not strings (`connector.recent.IntTable`): per (export, segment) the latest change
+fingerprints, not strings (`connector.core.recent.IntTable`): per (export, segment) the latest change
 of each profile (its email's fingerprint, when, in or out), and per (export, email) where the
 latest entry is in the topic. Omnisend's contacts are compared by fingerprint, page by page. What
 is missing is found again by a second read of the topic, at the record holding each missing
@@ -32,20 +32,21 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from connector.app import make_decoder, make_sink
-from connector.clock import SystemClock
-from connector.config import Config, Export
-from connector.dryrun import mask
-from connector.errors import ConfigError, Fatal, InvalidRecord, Retriable
-from connector.events import ContactChange, Position, SegmentChange
-from connector.kafka import tp
-from connector.mapping import Mapper
+from connector.config import Config
+from connector.core.clock import SystemClock
+from connector.core.errors import ConfigError, Fatal, InvalidRecord, Retriable
+from connector.core.events import ContactChange, Position, SegmentChange
+from connector.core.mapping import Mapper
+from connector.core.recent import IntTable, fingerprint
+from connector.core.routing import Export
+from connector.jobs.dryrun import mask
+from connector.jobs.runner import Progress, Span, job_consumer, topic_span
+from connector.kafka.clients import tp
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.client import OmnisendClient, RateLimited
 from connector.omnisend.http import async_client
 from connector.omnisend.sink import OmnisendSink
-from connector.recent import IntTable, fingerprint
-from connector.tools import Progress, Span, job_consumer, topic_span
 
 log = structlog.get_logger("connector.reconcile")
 

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 
-from connector.errors import Fatal
-from connector.events import RawRecord
-from connector.reasons import REASONS
+from connector.core.errors import Fatal
+from connector.core.events import RawRecord
+from connector.core.reasons import REASONS
 
 HEADER_PREFIX = "omnisend.dlq."
 MAX_DETAIL_CHARS = 1000

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from connector.app import install_signal_handlers, running
-from connector.broker import Broker, free_port
-from connector.generate import GenerateOptions, produce
+from connector.dev.broker import Broker, free_port
+from connector.dev.generate import GenerateOptions, produce
 from connector.metrics import Metrics, totals
 from connector.pipeline import Pipeline
 from connector.settings import load_settings

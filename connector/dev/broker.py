@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from connector.errors import ConfigError
+from connector.core.errors import ConfigError
 
 
 def tansu_binary() -> Path:
