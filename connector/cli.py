@@ -443,7 +443,9 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         print(f"omnisend-connector backfill: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     report = backfill(config, since_ms, args.share)
-    return _report(report, int(report["exitCode"]) or (ExitCode.OK if report["complete"] else ExitCode.FAILED))
+    return _report(
+        report, int(report["exitCode"]) or (ExitCode.OK if report["complete"] else ExitCode.FAILED)
+    )
 
 
 def _report(report: dict[str, object], code: int) -> int:
@@ -481,7 +483,11 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
     except Fatal as exc:  # Omnisend refused the key, or kept failing
         print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
-        return ExitCode.OMNISEND_FATAL if isinstance(exc, FatalApiError | WrongEndpoint) else ExitCode.FAILED
+        return (
+            ExitCode.OMNISEND_FATAL
+            if isinstance(exc, FatalApiError | WrongEndpoint)
+            else ExitCode.FAILED
+        )
     drifted = any(t["missing"] or t["stale"] for e in report["exports"] for t in e["tags"])
     failed = any(e.get("repair", {}).get("failed") for e in report["exports"])
     return _report(

@@ -36,7 +36,10 @@ def test_the_core_imports_only_itself_the_standard_library_and_fastavro() -> Non
             and name.split(".")[0] != "__future__"
             and (
                 name.split(".")[0] in IO_MODULES
-                or (name.split(".")[0] not in sys.stdlib_module_names and not name.startswith("fastavro"))
+                or (
+                    name.split(".")[0] not in sys.stdlib_module_names
+                    and not name.startswith("fastavro")
+                )
             )
         )
         for module, names in imports(PACKAGE / "core").items()
@@ -45,8 +48,10 @@ def test_the_core_imports_only_itself_the_standard_library_and_fastavro() -> Non
 
 
 def test_the_kafka_edge_knows_nothing_of_omnisend_the_jobs_or_the_command_line() -> None:
-    outside = ("connector.omnisend", "connector.jobs", "connector.cli", "connector.dev")
-    outside += ("connector.app", "connector.pipeline", "connector.simulator")
+    outside = (
+        *("connector.omnisend", "connector.jobs", "connector.cli", "connector.dev"),
+        *("connector.app", "connector.pipeline", "connector.simulator"),
+    )
     wrong = {
         module: sorted(n for n in names if n.startswith(outside))
         for module, names in imports(PACKAGE / "kafka").items()

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from connector.core.clock import ManualClock
 from connector.core.coalesce import Coalescer, Outcome
 from connector.core.codec import PlainAvroDecoder, encode_plain
+from connector.core.errors import ExitCode
 from connector.core.events import ContactChange, Position, RawRecord, SegmentChange
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
@@ -25,7 +26,6 @@ from connector.kafka.results import MAX_TEXT_CHARS, About, Released, Results, re
 from connector.metrics import Metrics
 from connector.omnisend import answers
 from connector.omnisend.sinks import Sinks
-from connector.core.errors import ExitCode
 from connector.pipeline import Pipeline, PipelineConfig
 from tests.events import event
 from tests.fake_kafka import MemoryConsumer, MemoryProducer
