@@ -22,7 +22,7 @@ from connector.core.coalesce import Outcome
 from connector.core.codec import Decoder
 from connector.core.errors import Crashed, ExitCode, Fatal, InvalidRecord, Retriable
 from connector.core.events import ContactChange, Position, RawRecord
-from connector.core.offsets import OffsetTracker
+from connector.core.ledger import Failed, Ledger, Skipped
 from connector.core.recent import RecentMap
 from connector.core.routing import Router, TagCollision
 from connector.kafka.clients import topic_partitions, tp
@@ -132,15 +132,9 @@ class Pipeline:
         # result is delivered; `_about` holds what its result says until then.
         self._results = None if results is None else results(self._release)
         self._about: dict[Position, About] = {}
-        self._reporting: set[Position] = set()  # fate known, result not delivered yet
         self._metrics = metrics
         self._clock = clock
-        self._tracker = OffsetTracker()
-        self._records: dict[Position, RawRecord] = {}
-        # Records sent to several exports: how many of their fates are still to come.
-        self._fanout: dict[Position, int] = {}
-        self._dlq_bound: set[Position] = set()
-        self._bytes = 0
+        self._ledger = Ledger()
         self._seen = RecentMap(config.dedupe_cache_size, width=0)
         self._held: list[Any] = []  # messages waiting for an unreachable Schema Registry
         self._held_until = 0.0
@@ -194,7 +188,7 @@ class Pipeline:
         """One turn of the loop. Blocks at most `IDLE_POLL_S`."""
         self.last_step_at = time.monotonic()
         self._check_fatal()
-        busy = bool(self._records)
+        busy = bool(self._ledger)
         messages = self._consumer.consume(CONSUME_BATCH, BUSY_POLL_S if busy else IDLE_POLL_S)
         if self._share_due:
             self._apply_share()
@@ -234,7 +228,7 @@ class Pipeline:
             log.info(
                 "progress",
                 **self.stats,
-                in_flight=len(self._records),
+                in_flight=len(self._ledger),
                 partitions=len(self._assigned),
                 paused=self._paused,
                 **self.progress_fields(),
@@ -285,13 +279,11 @@ class Pipeline:
             message.headers() or [],
             message.timestamp()[1],
         )
-        self._tracker.track((position.topic, position.partition), position.offset)
-        self._records[position] = raw
-        self._bytes += raw.size
+        self._ledger.admit(raw)
         self.stats["consumed"] += 1
         self._metrics.events_consumed.labels(position.topic).inc()
         changes = self._prepare(raw, message)
-        self._recent.add(invalid=position in self._dlq_bound)
+        self._recent.add(invalid=self._ledger.is_dead_lettering(position))
         if self._recent.exceeds(self.config.dlq_max_invalid_share) and self.fatal is None:
             self.fatal = Fatal(
                 f"{self._recent.share():.0%} of the last {len(self._recent)} records were invalid "
@@ -354,8 +346,8 @@ class Pipeline:
             about.exports = tuple(self._router.exports[c.export].name for _, c in routed)
         if not routed:
             self._skip(raw.position, "no_export")
-        elif len(routed) > 1:
-            self._fanout[raw.position] = len(routed)
+        else:
+            self._ledger.fan_out(raw.position, len(routed))
         return routed
 
     def _report_collision(self, collision: TagCollision) -> None:
@@ -378,9 +370,7 @@ class Pipeline:
         held, self._held = self._held, []
         ready: list[Any] = []
         for index, message in enumerate(held):
-            raw = self._records.get(
-                Position(message.topic(), message.partition(), message.offset())
-            )
+            raw = self._ledger.get(Position(message.topic(), message.partition(), message.offset()))
             if raw is None:  # first seen after the registry became unreachable
                 ready.append(message)
                 continue
@@ -407,37 +397,25 @@ class Pipeline:
             self._apply(outcome)
 
     def _apply(self, outcome: Outcome) -> None:
-        raw = self._records.get(outcome.position)
-        if (
-            raw is None
-            or outcome.position in self._dlq_bound
-            or outcome.position in self._reporting
-        ):
-            return  # its partition was revoked meanwhile, or another export failed it
-        about = self._about.get(outcome.position)
-        if about is not None and outcome.reason is None and outcome.skipped is None:
-            about.synced = True  # for a fanned-out record: some export synced it
-            about.contact_id = outcome.contact_id or about.contact_id
-        if outcome.reason is None and outcome.position in self._fanout:
-            left = self._fanout[outcome.position] - 1
-            if left:
-                self._fanout[outcome.position] = left
-                return  # other exports still owe their fate
-        self._fanout.pop(outcome.position, None)
-        if outcome.reason is not None:
-            self._dead_letter(
-                raw, outcome.reason, "omnisend", outcome.detail, "Rejected", outcome.email
-            )
-        elif outcome.skipped is not None and not (about is not None and about.synced):
-            self._skip(outcome.position, outcome.skipped)
+        settled = self._ledger.settle(outcome)
+        if settled is None:
+            return  # other exports still owe theirs, or its fate is known already
+        raw, fate = settled
+        if isinstance(fate, Failed):
+            self._dead_letter(raw, fate.reason, "omnisend", fate.detail, "Rejected", fate.email)
+        elif isinstance(fate, Skipped):
+            self._skip(raw.position, fate.reason)
         else:
+            about = self._about.get(raw.position)
+            if about is not None:
+                about.contact_id = fate.contact_id
             self.stats["done"] += 1
             self._finish(raw, DONE)
 
     def _skip(self, position: Position, why: str) -> None:
         self._metrics.events_skipped.labels(self.config.connection, why).inc()
         self.stats["skipped"] += 1
-        raw = self._records.get(position)
+        raw = self._ledger.get(position)
         if raw is not None:
             self._finish(raw, SKIPPED, why)
 
@@ -448,18 +426,13 @@ class Pipeline:
             self._release(raw)
             return
         about = self._about.pop(raw.position, None)
-        self._reporting.add(raw.position)
+        self._ledger.decided(raw.position)
         self._results.send(raw, result_value(raw, outcome, reason, about, self._clock.now()))
 
     def _release(self, raw: RawRecord) -> None:
-        """Done with the record: its offset may be committed."""
-        position = raw.position
-        if self._records.get(position) is not raw:
-            return  # revoked meanwhile (and perhaps consumed again since)
-        del self._records[position]
-        self._reporting.discard(position)
-        self._bytes -= raw.size
-        self._tracker.done((position.topic, position.partition), position.offset)
+        """Done with the record: its offset may be committed (unless it was revoked meanwhile,
+        and perhaps consumed again since)."""
+        self._ledger.release(raw)
 
     def _dead_letter(
         self,
@@ -470,7 +443,7 @@ class Pipeline:
         error_class: str,
         email: str = "",
     ) -> None:
-        self._dlq_bound.add(raw.position)
+        self._ledger.dead_lettering(raw.position)
         contact: dict[str, str] = {}
         if email and self._email_hash is not None:
             contact["email_hash"] = self._email_hash(email)
@@ -487,9 +460,8 @@ class Pipeline:
         self._dlq.send(raw, reason, stage, detail, error_class)
 
     def _dead_lettered(self, raw: RawRecord, reason: str) -> None:
-        if self._records.get(raw.position) is not raw:
+        if not self._ledger.dead_lettered(raw):
             return  # revoked meanwhile (and perhaps consumed again since)
-        self._dlq_bound.discard(raw.position)
         self._metrics.dlq_records.labels(self.config.connection, reason).inc()
         self.stats["dead_lettered"] += 1
         self._finish(raw, DEAD_LETTERED, reason)
@@ -499,7 +471,7 @@ class Pipeline:
     def _backpressure(self) -> None:
         """Pause when in-flight records or bytes reach their cap, or the sink has all the unsent
         work it can use; resume once below `RESUME_AT` of each."""
-        records, size = len(self._records), self._bytes
+        records, size = len(self._ledger), self._ledger.bytes
         cfg = self.config
         full = records >= cfg.max_in_flight_records or size >= cfg.max_in_flight_bytes
         drained = (
@@ -524,7 +496,7 @@ class Pipeline:
 
     def _commit(self) -> None:
         self._last_commit = self._clock.now()
-        positions = self._tracker.to_commit()
+        positions = self._ledger.offsets.to_commit()
         if not positions or not self.config.commit:
             return
         try:
@@ -534,7 +506,7 @@ class Pipeline:
         except KafkaException as exc:
             log.warning("commit_failed", error=str(exc))
             return
-        self._tracker.committed(positions)
+        self._ledger.offsets.committed(positions)
         self.broker_down = False
         self._metrics.offsets_committed.inc()
         self._metrics.last_commit.set(self._clock.now())
@@ -610,13 +582,8 @@ class Pipeline:
 
     def _forget(self) -> None:
         self._sink.reset()
-        self._tracker.forget(self._tracker.partitions())
-        self._records.clear()
-        self._fanout.clear()
-        self._dlq_bound.clear()
+        self._ledger.forget()
         self._about.clear()
-        self._reporting.clear()
-        self._bytes = 0
         self._held.clear()
         # Redelivered records must not look like duplicates of themselves.
         self._seen = RecentMap(self.config.dedupe_cache_size, width=0)
@@ -629,12 +596,12 @@ class Pipeline:
 
     @property
     def in_flight(self) -> int:
-        return len(self._records)
+        return len(self._ledger)
 
     def done_positions(self) -> dict[tuple[str, int], int]:
         """Per partition, the offset before which every record is done (committed or not)."""
-        return self._tracker.done_positions()
+        return self._ledger.offsets.done_positions()
 
     def committed(self) -> dict[tuple[str, int], int]:
         """Committed position per assigned partition."""
-        return self._tracker.committed_positions()
+        return self._ledger.offsets.committed_positions()

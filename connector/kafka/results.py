@@ -43,7 +43,6 @@ class About:
     exports: tuple[str, ...] = ()
     email_hash: str | None = None
     contact_id: str | None = None
-    synced: bool = False  # an export of a fanned-out record synced it
 
     @classmethod
     def of(cls, event: SegmentChange) -> About:
