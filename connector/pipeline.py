@@ -336,7 +336,7 @@ class Pipeline:
         if event.event_id in self._seen:
             self._skip(raw.position, "duplicate")
             return []
-        routed = self._router.route(event, raw.position, raw.size, int(self._clock.now() * 1000))
+        routed = self._router.route(event, raw.position, int(self._clock.now() * 1000))
         for collision in self._router.take_collisions():
             self._report_collision(collision)
         self._remember(event.event_id)

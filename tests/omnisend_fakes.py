@@ -140,7 +140,7 @@ def change(
 ) -> ContactChange:
     occurred = 1_000 + i if at is None else at
     return ContactChange(
-        Position("t", 0, i), f"e{i}", occurred, email, tag, entered, fields, 100, export
+        Position("t", 0, i), f"e{i}", occurred, email, tag, entered, fields, export
     )
 
 

@@ -43,7 +43,6 @@ class Ticket:
     """The fate of one record: done when all its intents are done, failed if any failed."""
 
     position: Position
-    size: int
     email: str
     remaining: int = 0
     failure: tuple[str, str] | None = None  # (reason, detail)
@@ -55,7 +54,6 @@ class Outcome:
     """A record whose fate is known: `reason` None means done (accepted or skipped)."""
 
     position: Position
-    size: int
     reason: str | None = None
     detail: str = ""
     skipped: str | None = None  # why it needed no call: "superseded"
@@ -181,13 +179,13 @@ class Coalescer:
     # ---- intake --------------------------------------------------------------------------------
 
     def add(self, change: ContactChange, now: float) -> None:
-        ticket = Ticket(change.position, change.size, change.email)
+        ticket = Ticket(change.position, change.email)
         current = change.occurred_at_ms >= self._latest((change.email, change.tag))
         attached = change.entered and self._want_upsert(change, ticket, now)
         if current:
             self._want_tag(change, ticket, now)
         elif not attached:
-            self.outcomes.append(Outcome(ticket.position, ticket.size, skipped="superseded"))
+            self.outcomes.append(Outcome(ticket.position, skipped="superseded"))
 
     def _latest(self, key: Key) -> int:
         applied = self.applied.get(key)
@@ -546,6 +544,6 @@ def _attach(tickets: list[Ticket], ticket: Ticket) -> None:
 
 def _outcome(ticket: Ticket) -> Outcome:
     if ticket.failure is None:
-        return Outcome(ticket.position, ticket.size, contact_id=ticket.contact_id)
+        return Outcome(ticket.position, contact_id=ticket.contact_id)
     reason, detail = ticket.failure
-    return Outcome(ticket.position, ticket.size, reason, detail, email=ticket.email)
+    return Outcome(ticket.position, reason, detail, email=ticket.email)

@@ -77,5 +77,4 @@ class ContactChange:
     tag: str
     entered: bool
     fields: dict[str, Any] = field(default_factory=dict)
-    size: int = 0
     export: int = 0

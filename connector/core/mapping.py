@@ -105,9 +105,7 @@ class Mapper:
         self.mapping = mapping
         self.export = export
 
-    def map(
-        self, change: SegmentChange, position: Position, size: int, now_ms: int
-    ) -> ContactChange:
+    def map(self, change: SegmentChange, position: Position, now_ms: int) -> ContactChange:
         """Raises `InvalidRecord` (stage `validate`) for events Omnisend cannot take."""
         _check_event(change, now_ms)
         email = self._email(change.profile)
@@ -119,7 +117,6 @@ class Mapper:
             tag=self.tag(change),
             entered=change.entered,
             fields=self.contact_fields(change) if change.entered else {},
-            size=size,
             export=self.export,
         )
 

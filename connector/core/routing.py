@@ -64,11 +64,11 @@ class Router:
         ]
 
     def route(
-        self, change: SegmentChange, position: Position, size: int, now_ms: int
+        self, change: SegmentChange, position: Position, now_ms: int
     ) -> list[tuple[str, ContactChange]]:
         """Raises `InvalidRecord` when any export that wants the event cannot take it."""
         routed = [
-            (export.connection, mapper.map(change, position, size, now_ms))
+            (export.connection, mapper.map(change, position, now_ms))
             for export, mapper in self._wanted_by(change)
         ]
         for connection, mapped in routed:

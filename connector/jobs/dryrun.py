@@ -72,10 +72,10 @@ class SegmentCountingRouter(Router):
     segments: Counter[str] = field(default_factory=Counter)
 
     def route(
-        self, change: SegmentChange, position: Position, size: int, now_ms: int
+        self, change: SegmentChange, position: Position, now_ms: int
     ) -> list[tuple[str, ContactChange]]:
         self.segments[change.segment_name] += 1
-        return super().route(change, position, size, now_ms)
+        return super().route(change, position, now_ms)
 
 
 @dataclass

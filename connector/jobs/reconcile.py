@@ -91,7 +91,7 @@ class Membership:
             if not export.wants(event):
                 continue
             try:
-                change = mapper.map(event, _NOWHERE, 0, now_ms)
+                change = mapper.map(event, _NOWHERE, now_ms)
             except InvalidRecord:
                 self.invalid += 1
                 continue
@@ -216,7 +216,7 @@ class Finder:
         if not self.export.wants(event) or not event.entered:
             return []
         try:
-            change = self._mapper.map(event, _NOWHERE, 0, event.occurred_at_ms)
+            change = self._mapper.map(event, _NOWHERE, event.occurred_at_ms)
         except InvalidRecord:
             return []
         place = self._membership.latest_entry(self.export.name, change.email)

@@ -25,7 +25,7 @@ from tests.omnisend_fakes import wait_outcomes
 def change(
     i: int, email: str, tag: str = "segment: VIP", entered: bool = True, **fields: Any
 ) -> ContactChange:
-    return ContactChange(Position("t", 0, i), f"e{i}", 1_000 + i, email, tag, entered, fields, 100)
+    return ContactChange(Position("t", 0, i), f"e{i}", 1_000 + i, email, tag, entered, fields)
 
 
 @pytest.fixture

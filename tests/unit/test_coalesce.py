@@ -19,7 +19,7 @@ def change(
     """Export 0 maps firstName, export 1 city (each export owns the fields it maps)."""
     fields = {("firstName", "city")[export]: name} if entered else {}
     return ContactChange(
-        Position("t", 0, offset), f"e{offset}", at, email, tag, entered, fields, 10, export
+        Position("t", 0, offset), f"e{offset}", at, email, tag, entered, fields, export
     )
 
 
@@ -268,7 +268,7 @@ def test_a_late_entry_is_superseded_only_where_something_newer_is_known() -> Non
     c.upsert_accepted(upsert.email, 0)
     assert [o.position.offset for o in c.drain_outcomes()] == [1]
     c.add(change(2, "a@x.io", "s", True, 3, name="Old"), 0)  # older than what Omnisend has
-    assert c.drain_outcomes() == [Outcome(Position("t", 0, 2), 10, skipped="superseded")]
+    assert c.drain_outcomes() == [Outcome(Position("t", 0, 2), skipped="superseded")]
     assert c.idle
 
 

@@ -175,14 +175,14 @@ def event(segment_id: str, segment_name: str, **profile: str) -> SegmentChange:
 def test_router_sends_each_event_to_the_exports_that_want_it(tmp_path: Path) -> None:
     router = Router(load(tmp_path, GOOD).exports)
     pos = Position("t", 0, 1)
-    routed = router.route(event("seg-vip", "VIP", first_name="Ann", tier="gold"), pos, 1, NOW)
+    routed = router.route(event("seg-vip", "VIP", first_name="Ann", tier="gold"), pos, NOW)
     assert [(conn, c.tag) for conn, c in routed] == [("eu", "segment: VIP"), ("us", "seg-vip")]
     eu = routed[0][1]
     assert eu.fields == {"firstName": "Ann", "customProperties": {"loyaltyTier": "gold"}}
-    by_name = router.route(event("seg-9", "Lapsed buyers"), pos, 1, NOW)
+    by_name = router.route(event("seg-9", "Lapsed buyers"), pos, NOW)
     assert [conn for conn, _ in by_name] == ["eu", "us"]
-    assert [conn for conn, _ in router.route(event("seg-2", "Other"), pos, 1, NOW)] == ["us"]
-    assert Router(load(tmp_path, GOOD).exports[:1]).route(event("s", "Other"), pos, 1, NOW) == []
+    assert [conn for conn, _ in router.route(event("seg-2", "Other"), pos, NOW)] == ["us"]
+    assert Router(load(tmp_path, GOOD).exports[:1]).route(event("s", "Other"), pos, NOW) == []
 
 
 def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ fields = { lastName = "last_name" }
     config = load(tmp_path, text)
     assert config.exports_of("eu") == (0, 2)
     change = SegmentChange("e1", 1, "seg-vip", "VIP", True, "p", {"email": "a@x.io"})
-    routed = Router(config.exports).route(change, Position("t", 0, 0), 1, 10)
+    routed = Router(config.exports).route(change, Position("t", 0, 0), 10)
     assert [(connection, c.export) for connection, c in routed] == [("eu", 0), ("us", 1), ("eu", 2)]
 
 
@@ -252,7 +252,7 @@ def test_two_segments_making_one_tag_are_reported_once(tmp_path: Path) -> None:
 
     def route(segment_id: str, name: str) -> None:
         change = SegmentChange("e", 1, segment_id, name, True, "p", {"email": "a@x.io"})
-        router.route(change, Position("t", 0, 0), 1, 10)
+        router.route(change, Position("t", 0, 0), 10)
 
     route("seg-vip", "VIP")
     route("seg-vip", "VIP")

@@ -23,10 +23,10 @@ def record(partition: int, offset: int) -> RawRecord:
 
 def outcome(position: Position, kind: str, n: int) -> Outcome:
     if kind == "failed":
-        return Outcome(position, 0, reason="rejected_by_omnisend", detail=f"d{n}", email="e")
+        return Outcome(position, reason="rejected_by_omnisend", detail=f"d{n}", email="e")
     if kind == "skipped":
-        return Outcome(position, 0, skipped=f"superseded{n}")
-    return Outcome(position, 0, contact_id=None if kind == "done" else f"id{n}")
+        return Outcome(position, skipped=f"superseded{n}")
+    return Outcome(position, contact_id=None if kind == "done" else f"id{n}")
 
 
 def oracle(kinds: list[str]) -> tuple[int, Fate]:
@@ -131,7 +131,7 @@ def test_a_record_consumed_again_after_a_rebalance_is_not_released_by_its_old_se
     ledger.admit(new)
     assert not ledger.release(old)
     assert not ledger.dead_lettered(old)
-    assert ledger.settle(Outcome(new.position, 0)) == (new, Done(None))
+    assert ledger.settle(Outcome(new.position)) == (new, Done(None))
     assert ledger.release(new)
 
 
@@ -141,8 +141,8 @@ def test_a_dead_letter_blocks_later_fates_until_released() -> None:
     ledger.admit(raw)
     ledger.dead_lettering(raw.position)
     assert ledger.is_dead_lettering(raw.position)
-    assert ledger.settle(Outcome(raw.position, 0)) is None
+    assert ledger.settle(Outcome(raw.position)) is None
     assert ledger.dead_lettered(raw)
     assert not ledger.is_dead_lettering(raw.position)
-    assert ledger.settle(Outcome(raw.position, 0)) is None  # still decided: its result is next
+    assert ledger.settle(Outcome(raw.position)) is None  # still decided: its result is next
     assert ledger.release(raw)

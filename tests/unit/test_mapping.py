@@ -18,7 +18,7 @@ POS = Position("t", 0, 0)
 
 def mapped(mapping: Mapping | None = None, **kwargs: Any) -> ContactChange:
     change = PlainAvroDecoder().decode(encode_plain(event(**kwargs)))
-    return Mapper(mapping or Mapping()).map(change, POS, 1, NOW)
+    return Mapper(mapping or Mapping()).map(change, POS, NOW)
 
 
 def test_default_mapping_and_two_letter_country() -> None:

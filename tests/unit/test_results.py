@@ -190,7 +190,7 @@ class TwoExportSinks:
     def submit(self, changes: list[tuple[str, ContactChange]]) -> None:
         for _, c in sorted(changes, key=lambda pair: pair[1].export):
             skipped = "superseded" if c.export == 1 else None
-            self._outcomes.append(Outcome(c.position, c.size, skipped=skipped, contact_id="65f0"))
+            self._outcomes.append(Outcome(c.position, skipped=skipped, contact_id="65f0"))
 
     def take_outcomes(self) -> list[Outcome]:
         out, self._outcomes = self._outcomes, []

@@ -34,9 +34,7 @@ def test_a_tag_call_counts_from_its_answer_not_from_the_work_after_it() -> None:
     sink.on_accepted = lambda latencies: clock.advance(5.0)  # slow bookkeeping after the answer
     sink.start()
     try:
-        exit_ = ContactChange(
-            Position("t", 0, 0), "e0", 1_000, "a@example.com", "vip", False, {}, 9
-        )
+        exit_ = ContactChange(Position("t", 0, 0), "e0", 1_000, "a@example.com", "vip", False, {})
         sink.submit([exit_])
         assert sink.drain(10.0)
     finally:
@@ -77,7 +75,7 @@ def test_a_request_held_by_the_budget_goes_when_the_budget_allows_not_at_the_nex
     sink.start()
     try:
         exits = [
-            ContactChange(Position("t", 0, i), f"e{i}", 1_000, "a@example.com", tag, False, {}, 9)
+            ContactChange(Position("t", 0, i), f"e{i}", 1_000, "a@example.com", tag, False, {})
             for i, tag in enumerate(("vip", "churned"))
         ]
         sink.submit(exits)
