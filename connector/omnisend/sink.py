@@ -244,8 +244,9 @@ class OmnisendSink:
         return self._idle.wait(timeout_s)
 
     def reset(self) -> None:
-        """Forget every unfinished change (after a rebalance); late answers are ignored. Does
-        not wait for the loop: changes submitted from now on belong to the new epoch."""
+        """Forget every unfinished change (after a rebalance); requests in flight are
+        cancelled. Does not wait for the loop: changes submitted from now on belong to the new
+        epoch."""
         self._epoch += 1
         epoch = self._epoch
         self._call(lambda: self._reset_to(epoch))
@@ -263,6 +264,11 @@ class OmnisendSink:
         self._splits.clear()
         self._tag_splits.clear()
         self._count_batches()
+        # Requests in flight belong to the old epoch: their answers must not reach the new
+        # coalescer and tracker. Cancelled, they never do (an answer already in hand too: a
+        # cancelled task's next step raises instead of resuming), so no handler checks.
+        for task in list(self._tasks):
+            task.cancel()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.stop_soon()
@@ -387,21 +393,27 @@ class OmnisendSink:
         context = contextvars.copy_context()
         slot = self.budget.take(now, request.tag_call, full=request.full, read=request.read)
         context.run(_SLOT.set, slot)
-        task = self._loop.create_task(self._guard(coro, self._generation), context=context)
+        task = self._loop.create_task(self._guard(coro), context=context)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._ended(done, coro, slot))
 
-    async def _guard(self, coro: Coroutine[Any, Any, None], generation: int) -> None:
+    def _ended(self, task: asyncio.Task[None], coro: Coroutine[Any, Any, None], slot: Slot) -> None:
+        """Whatever ended the task, even a cancel before it began (a reset): its budget slot
+        counts as answered and its request is closed, so neither waits forever."""
+        Budget.answered(slot, self.clock.now())
+        coro.close()
+        self._tasks.discard(task)
+
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
             await coro
         except Fatal as exc:
-            if generation == self._generation:
-                self.fatal = exc
-                log.error("omnisend_fatal", error=str(exc))
+            self.fatal = exc
+            log.error("omnisend_fatal", error=str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if generation == self._generation and self.fatal is None:
+            if self.fatal is None:
                 # Stop first, then say why: saying it may fail too (a closed stderr).
                 self.fatal = Crashed(
                     f"an Omnisend request failed unexpectedly: {type(exc).__name__}: {exc}"
@@ -589,15 +601,11 @@ class OmnisendSink:
     # ---- requests ----------------------------------------------------------------------------
 
     async def _create_batch(self, intents: list[UpsertIntent]) -> None:
-        generation = self._generation
         items = [contact_request(i.email, i.fields) for i in intents]
         try:
             batch_id = await self._client.create_batch(items)
         except (Retriable, Rejected) as exc:
-            if generation == self._generation:
-                self._create_failed(intents, exc)
-            return
-        if generation != self._generation:
+            self._create_failed(intents, exc)
             return
         self._backoff.succeeded()
         self._batches.add(batch_id, intents, self.clock.now())
@@ -629,28 +637,21 @@ class OmnisendSink:
         log.warning("batch_refused_split", status=exc.status, contacts=len(intents))
 
     async def _poll(self, batch: InFlightBatch) -> None:
-        generation = self._generation
         try:
             status = await self._client.get_batch(batch.batch_id)
         except (Retriable, Rejected) as exc:
-            if generation == self._generation:
-                self._read_failed([batch], exc)
+            self._read_failed([batch], exc)
             return
-        if generation == self._generation:
-            self._on_status(batch, status, self.clock.now())
+        self._on_status(batch, status, self.clock.now())
 
     async def _list(self, batches: list[InFlightBatch]) -> None:
-        generation = self._generation
         try:
             # Ours are the newest unless other integrations create batches too: ask for a page
             # a little larger than what is in flight, not always the maximum.
             limit = min(LIST_POLL_LIMIT, max(20, 2 * len(self._batches.live)))
             listed = await self._client.list_batches(limit)
         except (Retriable, Rejected) as exc:
-            if generation == self._generation:
-                self._read_failed(batches, exc)
-            return
-        if generation != self._generation:
+            self._read_failed(batches, exc)
             return
         now = self.clock.now()
         by_id = {status.batch_id: status for status in listed}
@@ -671,14 +672,12 @@ class OmnisendSink:
             log.info("stuck_batch_landed", batch_id=batch.batch_id)
 
     async def _items(self, batch: InFlightBatch) -> None:
-        generation = self._generation
         try:
             items = await self._client.batch_items(batch.batch_id)
         except (Retriable, Rejected) as exc:
-            if generation == self._generation:
-                self._read_failed([batch], exc)
+            self._read_failed([batch], exc)
             return
-        if generation != self._generation or not self._batches.tracked(batch):
+        if not self._batches.tracked(batch):
             return
         verdict = self._batches.sort_items(batch, items)
         self._settle_batch(
@@ -720,20 +719,15 @@ class OmnisendSink:
             self._batches.read_failed(batch, now)
 
     async def _change_tags(self, add: bool, tag: str, intents: list[TagIntent]) -> None:
-        generation = self._generation
         try:
             await self._client.change_tags(add, tag, [i.email for i in intents])
         except (Retriable, Rejected) as exc:
-            if generation != self._generation:
-                return
             if isinstance(exc, Rejected):
                 self._tags_refused(add, tag, intents, exc)
             else:
                 now = self.clock.now()
                 self._transient(exc, now)
                 self._coalescer.tags_retry(intents, now, maybe_applied=exc.maybe_applied)
-            return
-        if generation != self._generation:
             return
         self._backoff.succeeded()
         now = self.clock.now()

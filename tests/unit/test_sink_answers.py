@@ -16,7 +16,9 @@ import pytest
 
 from connector.core.errors import Crashed, Retriable
 from connector.omnisend.answers import MAX_RETRY_AFTER_S, retry_after
+from connector.omnisend.budget import Budget, BudgetConfig, Slot
 from connector.omnisend.client import OmnisendClient
+from connector.omnisend.sink import READ
 from connector.simulator.transport import SimulatorTransport
 from tests.omnisend_fakes import (
     BASE_URL,
@@ -367,6 +369,80 @@ def test_a_reset_never_waits_for_a_busy_loop_nor_loses_what_comes_after_it() -> 
         assert sink.drain(5.0)
         assert sink.take_outcomes() == []
         assert "forgotten@example.com" not in contacts(sim)
+    finally:
+        sink.stop()
+
+
+class RecordingBudget(Budget):
+    """Keeps every slot it hands out."""
+
+    def __init__(self) -> None:
+        super().__init__(BudgetConfig(1_000_000, 500_000, headroom=1.0))
+        self.slots: list[Slot] = []
+
+    def take(self, now: float, tag_call: bool, full: bool = False, read: bool = False) -> Slot:
+        slot = super().take(now, tag_call, full=full, read=read)
+        self.slots.append(slot)
+        return slot
+
+
+def test_a_reset_cancels_the_requests_in_flight_and_frees_their_budget() -> None:
+    """A rebalance forgets the old records: their requests still in flight are cancelled (not
+    carried out later behind the new owner's back, not answered into the new state), and the
+    budget slots they held are given back, even of one cancelled before it began."""
+    started = threading.Event()
+
+    async def slow(request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        started.set()
+        await asyncio.sleep(1.0)
+        return await inner.handle_async_request(request)
+
+    sim = simulator()
+    budget = RecordingBudget()
+    sink = fast_sink(Scripted(sim, [Rule("POST", "/batches", slow, times=4)]), budget=budget)
+    try:
+        for n in range(3):
+            started.clear()
+            sink.submit([change(n, f"old{n}@example.com")])
+            assert started.wait(5)
+            sink.reset()
+        sink.submit([change(3, "old3@example.com")])
+        sink.reset()  # perhaps before its request began
+        sink.submit([change(10 + i, f"new{i}@example.com") for i in range(3)])
+        outcomes = wait_outcomes(sink, 3)
+        assert sorted(o.position.offset for o in outcomes) == [10, 11, 12]
+        assert sink.drain(5.0)
+        assert sink.take_outcomes() == []
+        assert sink.fatal is None
+        assert not [c for c in contacts(sim) if c.startswith("old")]
+        assert budget.slots
+        assert all(slot.answered for slot in budget.slots)
+    finally:
+        sink.stop()
+
+
+def test_a_request_cancelled_before_it_began_gives_its_slot_back() -> None:
+    budget = RecordingBudget()
+    sink = fast_sink(Scripted(simulator()), budget=budget)
+    ran: list[int] = []
+    spawned = threading.Event()
+
+    async def request() -> None:
+        ran.append(1)
+
+    def on_the_loop() -> None:  # a request spawned, then a reset in the same step
+        sink._spawn(request(), sink.clock.now(), READ)
+        sink._epoch += 1
+        sink._reset_to(sink._epoch)
+        spawned.set()
+
+    try:
+        sink._call(on_the_loop)
+        assert spawned.wait(5)
+        assert sink.drain(5.0)
+        assert ran == []
+        assert len(budget.slots) == 1
+        assert budget.slots[0].answered
     finally:
         sink.stop()
 
