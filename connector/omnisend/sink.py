@@ -17,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
 import math
 import queue
-import random
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import structlog
@@ -43,26 +40,21 @@ from connector.omnisend.batches import (
     InFlightBatch,
     TrackerConfig,
 )
-from connector.omnisend.budget import Budget, Request, Slot
+from connector.omnisend.budget import Budget, Request
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
 from connector.omnisend.loop import SinkLoop
+from connector.omnisend.sender import Sender, SenderConfig
 
 log = structlog.get_logger("connector.sink")
 
 # Requests a batch costs: its POST, about one status read, and a margin so that batches use no
 # more than 80 % of the budget left after tag calls.
 UPSERT_REQUEST_COST = 2.5
-# The budget slot of the request the current task makes (a task makes one request).
-_SLOT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar("budget_slot", default=None)
-# Concurrent request slots only tag calls may use (see `OmnisendSink._room`).
-TAG_CALL_SLOTS = 2
 # The requests the sink makes, as the budget sees them: full ones go whenever the window has
 # room, part-full ones are paced, reads have a reserve.
 READ = Request(read=True)
 BATCH, FULL_BATCH = Request(), Request(full=True)
 TAGS, FULL_TAGS = Request(tag_call=True), Request(tag_call=True, full=True)
-# How often the budget and in-flight gauges are refreshed.
-REPORT_EVERY_S = 1.0
 # How long a sink with nothing to do sleeps unless woken (new work and shares wake it): its
 # gauges are refreshed this often while idle.
 QUIET_WAKE_S = 5.0
@@ -118,20 +110,6 @@ class SinkConfig:
         )
 
 
-@dataclass
-class _Backoff:
-    until: float = 0.0
-    failures: int = 0
-
-    def failed(self, now: float, base: float, cap: float) -> None:
-        self.failures += 1
-        delay = min(cap, base * 2 ** (self.failures - 1))
-        self.until = now + delay * (0.5 + random.random())
-
-    def succeeded(self) -> None:
-        self.failures = 0
-
-
 class OmnisendSink:
     def __init__(
         self,
@@ -176,10 +154,20 @@ class OmnisendSink:
         # contacts stay in flight meanwhile.
         self._splits: deque[list[UpsertIntent]] = deque()
         self._tag_splits: deque[tuple[bool, str, list[TagIntent]]] = deque()  # and of tag calls
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._backoff = _Backoff()
-        self._limited_at: float | None = None
-        self._report_at = 0.0
+        self._sender = Sender(
+            self._loop,
+            budget,
+            clock,
+            metrics,
+            connection,
+            SenderConfig(
+                self.config.max_concurrent_requests,
+                self.config.retry_base_s,
+                self.config.retry_max_s,
+            ),
+            fail=self._fail,
+            poke=self._poke,
+        )
         self._generation = 0
         self._wake: asyncio.Event | None = None
         self._wake_at = 0.0  # the loop's next timer: a linger, a read, the budget, a back-off
@@ -267,8 +255,7 @@ class OmnisendSink:
         # Requests in flight belong to the old epoch: their answers must not reach the new
         # coalescer and tracker. Cancelled, they never do (an answer already in hand too: a
         # cancelled task's next step raises instead of resuming), so no handler checks.
-        for task in list(self._tasks):
-            task.cancel()
+        self._sender.cancel_all()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.stop_soon()
@@ -318,6 +305,14 @@ class OmnisendSink:
                 f"the Omnisend sink stopped unexpectedly: {type(exc).__name__}: {exc}"
             )
 
+    def _fail(self, exc: Fatal) -> bool:
+        """A request's task ended the sync: a `Fatal` answer always, a crash unless something
+        ended it first. Whether `exc` is now the reason."""
+        if isinstance(exc, Crashed) and self.fatal is not None:
+            return False
+        self.fatal = exc
+        return True
+
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
@@ -339,7 +334,7 @@ class OmnisendSink:
                 http,
                 self._api_key,
                 self._base_url,
-                observe=self._observe,
+                observe=self._sender.observe,
                 deadline_s=3 * self.config.request_timeout_s,
                 gate=gate,
             )
@@ -354,9 +349,7 @@ class OmnisendSink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), sleep_s)
         finally:
-            for task in list(self._tasks):  # a crash too leaves nothing running on the loop
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._sender.stop()  # a crash too leaves nothing running on the loop
             if own is not None:
                 await http.aclose()
 
@@ -377,55 +370,16 @@ class OmnisendSink:
         outcomes = self._coalescer.drain_outcomes()
         if outcomes:
             self._outbox.put((self._generation, outcomes))
-        if self._coalescer.idle and not self._tasks and self._inbox.empty():
+        if self._coalescer.idle and not self._sender.tasks and self._inbox.empty():
             self._idle.set()
 
     def _may_send(self, now: float, request: Request) -> bool:
         """Whether the budget lets a request go now. If not, the loop wakes when it will: a
         freed place in the window is used at once, not at the next tick."""
-        wait = self.budget.wait(now, request.tag_call, full=request.full, read=request.read)
+        wait = self._sender.wait(now, request)
         if wait > 0:
             self._wake_by(now + wait)
         return wait == 0
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], now: float, request: Request) -> None:
-        """Run one request; called right after `_may_send` allowed it: takes its budget slot."""
-        context = contextvars.copy_context()
-        slot = self.budget.take(now, request.tag_call, full=request.full, read=request.read)
-        context.run(_SLOT.set, slot)
-        task = self._loop.create_task(self._guard(coro), context=context)
-        self._tasks.add(task)
-        task.add_done_callback(lambda done: self._ended(done, coro, slot))
-
-    def _ended(self, task: asyncio.Task[None], coro: Coroutine[Any, Any, None], slot: Slot) -> None:
-        """Whatever ended the task, even a cancel before it began (a reset): its budget slot
-        counts as answered and its request is closed, so neither waits forever."""
-        Budget.answered(slot, self.clock.now())
-        coro.close()
-        self._tasks.discard(task)
-
-    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            await coro
-        except Fatal as exc:
-            self.fatal = exc
-            log.error("omnisend_fatal", error=str(exc))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if self.fatal is None:
-                # Stop first, then say why: saying it may fail too (a closed stderr).
-                self.fatal = Crashed(
-                    f"an Omnisend request failed unexpectedly: {type(exc).__name__}: {exc}"
-                )
-                with contextlib.suppress(Exception):
-                    log.exception("sink_task_failed")
-        finally:
-            Budget.answered(_SLOT.get(), self.clock.now())  # no answer (cancelled): from now
-            # Gone from the tasks before the loop wakes (from Python 3.12 the loop may resume
-            # before the task's done callbacks run): its slot is free and idleness is seen.
-            self._tasks.discard(asyncio.current_task())
-            self._poke()
 
     # ---- scheduling --------------------------------------------------------------------------
 
@@ -434,50 +388,26 @@ class OmnisendSink:
         live = len(self._batches.live)
         self.metrics.batches_in_flight.labels(self.connection).set(live)
 
-    def _room(self, tag_call: bool = False) -> bool:
-        """Whether another request may start. Tag calls bound a sync, so the last
-        `TAG_CALL_SLOTS` request slots are theirs: a burst of batches and status reads never
-        keeps a tag call waiting that the budget would let out."""
-        limit = self.config.max_concurrent_requests
-        if not tag_call:
-            limit = max(1, limit - TAG_CALL_SLOTS)
-        return len(self._tasks) < limit
-
     def _dispatch(self) -> None:
         now = self.clock.now()
         self._wake_at = math.inf  # each part below says when it needs to look again
         self.budget.apply(now)  # a new share counts from its assignment, not the next request
         self._deadlines(now)
-        if now < self._backoff.until:
-            self._wake_by(self._backoff.until)
-            self._account_wait(now, limited=False)
+        sender = self._sender
+        if now < sender.backoff.until:
+            self._wake_by(sender.backoff.until)
+            sender.account_wait(now, limited=False)
             return
-        waits, spawned = self.budget.waits, len(self._tasks)
+        waits, spawned = self.budget.waits, len(sender.tasks)
         self._dispatch_polls(now)
         self._dispatch_tags(now)
         self._dispatch_upserts(now)
-        if len(self._tasks) != spawned:
+        if len(sender.tasks) != spawned:
             self._wake_by(now + self.config.tick_s)  # work flows: look again soon
-        self._account_wait(now, limited=self.budget.waits != waits)
+        sender.account_wait(now, limited=self.budget.waits != waits)
 
     def _wake_by(self, at: float) -> None:
         self._wake_at = min(self._wake_at, at)
-
-    def _account_wait(self, now: float, limited: bool) -> None:
-        """Time between two dispatches counts as waiting when the first was held back."""
-        if self._limited_at is not None:
-            self.metrics.rate_limit_wait.labels(self.connection).inc(now - self._limited_at)
-        self._limited_at = now if limited else None
-        if now >= self._report_at:
-            self._report_at = now + REPORT_EVERY_S
-            used_all, used_tags = self.budget.used(now)
-            limit_all, limit_tags = self.budget.limits()
-            m, c = self.metrics, self.connection
-            m.budget_used.labels(c, "all").set(used_all)
-            m.budget_used.labels(c, "tags").set(used_tags)
-            m.budget_limit.labels(c, "all").set(limit_all)
-            m.budget_limit.labels(c, "tags").set(limit_tags)
-            m.budget_share.labels(c).set(self.budget.share)
 
     def _deadlines(self, now: float) -> None:
         """Batches past the deadline go stuck (their contacts go again); stuck batches watched
@@ -515,37 +445,37 @@ class OmnisendSink:
         if tracker.next_list_at > now:
             self._wake_by(tracker.next_list_at)
         for batch in tracker.due_items(now):
-            if not self._room() or not self._may_send(now, READ):
+            if not self._sender.room() or not self._may_send(now, READ):
                 return
             batch.busy = True
-            self._spawn(self._items(batch), now, READ)
+            self._sender.spawn(self._items(batch), now, READ)
         listable, by_id = tracker.due_status(now)
-        if listable and self._room():
+        if listable and self._sender.room():
             if not self._may_send(now, READ):
                 return
             for batch in listable:
                 batch.busy = True
             tracker.listed(now)
-            self._spawn(self._list(listable), now, READ)
+            self._sender.spawn(self._list(listable), now, READ)
         for batch in by_id:
-            if not self._room() or not self._may_send(now, READ):
+            if not self._sender.room() or not self._may_send(now, READ):
                 return
             batch.busy = True
-            self._spawn(self._poll(batch), now, READ)
+            self._sender.spawn(self._poll(batch), now, READ)
 
     def _dispatch_tags(self, now: float) -> None:
-        while self._tag_splits and self._room(tag_call=True):
+        while self._tag_splits and self._sender.room(tag_call=True):
             if not self._may_send(now, TAGS):
                 return
             add, tag, intents = self._tag_splits.popleft()
-            self._spawn(self._change_tags(add, tag, intents), now, TAGS)
+            self._sender.spawn(self._change_tags(add, tag, intents), now, TAGS)
         size, linger = self.config.tag_batch_size, self.config.tag_linger_s
         # Oldest first: under load every group fills its calls anyway, and serving the group
         # that waited longest lets committed offsets advance (the fullest-first order starved
         # small groups, holding the commit of the records before them for the whole sync).
         groups = sorted(self._coalescer.ready_groups(), key=lambda g: g[2])
         for group, count, since in groups:
-            if not self._room(tag_call=True):
+            if not self._sender.room(tag_call=True):
                 return  # a call's answer wakes the loop
             if count < size and now - since < linger and not self._flushing:
                 self._wake_by(since + linger)
@@ -562,7 +492,7 @@ class OmnisendSink:
                 # Held back while an opposite call settles: look again when the first may go.
                 self._wake_by(max(self._coalescer.settled_at(group), now + self.config.tick_s))
                 continue
-            self._spawn(self._change_tags(group[0], group[1], intents), now, request)
+            self._sender.spawn(self._change_tags(group[0], group[1], intents), now, request)
 
     def _upsert_linger(self) -> float:
         """How long a partial batch may wait to fill: the configured linger, but never so short
@@ -574,13 +504,13 @@ class OmnisendSink:
         return max(self.config.upsert_linger_s, per_batch)
 
     def _batch_room(self) -> bool:
-        return self._room() and len(self._batches.live) < self.config.max_batches_in_flight
+        return self._sender.room() and len(self._batches.live) < self.config.max_batches_in_flight
 
     def _dispatch_upserts(self, now: float) -> None:
         while self._splits and self._batch_room():
             if not self._may_send(now, BATCH):
                 return
-            self._spawn(self._create_batch(self._splits.popleft()), now, BATCH)
+            self._sender.spawn(self._create_batch(self._splits.popleft()), now, BATCH)
         c, size = self._coalescer, self.config.batch_size
         linger = self._upsert_linger()
         while c.upserts and self._batch_room():
@@ -596,7 +526,7 @@ class OmnisendSink:
             intents = c.take_upserts(size)
             if not intents:
                 return  # every email still in a batch: its read's answer wakes the loop
-            self._spawn(self._create_batch(intents), now, request)
+            self._sender.spawn(self._create_batch(intents), now, request)
 
     # ---- requests ----------------------------------------------------------------------------
 
@@ -607,7 +537,7 @@ class OmnisendSink:
         except (Retriable, Rejected) as exc:
             self._create_failed(intents, exc)
             return
-        self._backoff.succeeded()
+        self._sender.backoff.succeeded()
         self._batches.add(batch_id, intents, self.clock.now())
         self._count_batches()
 
@@ -616,7 +546,7 @@ class OmnisendSink:
         if isinstance(exc, Rejected):
             self._refused(intents, exc)
             return
-        self._transient(exc, now)
+        self._sender.transient(exc, now)
         if exc.maybe_applied:
             # The batch may exist (its answer was lost): it may land after the contacts' next
             # upsert, so its fields are remembered until it must have landed.
@@ -710,9 +640,9 @@ class OmnisendSink:
         still run (the deadline decides when it is stuck)."""
         now = self.clock.now()
         if isinstance(exc, RateLimited):
-            self._transient(exc, now)  # the brand's budget: everything waits
+            self._sender.transient(exc, now)  # the brand's budget: everything waits
         elif isinstance(exc, UnexpectedAnswer):
-            self._count_unexpected(exc)
+            self._sender.count_unexpected(exc)
         else:
             log.warning("batch_read_failed", error=str(exc), batches=len(batches))
         for batch in batches:
@@ -726,10 +656,10 @@ class OmnisendSink:
                 self._tags_refused(add, tag, intents, exc)
             else:
                 now = self.clock.now()
-                self._transient(exc, now)
+                self._sender.transient(exc, now)
                 self._coalescer.tags_retry(intents, now, maybe_applied=exc.maybe_applied)
             return
-        self._backoff.succeeded()
+        self._sender.backoff.succeeded()
         now = self.clock.now()
         self._coalescer.tags_accepted(intents, now)
         operation = "add" if add else "remove"
@@ -755,36 +685,3 @@ class OmnisendSink:
         log.warning("tag_call_refused_split", status=exc.status, emails=len(intents))
 
     # ---- helpers -----------------------------------------------------------------------------
-
-    def _transient(self, exc: Retriable, now: float) -> None:
-        if isinstance(exc, RateLimited):
-            self.budget.rate_limited(now, exc.retry_after_s)
-            self.metrics.rate_limited.labels(self.connection).inc()
-            if exc.clamped_from is not None:
-                self.metrics.retry_after_clamped.labels(self.connection).inc()
-                log.warning(
-                    "retry_after_clamped", answered=exc.clamped_from, waiting_s=exc.retry_after_s
-                )
-            return
-        self._backoff.failed(now, self.config.retry_base_s, self.config.retry_max_s)
-        if isinstance(exc, UnexpectedAnswer):
-            self._count_unexpected(exc)
-        else:
-            backoff_s = round(self._backoff.until - now, 3)
-            log.warning("omnisend_retry", error=str(exc), backoff_s=backoff_s)
-
-    def _count_unexpected(self, exc: UnexpectedAnswer) -> None:
-        self.metrics.unexpected_answers.labels(self.connection, exc.endpoint).inc()
-        log.warning(
-            "omnisend_unexpected_answer",
-            endpoint=exc.endpoint,
-            status=exc.status,
-            content_type=exc.content_type,
-            why=exc.why,
-        )
-
-    def _observe(self, endpoint: str, status: str, seconds: float) -> None:
-        # The answer is here: its slot counts from now, not from when the task is done with it.
-        Budget.answered(_SLOT.get(), self.clock.now())
-        self.metrics.requests.labels(self.connection, endpoint, status).inc()
-        self.metrics.request_seconds.labels(self.connection, endpoint).observe(seconds)
