@@ -7,6 +7,12 @@ loop keeps polling. The Kafka side talks to it through three thread-safe calls: 
 changes), `take_outcomes` (records whose fate is known) and `drain` (finish what was submitted,
 within a deadline). Nothing here blocks the caller for longer than a queue operation.
 
+This module is the bridge between the two threads and the loop's turn (take new changes, send
+what may go, hand back outcomes, sleep until the next timer). The rest is in four parts:
+`exchanges.SyncState` (what one epoch knows: the coalescer, the batches in flight),
+`dispatch.Dispatcher` (when each request goes), `exchanges.Exchanges` (each request and what its
+answer means) and `sender.Sender` (the budget's slots, the request tasks, the back-off).
+
 Every request's answer arrives typed (`connector.omnisend.answers`) or as an error that says what
 to do; a task that fails any other way is a bug, and stops the connector (exit 1) rather than
 leaving its records unfinished and its partition's commits pinned.
@@ -17,10 +23,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import math
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,38 +32,25 @@ import httpx
 import structlog
 
 from connector.core.clock import Clock
-from connector.core.coalesce import Coalescer, Outcome, TagIntent, UpsertIntent
-from connector.core.errors import Crashed, Fatal, Retriable
+from connector.core.coalesce import Coalescer, Outcome
+from connector.core.errors import Crashed, Fatal
 from connector.core.events import ContactChange
-from connector.core.mapping import contact_request
 from connector.metrics import Metrics
-from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
 from connector.omnisend.batches import (
-    LIST_POLL_LIMIT,
-    BatchTracker,
-    InFlightBatch,
     TrackerConfig,
 )
-from connector.omnisend.budget import Budget, Request
-from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
+from connector.omnisend.budget import Budget
+from connector.omnisend.client import OmnisendClient
+from connector.omnisend.dispatch import Dispatcher
+from connector.omnisend.exchanges import Exchanges, SyncState
 from connector.omnisend.loop import SinkLoop
 from connector.omnisend.sender import Sender, SenderConfig
 
 log = structlog.get_logger("connector.sink")
 
-# Requests a batch costs: its POST, about one status read, and a margin so that batches use no
-# more than 80 % of the budget left after tag calls.
-UPSERT_REQUEST_COST = 2.5
-# The requests the sink makes, as the budget sees them: full ones go whenever the window has
-# room, part-full ones are paced, reads have a reserve.
-READ = Request(read=True)
-BATCH, FULL_BATCH = Request(), Request(full=True)
-TAGS, FULL_TAGS = Request(tag_call=True), Request(tag_call=True, full=True)
 # How long a sink with nothing to do sleeps unless woken (new work and shares wake it): its
 # gauges are refreshed this often while idle.
 QUIET_WAKE_S = 5.0
-# How often ghosts (upserts of unknown fate) are looked at for expiry.
-GHOST_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -148,12 +139,7 @@ class OmnisendSink:
         self._flushing = False
         self._stopping = False
         self.fatal: Fatal | None = None
-        self._coalescer = self._new_coalescer()
-        self._batches = BatchTracker(self.config.tracker())
-        # Halves of a batch Omnisend refused as a whole, to send before anything new; their
-        # contacts stay in flight meanwhile.
-        self._splits: deque[list[UpsertIntent]] = deque()
-        self._tag_splits: deque[tuple[bool, str, list[TagIntent]]] = deque()  # and of tag calls
+        self._state = SyncState(self._new_coalescer, self.config.tracker())
         self._sender = Sender(
             self._loop,
             budget,
@@ -170,7 +156,7 @@ class OmnisendSink:
         )
         self._generation = 0
         self._wake: asyncio.Event | None = None
-        self._wake_at = 0.0  # the loop's next timer: a linger, a read, the budget, a back-off
+        self._dispatcher: Dispatcher | None = None  # once the loop runs
         # Called on the sink's thread with the end-to-end latencies of accepted tag changes.
         self.on_accepted: Callable[[list[float]], None] | None = None
 
@@ -247,11 +233,8 @@ class OmnisendSink:
         # What this process knows of Omnisend's contacts goes too: while the partitions are
         # elsewhere, another member may write the same contacts, and a stale "already has
         # these fields" would skip a needed upsert (found by the rebalance test).
-        self._coalescer = self._new_coalescer()
-        self._batches = BatchTracker(self.config.tracker())
-        self._splits.clear()
-        self._tag_splits.clear()
-        self._count_batches()
+        self._state.reset()
+        self.metrics.batches_in_flight.labels(self.connection).set(0)
         # Requests in flight belong to the old epoch: their answers must not reach the new
         # coalescer and tracker. Cancelled, they never do (an answer already in hand too: a
         # cancelled task's next step raises instead of resuming), so no handler checks.
@@ -276,13 +259,13 @@ class OmnisendSink:
     @property
     def uncertain(self) -> int:
         """Upserts whose fate is still unknown and watched: stuck batches and lost answers."""
-        return self._coalescer.ghosts
+        return self._state.coalescer.ghosts
 
     def saturated(self, fraction: float = 1.0) -> bool:
         """Whether enough unsent work waits that reading more would only cost CPU (which the
         sink's own thread needs) without sending anything sooner. Safe from any thread: it reads
         two sizes."""
-        c = self._coalescer
+        c = self._state.coalescer
         upserts = len(c.upserts) >= self.config.saturation_upserts * fraction
         return upserts or c.ready_count >= self.config.saturation_tags * fraction
 
@@ -313,6 +296,10 @@ class OmnisendSink:
         self.fatal = exc
         return True
 
+    def _accepted(self, latencies: list[float]) -> None:
+        if self.on_accepted is not None:
+            self.on_accepted(latencies)
+
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
@@ -330,7 +317,7 @@ class OmnisendSink:
         transport, gate = (own, None) if own is not None else self._shared.transport(self._base_url)
         http = httpx.AsyncClient(timeout=timeout, transport=transport)
         try:
-            self._client = OmnisendClient(
+            client = OmnisendClient(
                 http,
                 self._api_key,
                 self._base_url,
@@ -338,14 +325,34 @@ class OmnisendSink:
                 deadline_s=3 * self.config.request_timeout_s,
                 gate=gate,
             )
+            exchanges = Exchanges(
+                self._state,
+                client,
+                self._sender,
+                self.metrics,
+                self.connection,
+                self.clock,
+                self._accepted,
+            )
+            dispatcher = self._dispatcher = Dispatcher(
+                self._state,
+                exchanges,
+                self._sender,
+                self.budget,
+                self.config,
+                self.metrics,
+                self.connection,
+                self.clock,
+                lambda: self._flushing,
+            )
             while not self._stopping and self.fatal is None:
                 self._ingest()
-                self._dispatch()
+                dispatcher.dispatch()
                 self._publish()
                 self._wake.clear()
                 # Until the next timer, if any: an answer, new work or a new share wake it
                 # sooner. Idle connections of a process serving many brands cost nothing.
-                sleep_s = min(QUIET_WAKE_S, max(0.0, self._wake_at - self.clock.now()))
+                sleep_s = min(QUIET_WAKE_S, max(0.0, dispatcher.wake_at - self.clock.now()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), sleep_s)
         finally:
@@ -364,324 +371,11 @@ class OmnisendSink:
                 continue  # submitted before a reset: forgotten
             self._reset_to(epoch)  # submitted after a reset the loop has not met yet
             for change in changes:
-                self._coalescer.add(change, now)
+                self._state.coalescer.add(change, now)
 
     def _publish(self) -> None:
-        outcomes = self._coalescer.drain_outcomes()
+        outcomes = self._state.coalescer.drain_outcomes()
         if outcomes:
             self._outbox.put((self._generation, outcomes))
-        if self._coalescer.idle and not self._sender.tasks and self._inbox.empty():
+        if self._state.coalescer.idle and not self._sender.tasks and self._inbox.empty():
             self._idle.set()
-
-    def _may_send(self, now: float, request: Request) -> bool:
-        """Whether the budget lets a request go now. If not, the loop wakes when it will: a
-        freed place in the window is used at once, not at the next tick."""
-        wait = self._sender.wait(now, request)
-        if wait > 0:
-            self._wake_by(now + wait)
-        return wait == 0
-
-    # ---- scheduling --------------------------------------------------------------------------
-
-    def _count_batches(self) -> None:
-        """The gauge follows every change: batches may finish within one report interval."""
-        live = len(self._batches.live)
-        self.metrics.batches_in_flight.labels(self.connection).set(live)
-
-    def _dispatch(self) -> None:
-        now = self.clock.now()
-        self._wake_at = math.inf  # each part below says when it needs to look again
-        self.budget.apply(now)  # a new share counts from its assignment, not the next request
-        self._deadlines(now)
-        sender = self._sender
-        if now < sender.backoff.until:
-            self._wake_by(sender.backoff.until)
-            sender.account_wait(now, limited=False)
-            return
-        waits, spawned = self.budget.waits, len(sender.tasks)
-        self._dispatch_polls(now)
-        self._dispatch_tags(now)
-        self._dispatch_upserts(now)
-        if len(sender.tasks) != spawned:
-            self._wake_by(now + self.config.tick_s)  # work flows: look again soon
-        sender.account_wait(now, limited=self.budget.waits != waits)
-
-    def _wake_by(self, at: float) -> None:
-        self._wake_at = min(self._wake_at, at)
-
-    def _deadlines(self, now: float) -> None:
-        """Batches past the deadline go stuck (their contacts go again); stuck batches watched
-        long enough, and ghosts of lost answers past their time, are given up on."""
-        tracker, coalescer = self._batches, self._coalescer
-        for batch in tracker.overdue(now):
-            intents = list(batch.intents.values())
-            ghost = coalescer.haunt(intents)
-            tracker.mark_stuck(batch, ghost, now)
-            for intent in intents:
-                coalescer.upsert_retry(intent.email)
-            self.metrics.batches_stuck.labels(self.connection).inc()
-            log.warning(
-                "batch_stuck",
-                batch_id=batch.batch_id,
-                age_s=round(now - batch.sent_at, 1),
-                contacts=len(intents),
-            )
-            self._count_batches()
-        for batch in tracker.given_up(now):
-            if batch.ghost is not None:
-                coalescer.ghost_gone(batch.ghost, now)
-        if coalescer.ghosts:
-            coalescer.expire_ghosts(now)
-            self._wake_by(now + GHOST_CHECK_S)
-
-    def _dispatch_polls(self, now: float) -> None:
-        """Item reads first (they unblock tag calls), then status reads."""
-        tracker = self._batches
-        # A read not due yet wakes the loop when it is; one due and held back is woken by what
-        # holds it: the budget (its wait), an answer (a free slot), the list read's turn.
-        next_read = tracker.next_read_at()
-        if next_read > now:
-            self._wake_by(next_read)
-        if tracker.next_list_at > now:
-            self._wake_by(tracker.next_list_at)
-        for batch in tracker.due_items(now):
-            if not self._sender.room() or not self._may_send(now, READ):
-                return
-            batch.busy = True
-            self._sender.spawn(self._items(batch), now, READ)
-        listable, by_id = tracker.due_status(now)
-        if listable and self._sender.room():
-            if not self._may_send(now, READ):
-                return
-            for batch in listable:
-                batch.busy = True
-            tracker.listed(now)
-            self._sender.spawn(self._list(listable), now, READ)
-        for batch in by_id:
-            if not self._sender.room() or not self._may_send(now, READ):
-                return
-            batch.busy = True
-            self._sender.spawn(self._poll(batch), now, READ)
-
-    def _dispatch_tags(self, now: float) -> None:
-        while self._tag_splits and self._sender.room(tag_call=True):
-            if not self._may_send(now, TAGS):
-                return
-            add, tag, intents = self._tag_splits.popleft()
-            self._sender.spawn(self._change_tags(add, tag, intents), now, TAGS)
-        size, linger = self.config.tag_batch_size, self.config.tag_linger_s
-        # Oldest first: under load every group fills its calls anyway, and serving the group
-        # that waited longest lets committed offsets advance (the fullest-first order starved
-        # small groups, holding the commit of the records before them for the whole sync).
-        groups = sorted(self._coalescer.ready_groups(), key=lambda g: g[2])
-        for group, count, since in groups:
-            if not self._sender.room(tag_call=True):
-                return  # a call's answer wakes the loop
-            if count < size and now - since < linger and not self._flushing:
-                self._wake_by(since + linger)
-                continue
-            # Ask first: taking a call's intents and putting them back costs a millisecond
-            # and sends them to the back of their group.
-            # Full only if a whole call can be taken now: intents settling are not.
-            full = count >= size and self._coalescer.tags_ready(group, size, now) == size
-            request = FULL_TAGS if full else TAGS
-            if not self._may_send(now, request):
-                return
-            intents = self._coalescer.take_tags(group, size, now)
-            if not intents:
-                # Held back while an opposite call settles: look again when the first may go.
-                self._wake_by(max(self._coalescer.settled_at(group), now + self.config.tick_s))
-                continue
-            self._sender.spawn(self._change_tags(group[0], group[1], intents), now, request)
-
-    def _upsert_linger(self) -> float:
-        """How long a partial batch may wait to fill: the configured linger, but never so short
-        that batches (each a request plus about one status read) outrun the budget for them."""
-        all_limit, tag_limit = self.budget.limits()
-        per_batch = (
-            UPSERT_REQUEST_COST * self.budget.config.window_s / max(1, all_limit - tag_limit)
-        )
-        return max(self.config.upsert_linger_s, per_batch)
-
-    def _batch_room(self) -> bool:
-        return self._sender.room() and len(self._batches.live) < self.config.max_batches_in_flight
-
-    def _dispatch_upserts(self, now: float) -> None:
-        while self._splits and self._batch_room():
-            if not self._may_send(now, BATCH):
-                return
-            self._sender.spawn(self._create_batch(self._splits.popleft()), now, BATCH)
-        c, size = self._coalescer, self.config.batch_size
-        linger = self._upsert_linger()
-        while c.upserts and self._batch_room():
-            oldest = next(iter(c.upserts.values())).since
-            if len(c.upserts) < size and now - oldest < linger and not self._flushing:
-                self._wake_by(oldest + linger)
-                return
-            # Full only if a whole batch can be taken now: emails still in a batch are not.
-            full = len(c.upserts) >= size and c.upserts_ready(size) == size
-            request = FULL_BATCH if full else BATCH
-            if not self._may_send(now, request):
-                return
-            intents = c.take_upserts(size)
-            if not intents:
-                return  # every email still in a batch: its read's answer wakes the loop
-            self._sender.spawn(self._create_batch(intents), now, request)
-
-    # ---- requests ----------------------------------------------------------------------------
-
-    async def _create_batch(self, intents: list[UpsertIntent]) -> None:
-        items = [contact_request(i.email, i.fields) for i in intents]
-        try:
-            batch_id = await self._client.create_batch(items)
-        except (Retriable, Rejected) as exc:
-            self._create_failed(intents, exc)
-            return
-        self._sender.backoff.succeeded()
-        self._batches.add(batch_id, intents, self.clock.now())
-        self._count_batches()
-
-    def _create_failed(self, intents: list[UpsertIntent], exc: Retriable | Rejected) -> None:
-        now = self.clock.now()
-        if isinstance(exc, Rejected):
-            self._refused(intents, exc)
-            return
-        self._sender.transient(exc, now)
-        if exc.maybe_applied:
-            # The batch may exist (its answer was lost): it may land after the contacts' next
-            # upsert, so its fields are remembered until it must have landed.
-            self._coalescer.haunt(intents, until=now + self._batches.deadline_s)
-        self._coalescer.untake_upserts(intents)
-
-    def _refused(self, intents: list[UpsertIntent], exc: Rejected) -> None:
-        """A batch refused as a whole (413, or a 400 for one item) is sent again in halves
-        until the item it refuses is alone: only that one fails."""
-        if len(intents) == 1:
-            (intent,) = intents
-            detail, now = f"{exc.status}: {exc.detail}", self.clock.now()
-            self._coalescer.upsert_failed(intent.email, "rejected_by_omnisend", detail, now)
-            return
-        half = len(intents) // 2
-        self._splits.extend((intents[:half], intents[half:]))
-        self.metrics.batches_split.labels(self.connection).inc()
-        log.warning("batch_refused_split", status=exc.status, contacts=len(intents))
-
-    async def _poll(self, batch: InFlightBatch) -> None:
-        try:
-            status = await self._client.get_batch(batch.batch_id)
-        except (Retriable, Rejected) as exc:
-            self._read_failed([batch], exc)
-            return
-        self._on_status(batch, status, self.clock.now())
-
-    async def _list(self, batches: list[InFlightBatch]) -> None:
-        try:
-            # Ours are the newest unless other integrations create batches too: ask for a page
-            # a little larger than what is in flight, not always the maximum.
-            limit = min(LIST_POLL_LIMIT, max(20, 2 * len(self._batches.live)))
-            listed = await self._client.list_batches(limit)
-        except (Retriable, Rejected) as exc:
-            self._read_failed(batches, exc)
-            return
-        now = self.clock.now()
-        by_id = {status.batch_id: status for status in listed}
-        for batch in batches:
-            if self._batches.tracked(batch):
-                # Not on the newest page (other integrations created many batches since, or
-                # its entry did not parse): read by its id from now on.
-                self._on_status(batch, by_id.get(batch.batch_id), now)
-
-    def _on_status(self, batch: InFlightBatch, status: BatchStatus | None, now: float) -> None:
-        verdict = self._batches.on_status(batch, status, now)
-        if verdict == "accepted":
-            self._settle_batch(batch, list(batch.intents), [], {})
-        elif verdict == "landed":
-            self._batches.finish(batch)
-            if batch.ghost is not None:
-                self._coalescer.ghost_gone(batch.ghost, now)
-            log.info("stuck_batch_landed", batch_id=batch.batch_id)
-
-    async def _items(self, batch: InFlightBatch) -> None:
-        try:
-            items = await self._client.batch_items(batch.batch_id)
-        except (Retriable, Rejected) as exc:
-            self._read_failed([batch], exc)
-            return
-        if not self._batches.tracked(batch):
-            return
-        verdict = self._batches.sort_items(batch, items)
-        self._settle_batch(
-            batch, verdict.accepted, verdict.retry, verdict.failed, items.contact_ids
-        )
-
-    def _settle_batch(
-        self,
-        batch: InFlightBatch,
-        accepted: list[str],
-        retry: list[str],
-        failed: dict[str, tuple[str, str]],
-        contact_ids: dict[str, str] | None = None,
-    ) -> None:
-        now, c = self.clock.now(), self._coalescer
-        self._batches.finish(batch)
-        self._count_batches()
-        ids = contact_ids or {}
-        for email in accepted:
-            c.upsert_accepted(email, now, ids.get(email))
-        for email, (reason, detail) in failed.items():
-            c.upsert_failed(email, reason, detail, now)
-        for email in retry:
-            c.upsert_retry(email)
-        self.metrics.contacts_upserted.labels(self.connection).inc(len(accepted))
-
-    def _read_failed(self, batches: list[InFlightBatch], exc: Retriable | Rejected) -> None:
-        """A status or items read failed: read that batch again later (its own backoff; a
-        failing read holds nothing else back), never send its contacts again while it may
-        still run (the deadline decides when it is stuck)."""
-        now = self.clock.now()
-        if isinstance(exc, RateLimited):
-            self._sender.transient(exc, now)  # the brand's budget: everything waits
-        elif isinstance(exc, UnexpectedAnswer):
-            self._sender.count_unexpected(exc)
-        else:
-            log.warning("batch_read_failed", error=str(exc), batches=len(batches))
-        for batch in batches:
-            self._batches.read_failed(batch, now)
-
-    async def _change_tags(self, add: bool, tag: str, intents: list[TagIntent]) -> None:
-        try:
-            await self._client.change_tags(add, tag, [i.email for i in intents])
-        except (Retriable, Rejected) as exc:
-            if isinstance(exc, Rejected):
-                self._tags_refused(add, tag, intents, exc)
-            else:
-                now = self.clock.now()
-                self._sender.transient(exc, now)
-                self._coalescer.tags_retry(intents, now, maybe_applied=exc.maybe_applied)
-            return
-        self._sender.backoff.succeeded()
-        now = self.clock.now()
-        self._coalescer.tags_accepted(intents, now)
-        operation = "add" if add else "remove"
-        self.metrics.tags_changed.labels(self.connection, operation).inc(len(intents))
-        # From the change to Omnisend's acceptance; clock skew must not make it negative.
-        latencies = [max(0.0, now - i.occurred_at_ms / 1000) for i in intents]
-        histogram = self.metrics.end_to_end_latency.labels(self.connection)
-        for latency in latencies:
-            histogram.observe(latency)
-        if self.on_accepted is not None:
-            self.on_accepted(latencies)
-
-    def _tags_refused(self, add: bool, tag: str, intents: list[TagIntent], exc: Rejected) -> None:
-        """A tag call refused as a whole goes again in halves until the email it refuses is
-        alone: only that record fails."""
-        if len(intents) == 1:
-            detail = f"{exc.status}: {exc.detail}"
-            self._coalescer.tags_failed(intents, "rejected_by_omnisend", detail)
-            return
-        half = len(intents) // 2
-        self._tag_splits.extend(((add, tag, intents[:half]), (add, tag, intents[half:])))
-        self.metrics.tag_calls_split.labels(self.connection).inc()
-        log.warning("tag_call_refused_split", status=exc.status, emails=len(intents))
-
-    # ---- helpers -----------------------------------------------------------------------------

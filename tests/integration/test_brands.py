@@ -38,10 +38,10 @@ def sink(loop: SinkLoop, name: str, base_url: str, **config: float) -> OmnisendS
     )
 
 
-def counting(turns: Counter[str], name: str, dispatch: Callable[[], None]) -> Callable[[], None]:
+def counting(turns: Counter[str], name: str, turn: Callable[[], None]) -> Callable[[], None]:
     def counted() -> None:
         turns[name] += 1
-        dispatch()
+        turn()
 
     return counted
 
@@ -52,7 +52,7 @@ def test_sinks_share_one_thread_and_an_idle_one_sleeps_until_given_work() -> Non
         sinks = [sink(loop, f"c{i}", sim.api_url, upsert_linger_s=0.05) for i in range(20)]
         turns: Counter[str] = Counter()
         for s in sinks:
-            s._dispatch = counting(turns, s.connection, s._dispatch)  # type: ignore[method-assign]
+            s._ingest = counting(turns, s.connection, s._ingest)  # type: ignore[method-assign]
         before = {t.name for t in threading.enumerate()}
         for s in sinks:
             s.start()

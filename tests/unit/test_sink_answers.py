@@ -18,7 +18,7 @@ from connector.core.errors import Crashed, Retriable
 from connector.omnisend.answers import MAX_RETRY_AFTER_S, retry_after
 from connector.omnisend.budget import Budget, BudgetConfig, Slot
 from connector.omnisend.client import OmnisendClient
-from connector.omnisend.sink import READ
+from connector.omnisend.dispatch import READ
 from connector.simulator.transport import SimulatorTransport
 from tests.omnisend_fakes import (
     BASE_URL,
@@ -316,7 +316,7 @@ def test_a_task_that_fails_unexpectedly_stops_the_sink_instead_of_dying_silently
         def broken(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("a bug")
 
-        sink._coalescer.tags_accepted = broken  # type: ignore[method-assign]
+        sink._state.coalescer.tags_accepted = broken  # type: ignore[method-assign]
         sink.submit([change(0, "a@example.com", entered=False)])
         deadline = time.monotonic() + 5
         while sink.fatal is None:

@@ -1,0 +1,219 @@
+"""When a sink's requests go: status and item reads first (they release tag calls), then tag
+calls (oldest group first), then batches; a part-full request lingers for more, a full one goes
+as soon as the budget allows; batches past their deadline are marked stuck. Each pass says when
+the sink's loop must look again (`wake_at`): a linger ending, a read due, the budget's wait, a
+back-off; an answer or new work wakes it sooner.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from connector.core.clock import Clock
+from connector.metrics import Metrics
+from connector.omnisend.budget import Budget, Request
+from connector.omnisend.exchanges import Exchanges, SyncState
+from connector.omnisend.sender import Sender
+
+if TYPE_CHECKING:
+    from connector.omnisend.sink import SinkConfig
+
+log = structlog.get_logger("connector.sink")
+
+# Requests a batch costs: its POST, about one status read, and a margin so that batches use no
+# more than 80 % of the budget left after tag calls.
+UPSERT_REQUEST_COST = 2.5
+# The requests the sink makes, as the budget sees them: full ones go whenever the window has
+# room, part-full ones are paced, reads have a reserve.
+READ = Request(read=True)
+BATCH, FULL_BATCH = Request(), Request(full=True)
+TAGS, FULL_TAGS = Request(tag_call=True), Request(tag_call=True, full=True)
+# How often ghosts (upserts of unknown fate) are looked at for expiry.
+GHOST_CHECK_S = 1.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        state: SyncState,
+        exchanges: Exchanges,
+        sender: Sender,
+        budget: Budget,
+        config: SinkConfig,
+        metrics: Metrics,
+        connection: str,
+        clock: Clock,
+        flushing: Callable[[], bool],
+    ) -> None:
+        """`flushing()`: whether part-full requests go at once instead of lingering."""
+        self._state = state
+        self._exchanges = exchanges
+        self._sender = sender
+        self._budget = budget
+        self._config = config
+        self._metrics = metrics
+        self._connection = connection
+        self._clock = clock
+        self._flushing = flushing
+        self.wake_at = math.inf  # when the loop must look again
+
+    def _may_send(self, now: float, request: Request) -> bool:
+        """Whether the budget lets a request go now. If not, the loop wakes when it will: a
+        freed place in the window is used at once, not at the next tick."""
+        wait = self._sender.wait(now, request)
+        if wait > 0:
+            self.wake_by(now + wait)
+        return wait == 0
+
+    def dispatch(self) -> None:
+        now = self._clock.now()
+        self.wake_at = math.inf  # each part below says when it needs to look again
+        self._budget.apply(now)  # a new share counts from its assignment, not the next request
+        self._deadlines(now)
+        sender = self._sender
+        if now < sender.backoff.until:
+            self.wake_by(sender.backoff.until)
+            sender.account_wait(now, limited=False)
+            return
+        waits, spawned = self._budget.waits, len(sender.tasks)
+        self._polls(now)
+        self._tags(now)
+        self._upserts(now)
+        if len(sender.tasks) != spawned:
+            self.wake_by(now + self._config.tick_s)  # work flows: look again soon
+        sender.account_wait(now, limited=self._budget.waits != waits)
+
+    def wake_by(self, at: float) -> None:
+        self.wake_at = min(self.wake_at, at)
+
+    def _deadlines(self, now: float) -> None:
+        """Batches past the deadline go stuck (their contacts go again); stuck batches watched
+        long enough, and ghosts of lost answers past their time, are given up on."""
+        tracker, coalescer = self._state.batches, self._state.coalescer
+        for batch in tracker.overdue(now):
+            intents = list(batch.intents.values())
+            ghost = coalescer.haunt(intents)
+            tracker.mark_stuck(batch, ghost, now)
+            for intent in intents:
+                coalescer.upsert_retry(intent.email)
+            self._metrics.batches_stuck.labels(self._connection).inc()
+            log.warning(
+                "batch_stuck",
+                batch_id=batch.batch_id,
+                age_s=round(now - batch.sent_at, 1),
+                contacts=len(intents),
+            )
+            self._exchanges.count_batches()
+        for batch in tracker.given_up(now):
+            if batch.ghost is not None:
+                coalescer.ghost_gone(batch.ghost, now)
+        if coalescer.ghosts:
+            coalescer.expire_ghosts(now)
+            self.wake_by(now + GHOST_CHECK_S)
+
+    def _polls(self, now: float) -> None:
+        """Item reads first (they unblock tag calls), then status reads."""
+        tracker = self._state.batches
+        # A read not due yet wakes the loop when it is; one due and held back is woken by what
+        # holds it: the budget (its wait), an answer (a free slot), the list read's turn.
+        next_read = tracker.next_read_at()
+        if next_read > now:
+            self.wake_by(next_read)
+        if tracker.next_list_at > now:
+            self.wake_by(tracker.next_list_at)
+        for batch in tracker.due_items(now):
+            if not self._sender.room() or not self._may_send(now, READ):
+                return
+            batch.busy = True
+            self._sender.spawn(self._exchanges.items(batch), now, READ)
+        listable, by_id = tracker.due_status(now)
+        if listable and self._sender.room():
+            if not self._may_send(now, READ):
+                return
+            for batch in listable:
+                batch.busy = True
+            tracker.listed(now)
+            self._sender.spawn(self._exchanges.read_list(listable), now, READ)
+        for batch in by_id:
+            if not self._sender.room() or not self._may_send(now, READ):
+                return
+            batch.busy = True
+            self._sender.spawn(self._exchanges.poll(batch), now, READ)
+
+    def _tags(self, now: float) -> None:
+        while self._state.tag_splits and self._sender.room(tag_call=True):
+            if not self._may_send(now, TAGS):
+                return
+            add, tag, intents = self._state.tag_splits.popleft()
+            self._sender.spawn(self._exchanges.change_tags(add, tag, intents), now, TAGS)
+        size, linger = self._config.tag_batch_size, self._config.tag_linger_s
+        # Oldest first: under load every group fills its calls anyway, and serving the group
+        # that waited longest lets committed offsets advance (the fullest-first order starved
+        # small groups, holding the commit of the records before them for the whole sync).
+        groups = sorted(self._state.coalescer.ready_groups(), key=lambda g: g[2])
+        for group, count, since in groups:
+            if not self._sender.room(tag_call=True):
+                return  # a call's answer wakes the loop
+            if count < size and now - since < linger and not self._flushing():
+                self.wake_by(since + linger)
+                continue
+            # Ask first: taking a call's intents and putting them back costs a millisecond
+            # and sends them to the back of their group.
+            # Full only if a whole call can be taken now: intents settling are not.
+            full = count >= size and self._state.coalescer.tags_ready(group, size, now) == size
+            request = FULL_TAGS if full else TAGS
+            if not self._may_send(now, request):
+                return
+            intents = self._state.coalescer.take_tags(group, size, now)
+            if not intents:
+                # Held back while an opposite call settles: look again when the first may go.
+                self.wake_by(
+                    max(self._state.coalescer.settled_at(group), now + self._config.tick_s)
+                )
+                continue
+            self._sender.spawn(
+                self._exchanges.change_tags(group[0], group[1], intents), now, request
+            )
+
+    def _upsert_linger(self) -> float:
+        """How long a partial batch may wait to fill: the configured linger, but never so short
+        that batches (each a request plus about one status read) outrun the budget for them."""
+        all_limit, tag_limit = self._budget.limits()
+        per_batch = (
+            UPSERT_REQUEST_COST * self._budget.config.window_s / max(1, all_limit - tag_limit)
+        )
+        return max(self._config.upsert_linger_s, per_batch)
+
+    def _batch_room(self) -> bool:
+        return (
+            self._sender.room()
+            and len(self._state.batches.live) < self._config.max_batches_in_flight
+        )
+
+    def _upserts(self, now: float) -> None:
+        while self._state.splits and self._batch_room():
+            if not self._may_send(now, BATCH):
+                return
+            self._sender.spawn(
+                self._exchanges.create_batch(self._state.splits.popleft()), now, BATCH
+            )
+        c, size = self._state.coalescer, self._config.batch_size
+        linger = self._upsert_linger()
+        while c.upserts and self._batch_room():
+            oldest = next(iter(c.upserts.values())).since
+            if len(c.upserts) < size and now - oldest < linger and not self._flushing():
+                self.wake_by(oldest + linger)
+                return
+            # Full only if a whole batch can be taken now: emails still in a batch are not.
+            full = len(c.upserts) >= size and c.upserts_ready(size) == size
+            request = FULL_BATCH if full else BATCH
+            if not self._may_send(now, request):
+                return
+            intents = c.take_upserts(size)
+            if not intents:
+                return  # every email still in a batch: its read's answer wakes the loop
+            self._sender.spawn(self._exchanges.create_batch(intents), now, request)
