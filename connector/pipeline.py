@@ -401,14 +401,14 @@ class Pipeline:
         if settled is None:
             return  # other exports still owe theirs, or its fate is known already
         raw, fate = settled
+        about = self._about.get(raw.position)
+        if about is not None and not isinstance(fate, Skipped):
+            about.contact_id = fate.contact_id
         if isinstance(fate, Failed):
             self._dead_letter(raw, fate.reason, "omnisend", fate.detail, "Rejected", fate.email)
         elif isinstance(fate, Skipped):
             self._skip(raw.position, fate.reason)
         else:
-            about = self._about.get(raw.position)
-            if about is not None:
-                about.contact_id = fate.contact_id
             self.stats["done"] += 1
             self._finish(raw, DONE)
 

@@ -37,11 +37,13 @@ class Skipped:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """Omnisend refused it: the record goes to the dead-letter topic with `reason`."""
+    """Omnisend refused it: the record goes to the dead-letter topic with `reason`.
+    `contact_id`: of a record another export synced first, the id that export's answer named."""
 
     reason: str
     detail: str
     email: str = ""
+    contact_id: str | None = None
 
 
 Fate = Done | Skipped | Failed
@@ -110,7 +112,9 @@ class Ledger:
         self._owed.pop(position, None)
         if position in self._synced:
             synced = self._synced.pop(position)
-            if not isinstance(fate, Failed):
+            if isinstance(fate, Failed):
+                fate = Failed(fate.reason, fate.detail, fate.email, synced)
+            else:
                 fate = Done(synced)
         self.decided(raw.position)
         if isinstance(fate, Failed):

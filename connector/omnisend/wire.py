@@ -273,7 +273,28 @@ class WireTransport(httpx.AsyncBaseTransport):
     async def _acquire(
         self, origin: Origin, timeouts: dict[str, float | None], request: httpx.Request
     ) -> _Connection:
-        """An idle live connection to `origin`, or a new one within `max_connections`."""
+        """An idle live connection to `origin`, or a new one within `max_connections`, waiting
+        at most the pool timeout in all."""
+        conn = self._idle_to(origin)
+        if conn is not None:
+            return conn
+        if self._open >= self._max and not self._close_one_idle():
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    conn = await self._wait_for_room(origin)
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free connection in time", request=request) from None
+            if conn is not None:
+                return conn
+        self._open += 1
+        try:
+            return await self._connect(origin, timeouts.get("connect"), request)
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+
+    def _idle_to(self, origin: Origin) -> _Connection | None:
         now = time.monotonic()
         idle = self._idle.get(origin)
         while idle:
@@ -282,26 +303,29 @@ class WireTransport(httpx.AsyncBaseTransport):
             if conn.reusable(now, self._expiry):
                 return conn
             self._drop(conn)
-        while self._open >= self._max:
-            if not self._close_one_idle():
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.append(waiter)
-                try:
-                    async with asyncio.timeout(timeouts.get("pool")):
-                        await waiter
-                except TimeoutError:
-                    raise httpx.PoolTimeout("no free connection in time", request=request) from None
-                finally:
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(waiter)
-                return await self._acquire(origin, timeouts, request)
-        self._open += 1
-        try:
-            return await self._connect(origin, timeouts.get("connect"), request)
-        except BaseException:
-            self._open -= 1
-            self._wake_one()
-            raise
+        return None
+
+    async def _wait_for_room(self, origin: Origin) -> _Connection | None:
+        """Until a connection to `origin` is idle (returned) or one may be opened (None)."""
+        while True:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                # Woken, then cancelled (a reset, a deadline) before it could use the room:
+                # the next waiter gets it, or it would sleep while a connection idles.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            conn = self._idle_to(origin)
+            if conn is not None:
+                return conn
+            if self._open < self._max or self._close_one_idle():
+                return None
 
     async def _connect(
         self, origin: Origin, timeout: float | None, request: httpx.Request
@@ -323,7 +347,7 @@ class WireTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectTimeout(
                 f"connecting to {host}:{port} timed out", request=request
             ) from None
-        except OSError as exc:  # refused, unreachable, no such name, TLS refused
+        except (OSError, UnicodeError) as exc:  # refused, unreachable, no such name, TLS refused
             conn.close()
             raise httpx.ConnectError(
                 f"connecting to {host}:{port}: {exc}", request=request

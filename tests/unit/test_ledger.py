@@ -34,7 +34,7 @@ def oracle(kinds: list[str]) -> tuple[int, Fate]:
     contact_id = None
     for index, kind in enumerate(kinds):
         if kind == "failed":
-            return index, Failed("rejected_by_omnisend", f"d{index}", "e")
+            return index, Failed("rejected_by_omnisend", f"d{index}", "e", contact_id)
         if kind == "done-with-id":
             contact_id = f"id{index}"
     if any(k.startswith("done") for k in kinds):

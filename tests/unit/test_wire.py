@@ -230,6 +230,26 @@ def test_a_cancelled_request_closes_its_connection_and_frees_its_slot() -> None:
     assert server.per_connection == [1, 1]
 
 
+def test_a_waiter_cancelled_as_it_is_woken_passes_the_connection_on() -> None:
+    """Two requests wait for the only connection; the first is cancelled (a reset, a deadline)
+    just as the connection frees: the second must get it, not sleep while it idles."""
+
+    async def run(url: str) -> str:
+        async with httpx.AsyncClient(transport=transport(connections=1)) as client:
+            held = await client.send(client.build_request("GET", url), stream=True)
+            first = asyncio.ensure_future(get(client, url))
+            second = asyncio.ensure_future(get(client, url))
+            await asyncio.sleep(0.1)  # both wait for the pool
+            await held.aclose()  # wakes the first waiter...
+            first.cancel()  # ...which is cancelled before it runs again
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            return await asyncio.wait_for(second, 3)
+
+    with Server([]).running() as server:
+        assert asyncio.run(run(f"http://127.0.0.1:{server.port}/")) == "200 ok"
+
+
 def test_connections_stay_within_the_limit_under_a_burst() -> None:
     async def run(url: str) -> list[str]:
         async with httpx.AsyncClient(transport=transport(connections=2)) as client:
