@@ -17,13 +17,13 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException
 
+from connector.core.admission import Admission
 from connector.core.clock import Clock
 from connector.core.coalesce import Outcome
 from connector.core.codec import Decoder
 from connector.core.errors import Crashed, ExitCode, Fatal, InvalidRecord, Retriable
 from connector.core.events import ContactChange, Position, RawRecord
 from connector.core.ledger import Failed, Ledger, Skipped
-from connector.core.recent import RecentMap
 from connector.core.routing import Router, TagCollision
 from connector.kafka.clients import topic_partitions, tp
 from connector.kafka.dlq import DeadLetterSink
@@ -124,8 +124,9 @@ class Pipeline:
         # Logs name a contact by a keyed hash of its email, never by the address.
         self._email_hash = email_hash
         self._consumer = consumer
-        self._decoder = decoder
-        self._router = router
+        self._admission = Admission(
+            decoder, router, config.max_value_bytes, config.dedupe_cache_size, config.select
+        )
         self._sink = sinks
         self._dlq = dead_letters(self._dead_lettered)
         # The results topic, if any: a record is released (its offset may pass) once its
@@ -135,7 +136,6 @@ class Pipeline:
         self._metrics = metrics
         self._clock = clock
         self._ledger = Ledger()
-        self._seen = RecentMap(config.dedupe_cache_size, width=0)
         self._held: list[Any] = []  # messages waiting for an unreachable Schema Registry
         self._held_until = 0.0
         self._assigned: list[tuple[str, int]] = []
@@ -312,40 +312,24 @@ class Pipeline:
         return []
 
     def _validated(self, raw: RawRecord) -> list[tuple[str, ContactChange]]:
-        if self.config.select is not None and not self.config.select(raw):
-            self._skip(raw.position, "not_selected")
+        event = self._admission.decode(raw)
+        if isinstance(event, str):
+            self._skip(raw.position, event)
             return []
-        if raw.value is None:
-            self._skip(raw.position, "tombstone")
-            return []
-        if len(raw.value) > self.config.max_value_bytes:
-            raise InvalidRecord(
-                "oversized_value",
-                "decode",
-                f"{len(raw.value)} bytes > {self.config.max_value_bytes}",
-            )
-        if raw.key is not None:
-            try:
-                raw.key.decode()
-            except UnicodeDecodeError as exc:
-                raise InvalidRecord("invalid_key", "decode", "the key is not UTF-8") from exc
-        event = self._decoder.decode(raw.value)
         about = None
-        if self._results is not None:
+        if self._results is not None:  # even if routing finds it invalid: it says whose it was
             about = self._about[raw.position] = About.of(event)
-        if event.event_id in self._seen:
-            self._skip(raw.position, "duplicate")
-            return []
-        routed = self._router.route(event, raw.position, int(self._clock.now() * 1000))
-        for collision in self._router.take_collisions():
+        verdict = self._admission.route(event, raw.position, int(self._clock.now() * 1000))
+        for collision in verdict.collisions:
             self._report_collision(collision)
-        self._remember(event.event_id)
+        routed = verdict.changes
         if about is not None and routed:
             if self._email_hash is not None:
                 about.email_hash = self._email_hash(routed[0][1].email)
-            about.exports = tuple(self._router.exports[c.export].name for _, c in routed)
-        if not routed:
-            self._skip(raw.position, "no_export")
+            exports = self._admission.router.exports
+            about.exports = tuple(exports[c.export].name for _, c in routed)
+        if verdict.skipped is not None:
+            self._skip(raw.position, verdict.skipped)
         else:
             self._ledger.fan_out(raw.position, len(routed))
         return routed
@@ -359,9 +343,6 @@ class Pipeline:
             segments=[collision.first_segment, collision.segment_id],
             remedy="use {segment_id} in the tag template, so each segment has its own tag",
         )
-
-    def _remember(self, event_id: str) -> None:
-        self._seen.put(event_id)
 
     def _retry_held(self) -> list[Any]:
         """Decode held messages again once the registry may be back; all of them or none."""
@@ -585,8 +566,7 @@ class Pipeline:
         self._ledger.forget()
         self._about.clear()
         self._held.clear()
-        # Redelivered records must not look like duplicates of themselves.
-        self._seen = RecentMap(self.config.dedupe_cache_size, width=0)
+        self._admission.forget()
         self._assigned = []
         self._paused = False
 

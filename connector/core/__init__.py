@@ -1,5 +1,6 @@
 """The pure core: what an event is (`events`), how its bytes decode (`codec`), how it is checked
-and mapped to a contact (`mapping`), which exports want it (`routing`), how changes to one
+and mapped to a contact (`mapping`), which exports want it (`routing`), which records become
+changes (`admission`: selection, size, decoding, de-duplication), how changes to one
 contact coalesce (`coalesce`, with the compact caches of `recent`), every record in flight until
 its one fate (`ledger`), how offsets advance (`offsets`), the errors that say what a caller must
 do (`errors`, `reasons`) and the clock.
