@@ -177,14 +177,3 @@ def _check_event(change: SegmentChange, now_ms: int) -> None:
     for name in ("event_id", "segment_id", "segment_name"):
         if not getattr(change, name).strip():
             raise InvalidRecord("invalid_event", "validate", f"{name} is empty")
-
-
-def contact_request(email: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The ContactRequest body of an upsert: never `tags` (they would replace the contact's tags),
-    always `sendWelcomeMessage: false`, a channel status only when configured."""
-    identifier: dict[str, Any] = {"type": "email", "id": email, "sendWelcomeMessage": False}
-    body = {k: v for k, v in fields.items() if not k.startswith("_")}
-    if "_emailStatus" in fields:
-        identifier["channels"] = {"email": fields["_emailStatus"]}
-    body["identifiers"] = [identifier]
-    return body

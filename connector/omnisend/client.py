@@ -95,6 +95,18 @@ class Rejected(Exception):
         self.detail = detail
 
 
+def contact_request(email: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The ContactRequest body of an upsert (an item of `create_batch`): never `tags` (they
+    would replace the contact's tags), always `sendWelcomeMessage: false`, a channel status only
+    when configured."""
+    identifier: dict[str, Any] = {"type": "email", "id": email, "sendWelcomeMessage": False}
+    body = {k: v for k, v in fields.items() if not k.startswith("_")}
+    if "_emailStatus" in fields:
+        identifier["channels"] = {"email": fields["_emailStatus"]}
+    body["identifiers"] = [identifier]
+    return body
+
+
 class OmnisendClient:
     def __init__(
         self,

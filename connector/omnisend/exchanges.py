@@ -16,11 +16,10 @@ import structlog
 from connector.core.clock import Clock
 from connector.core.coalesce import Coalescer, TagIntent, UpsertIntent
 from connector.core.errors import Retriable
-from connector.core.mapping import contact_request
 from connector.metrics import Metrics
 from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
 from connector.omnisend.batches import LIST_POLL_LIMIT, BatchTracker, InFlightBatch, TrackerConfig
-from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
+from connector.omnisend.client import OmnisendClient, RateLimited, Rejected, contact_request
 from connector.omnisend.sender import Sender
 
 log = structlog.get_logger("connector.sink")

@@ -9,7 +9,8 @@ import pytest
 from connector.core.codec import PlainAvroDecoder, encode_plain
 from connector.core.errors import ConfigError, InvalidRecord
 from connector.core.events import ContactChange, Position
-from connector.core.mapping import Mapper, Mapping, contact_request
+from connector.core.mapping import Mapper, Mapping
+from connector.omnisend.client import contact_request
 from tests.events import event
 
 NOW = 1_800_000_000_000
