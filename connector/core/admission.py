@@ -10,8 +10,8 @@ Pure: the loop acts on the verdict (skips, fan-out, collisions to report).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from connector.core.codec import Decoder
 from connector.core.errors import InvalidRecord
@@ -29,7 +29,7 @@ class Verdict:
     changes: list[tuple[str, ContactChange]]
     skipped: str | None = None
     event: SegmentChange | None = None
-    collisions: list[TagCollision] = field(default_factory=list)
+    collisions: Sequence[TagCollision] = ()
 
 
 class Admission:
@@ -76,13 +76,6 @@ class Admission:
         collisions = self.router.take_collisions()
         self._seen.put(event.event_id)
         return Verdict(routed, None if routed else "no_export", event, collisions)
-
-    def admit(self, raw: RawRecord, now_ms: int) -> Verdict:
-        """`decode`, then `route`."""
-        event = self.decode(raw)
-        if isinstance(event, str):
-            return Verdict([], event)
-        return self.route(event, raw.position, now_ms)
 
     def forget(self) -> None:
         """After a rebalance: redelivered records must not look like duplicates of themselves."""

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.core.admission import Admission
+from connector.core.admission import Admission, Verdict
 from connector.core.codec import PlainAvroDecoder, encode_plain
 from connector.core.errors import InvalidRecord
 from connector.core.events import Position, RawRecord
@@ -24,9 +24,19 @@ def raw(value: bytes | None, offset: int = 0, key: bytes | None = b"p-1") -> Raw
     return RawRecord(Position("t", 0, offset), key, value, [], NOW_MS)
 
 
-def admission(segments: frozenset[str] | None = None, **kwargs: object) -> Admission:
+class Admit(Admission):
+    """`decode`, then `route`, as the loop does."""
+
+    def admit(self, raw: RawRecord, now_ms: int) -> Verdict:
+        event = self.decode(raw)
+        if isinstance(event, str):
+            return Verdict([], event)
+        return self.route(event, raw.position, now_ms)
+
+
+def admission(segments: frozenset[str] | None = None, **kwargs: object) -> Admit:
     router = Router((Export("vip", "default", Mapping(), segments),))
-    return Admission(PlainAvroDecoder(), router, 10_000, 100, **kwargs)  # type: ignore[arg-type]
+    return Admit(PlainAvroDecoder(), router, 10_000, 100, **kwargs)  # type: ignore[arg-type]
 
 
 def test_each_kind_of_record_gets_its_verdict() -> None:
