@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException
+from prometheus_client import Counter
 
 from connector.core.admission import Admission
 from connector.core.clock import Clock
@@ -158,6 +159,7 @@ class Pipeline:
         self._progress_at = clock.now() + config.progress_every_s
         self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
         self._recent = InvalidShare(config.dlq_window_records)
+        self._consumed: dict[str, Counter] = {}  # topic -> its counter: no label look-up per event
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -281,7 +283,12 @@ class Pipeline:
         )
         self._ledger.admit(raw)
         self.stats["consumed"] += 1
-        self._metrics.events_consumed.labels(position.topic).inc()
+        consumed = self._consumed.get(position.topic)
+        if consumed is None:
+            consumed = self._consumed[position.topic] = self._metrics.events_consumed.labels(
+                position.topic
+            )
+        consumed.inc()
         changes = self._prepare(raw, message)
         self._recent.add(invalid=self._ledger.is_dead_lettering(position))
         if self._recent.exceeds(self.config.dlq_max_invalid_share) and self.fatal is None:

@@ -127,7 +127,12 @@ _UNKNOWN_FIELDS = -0x5A5A_5A5A_5A5A_5A5B
 
 def fields_hash(fields: dict[str, Any]) -> int:
     """A fingerprint of the fields, for this process's cache only (str hashes are salted)."""
-    return hash(tuple(sorted((k, v if isinstance(v, str) else repr(v)) for k, v in fields.items())))
+    try:
+        return hash(frozenset(fields.items()))  # the common case: every value a string
+    except TypeError:  # a dict value (custom properties, the channel status)
+        return hash(
+            tuple(sorted((k, v if isinstance(v, str) else repr(v)) for k, v in fields.items()))
+        )
 
 
 def _merge_parts(into: dict[int, Part], parts: dict[int, Part], later: bool = False) -> None:

@@ -37,6 +37,8 @@ EMAIL_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*\.[A-Za-z
 MAX_EMAIL_LENGTH = 254
 # An event from further in the future than this is a producer bug, not clock skew.
 MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+# Segments whose tag a mapper remembers.
+MAX_KNOWN_TAGS = 10_000
 
 
 def check_tag_template(template: str) -> str:
@@ -104,6 +106,8 @@ class Mapper:
     def __init__(self, mapping: Mapping, export: int = 0) -> None:
         self.mapping = mapping
         self.export = export
+        # (segment id, segment name) -> its tag: formatted once per segment, not per event.
+        self._tags: dict[tuple[str, str], str] = {}
 
     def map(self, change: SegmentChange, position: Position, now_ms: int) -> ContactChange:
         """Raises `InvalidRecord` (stage `validate`) for events Omnisend cannot take."""
@@ -124,7 +128,15 @@ class Mapper:
         return self.tag_of(change.segment_id, change.segment_name)
 
     def tag_of(self, segment_id: str, segment_name: str) -> str:
-        return self.mapping.tag_template.format(segment_name=segment_name, segment_id=segment_id)
+        key = (segment_id, segment_name)
+        tag = self._tags.get(key)
+        if tag is None:
+            if len(self._tags) >= MAX_KNOWN_TAGS:
+                self._tags.clear()  # segments come and go: keep the recent ones
+            tag = self._tags[key] = self.mapping.tag_template.format(
+                segment_name=segment_name, segment_id=segment_id
+            )
+        return tag
 
     def _email(self, profile: dict[str, str]) -> str:
         raw = profile.get(self.mapping.email_attribute)

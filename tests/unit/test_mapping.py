@@ -99,3 +99,17 @@ def test_channel_status_only_when_configured() -> None:
     )
     ident = contact_request("a@example.com", configured.fields)["identifiers"][0]
     assert ident["channels"]["email"]["status"] == "unsubscribed"
+
+
+def test_tags_stay_right_when_more_segments_come_than_the_mapper_remembers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("connector.core.mapping.MAX_KNOWN_TAGS", 3)
+    mapper = Mapper(Mapping(tag_template="{segment_name} ({segment_id})"))
+    for round_ in range(3):
+        for n in range(7):
+            segment_id, name = f"seg-{n}", f"Segment {n % 4}"  # names shared, ids not
+            raw = event(segment_id=segment_id, segment_name=name, occurred_at=NOW - round_)
+            change = PlainAvroDecoder().decode(encode_plain(raw))
+            assert mapper.map(change, POS, NOW).tag == f"{name} ({segment_id})"
+    assert len(mapper._tags) <= 3
