@@ -43,6 +43,7 @@ from connector.kafka.dlq import DeadLetters, DeadLetterSink
 from connector.kafka.lag import lag_updater
 from connector.kafka.registry import RegistryClient
 from connector.kafka.results import Released, Results
+from connector.kafka.source import KafkaSource
 from connector.logs import EmailHasher
 from connector.metrics import Metrics, totals
 from connector.omnisend.budget import Budget, BudgetConfig
@@ -215,8 +216,8 @@ def running(
             log.debug("kafka_error", error=err.str())
 
     pipeline: Pipeline
-    consumer = make_consumer(
-        consumer_config(settings.kafka_bootstrap_servers, group_id, kafka, on_error)
+    source = KafkaSource(
+        make_consumer(consumer_config(settings.kafka_bootstrap_servers, group_id, kafka, on_error))
     )
     dlq_max_bytes = dlq_message_max_bytes(settings.max_value_bytes, kafka)
     producer = make_producer(
@@ -250,7 +251,7 @@ def running(
             assignment=None if job is None else job.assignment,
             select=None if job is None else job.select,
         ),
-        consumer,
+        source,
         make_decoder(settings),
         Router(config.exports)
         if dry is None

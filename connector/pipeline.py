@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import Counter
 
 from connector.core.admission import Admission
@@ -26,7 +25,6 @@ from connector.core.errors import Crashed, ExitCode, Fatal, InvalidRecord, Retri
 from connector.core.events import ContactChange, Position, RawRecord
 from connector.core.ledger import Failed, Ledger, Skipped
 from connector.core.routing import Router, TagCollision
-from connector.kafka.clients import topic_partitions, tp
 from connector.kafka.dlq import DeadLetterSink
 from connector.kafka.results import (
     DEAD_LETTERED,
@@ -37,6 +35,7 @@ from connector.kafka.results import (
     Results,
     result_value,
 )
+from connector.kafka.source import TP, Source
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 
@@ -111,7 +110,7 @@ class Pipeline:
     def __init__(
         self,
         config: PipelineConfig,
-        consumer: Any,
+        source: Source,
         decoder: Decoder,
         router: Router,
         sinks: Sinks,
@@ -124,7 +123,7 @@ class Pipeline:
         self.config = config
         # Logs name a contact by a keyed hash of its email, never by the address.
         self._email_hash = email_hash
-        self._consumer = consumer
+        self._source = source
         self._admission = Admission(
             decoder, router, config.max_value_bytes, config.dedupe_cache_size, config.select
         )
@@ -137,9 +136,9 @@ class Pipeline:
         self._metrics = metrics
         self._clock = clock
         self._ledger = Ledger()
-        self._held: list[Any] = []  # messages waiting for an unreachable Schema Registry
+        self._held: list[RawRecord] = []  # records waiting for an unreachable Schema Registry
         self._held_until = 0.0
-        self._assigned: list[tuple[str, int]] = []
+        self._assigned: list[TP] = []
         self._paused = False
         self._last_commit = clock.now()
         self._closing = False
@@ -166,16 +165,10 @@ class Pipeline:
     def run(self, stop: threading.Event, until: Callable[[Pipeline], bool] | None = None) -> int:
         """Consume until `stop` is set, `until(self)` holds, or something fatal happens."""
         if self.config.assignment is not None:
-            partitions = [tp(t, p, o) for (t, p), o in self.config.assignment.items()]
-            self._consumer.assign(partitions)
-            self._on_assign(self._consumer, partitions)
+            self._source.assign(self.config.assignment)
+            self.on_assign(list(self.config.assignment))
         else:
-            self._consumer.subscribe(
-                [self.config.topic],
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
+            self._source.subscribe(self.config.topic, self)
             log.info("waiting_for_assignment", topic=self.config.topic)
         try:
             while not stop.is_set() and self.fatal is None:
@@ -191,19 +184,19 @@ class Pipeline:
         self.last_step_at = time.monotonic()
         self._check_fatal()
         busy = bool(self._ledger)
-        messages = self._consumer.consume(CONSUME_BATCH, BUSY_POLL_S if busy else IDLE_POLL_S)
+        records = self._source.poll(CONSUME_BATCH, BUSY_POLL_S if busy else IDLE_POLL_S)
         if self._share_due:
             self._apply_share()
-        if messages:
+        if records:
             self.broker_down = False
         if self._held:
-            self._held.extend(messages)
-            messages = self._retry_held()
+            self._held.extend(records)
+            records = self._retry_held()
         changes: list[tuple[str, ContactChange]] = []
-        for message in messages:
+        for raw in records:
             if self.fatal is not None:
                 break  # stop at once: what follows is not processed, so not committed
-            changes.extend(self._accept(message))
+            changes.extend(self._accept(raw))
         self._sink.submit(changes)
         self._collect()
         self._poll_producers()
@@ -245,10 +238,7 @@ class Pipeline:
             self._poll_producers()
             self._commit()  # what is done is done; unfinished work is not committed
         self._closing = True
-        try:
-            self._consumer.close()
-        except KafkaException as exc:
-            log.warning("consumer_close_failed", error=str(exc))
+        self._source.close()
         self._sink.stop()
         log.info("stopped", exit_code=self.exit_code, **self.stats)
 
@@ -267,20 +257,8 @@ class Pipeline:
 
     # ---- one record ----------------------------------------------------------------------------
 
-    def _accept(self, message: Any) -> list[tuple[str, ContactChange]]:
-        error = message.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume_error", error=error.str())
-            return []
-        position = Position(message.topic(), message.partition(), message.offset())
-        raw = RawRecord(
-            position,
-            message.key(),
-            message.value(),
-            message.headers() or [],
-            message.timestamp()[1],
-        )
+    def _accept(self, raw: RawRecord) -> list[tuple[str, ContactChange]]:
+        position = raw.position
         self._ledger.admit(raw)
         self.stats["consumed"] += 1
         consumed = self._consumed.get(position.topic)
@@ -289,7 +267,7 @@ class Pipeline:
                 position.topic
             )
         consumed.inc()
-        changes = self._prepare(raw, message)
+        changes = self._prepare(raw)
         self._recent.add(invalid=self._ledger.is_dead_lettering(position))
         if self._recent.exceeds(self.config.dlq_max_invalid_share) and self.fatal is None:
             self.fatal = Fatal(
@@ -303,7 +281,7 @@ class Pipeline:
             )
         return changes
 
-    def _prepare(self, raw: RawRecord, message: Any) -> list[tuple[str, ContactChange]]:
+    def _prepare(self, raw: RawRecord) -> list[tuple[str, ContactChange]]:
         try:
             return self._validated(raw)
         except InvalidRecord as exc:
@@ -313,7 +291,7 @@ class Pipeline:
             )
         except Retriable as exc:
             log.warning("schema_registry_unavailable", error=str(exc))
-            self._held.append(message)
+            self._held.append(raw)
             self._held_until = self._clock.now() + self.config.registry_retry_s
             self._pause(True)
         return []
@@ -351,16 +329,15 @@ class Pipeline:
             remedy="use {segment_id} in the tag template, so each segment has its own tag",
         )
 
-    def _retry_held(self) -> list[Any]:
-        """Decode held messages again once the registry may be back; all of them or none."""
+    def _retry_held(self) -> list[RawRecord]:
+        """Decode held records again once the registry may be back; all of them or none."""
         if self._clock.now() < self._held_until:
             return []
         held, self._held = self._held, []
-        ready: list[Any] = []
-        for index, message in enumerate(held):
-            raw = self._ledger.get(Position(message.topic(), message.partition(), message.offset()))
-            if raw is None:  # first seen after the registry became unreachable
-                ready.append(message)
+        ready: list[RawRecord] = []
+        for index, raw in enumerate(held):
+            if self._ledger.get(raw.position) is not raw:  # consumed after the registry went
+                ready.append(raw)
                 continue
             try:
                 changes = self._validated(raw)
@@ -476,9 +453,8 @@ class Pipeline:
         self._metrics.in_flight_bytes.set(size)
 
     def _pause(self, paused: bool) -> None:
-        partitions = [tp(t, p) for t, p in self._assigned]
-        if partitions:
-            (self._consumer.pause if paused else self._consumer.resume)(partitions)
+        partitions = self._assigned
+        (self._source.pause if paused else self._source.resume)(partitions)
         self._paused = paused
         self._metrics.paused_partitions.set(len(partitions) if paused else 0)
 
@@ -488,10 +464,8 @@ class Pipeline:
         if not positions or not self.config.commit:
             return
         try:
-            self._consumer.commit(
-                offsets=[tp(t, p, o) for (t, p), o in positions.items()], asynchronous=False
-            )
-        except KafkaException as exc:
+            self._source.commit(positions)
+        except Retriable as exc:
             log.warning("commit_failed", error=str(exc))
             return
         self._ledger.offsets.committed(positions)
@@ -521,17 +495,14 @@ class Pipeline:
             if not waiting or failed or time.monotonic() >= until:
                 return
 
-    # ---- rebalancing (called from inside consume) ----------------------------------------------
+    # ---- rebalancing (called from inside poll) -------------------------------------------------
 
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+    def on_assign(self, partitions: list[TP]) -> None:
         self.assignment_seen = True
-        self._assigned = [(p.topic, p.partition) for p in partitions]
+        self._assigned = list(partitions)
         if self.assigned_at is None and partitions:
             self.assigned_at = time.monotonic()
-        # New partitions arrive unpaused; set the state explicitly all the same.
-        if partitions:
-            consumer.resume(partitions)
-        self._paused = False
+        self._paused = False  # new partitions arrive unpaused
         # The budget share needs the topic's partition count: asked after `consume` returns,
         # not in here. A blocking consumer call inside a callback ends confluent-kafka's call
         # state for this thread, and the next callback of the same `consume` then aborts the
@@ -547,8 +518,8 @@ class Pipeline:
         if now < self._share_retry_at:
             return
         try:
-            total = topic_partitions(self._consumer, self.config.topic)
-        except KafkaException as exc:
+            total = self._source.partition_count(self.config.topic)
+        except Retriable as exc:
             self._share_retry_at = now + SHARE_RETRY_S
             log.debug("budget_share_unknown", error=str(exc))
             return
@@ -558,13 +529,13 @@ class Pipeline:
             self._sink.reassign_budget(share)
         log.info("budget_share", topic_partitions=total, budget_share=round(share, 3))
 
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+    def on_revoke(self, partitions: list[TP]) -> None:
         if not self._closing and self.fatal is None:
             self._settle(self._clock.now() + self.config.revoke_timeout_s)
         self._forget()
         log.info("revoked", partitions=len(partitions))
 
-    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+    def on_lost(self, partitions: list[TP]) -> None:
         self._forget()  # the partitions belong to someone else already: commit nothing
         log.warning("partitions_lost", partitions=len(partitions))
 

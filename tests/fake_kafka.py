@@ -1,73 +1,36 @@
-"""An in-memory Kafka consumer and producer, shaped like confluent-kafka's as the pipeline and
-the dead-letter producer use them, so the whole pipeline runs in a unit test without a broker.
+"""An in-memory `Source` (the pipeline's view of a consumer) and a producer shaped like
+confluent-kafka's as the dead-letter producer uses it, so the whole pipeline runs in a unit test
+without a broker.
 The integration tests against the real broker stay; these make random streams cheap."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Self
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 
+from connector.core.events import Position, RawRecord
 from connector.kafka.dlq import record_size
-
-TP = tuple[str, int]
-
-
-@dataclass
-class Message:
-    """What `Consumer.consume` returns, as far as the pipeline reads it."""
-
-    _topic: str
-    _partition: int
-    _offset: int
-    _key: bytes | None
-    _value: bytes | None
-    _headers: list[tuple[str, bytes | None]] | None = None
-    _timestamp: int = 1_790_000_000_000
-
-    def error(self) -> KafkaError | None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes | None]] | None:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._timestamp)
+from connector.kafka.source import TP, Rebalance
 
 
 @dataclass
-class MemoryConsumer:
-    """A topic's partitions in memory. `subscribe` assigns every partition at the next
-    `consume`; paused partitions return nothing; `commit` is checked by `on_commit` (which may
+class MemorySource:
+    """A topic's partitions in memory, as a `Source`. `subscribe` assigns every partition at the
+    next `poll`; paused partitions return nothing; `commit` is checked by `on_commit` (which may
     raise) and remembered; committing backwards is an error, as it would be a bug."""
 
     topic: str
-    partitions: dict[int, list[Message]]
+    partitions: dict[int, list[RawRecord]]
     on_commit: Callable[[TP, int], None] = lambda tp, offset: None
     committed: dict[TP, int] = field(default_factory=dict)
     positions: dict[TP, int] = field(default_factory=dict)
     paused: set[TP] = field(default_factory=set)
     closed: bool = False
-    _callbacks: dict[str, Any] = field(default_factory=dict)
+    _listener: Rebalance | None = None
     _assigned: list[TP] = field(default_factory=list)
 
     @classmethod
@@ -77,67 +40,63 @@ class MemoryConsumer:
         records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
     ) -> Self:
         """From (partition, key, value, headers) in the order produced."""
-        partitions: dict[int, list[Message]] = {}
+        partitions: dict[int, list[RawRecord]] = {}
         for partition, key, value, headers in records:
             log = partitions.setdefault(partition, [])
-            log.append(Message(topic, partition, len(log), key, value, headers))
+            position = Position(topic, partition, len(log))
+            log.append(RawRecord(position, key, value, headers, 1_790_000_000_000))
         return cls(topic, partitions)
 
     def end(self, partition: int) -> int:
         return len(self.partitions.get(partition, []))
 
-    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
-        assert topics == [self.topic]
-        self._callbacks = callbacks
+    def subscribe(self, topic: str, listener: Rebalance) -> None:
+        assert topic == self.topic
+        self._listener = listener
 
-    def assign(self, partitions: list[TopicPartition]) -> None:
-        self._assigned = [(p.topic, p.partition) for p in partitions]
-        for p in partitions:
-            self.positions[(p.topic, p.partition)] = max(p.offset, 0)
+    def assign(self, starts: Mapping[TP, int]) -> None:
+        self._assigned = list(starts)
+        for tp, offset in starts.items():
+            self.positions[tp] = max(offset, 0)
 
-    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         if self.closed:
             raise RuntimeError("Consumer closed")
-        if self._callbacks and not self._assigned:
-            tps = [TopicPartition(self.topic, p) for p in sorted(self.partitions)]
-            self.assign(
-                [
-                    TopicPartition(self.topic, p, self.committed.get((self.topic, p), 0))
-                    for p in sorted(self.partitions)
-                ]
-            )
-            self._callbacks["on_assign"](self, tps)
-        out: list[Message] = []
+        if self._listener is not None and not self._assigned:
+            tps = [(self.topic, p) for p in sorted(self.partitions)]
+            self.assign({tp: self.committed.get(tp, 0) for tp in tps})
+            self._listener.on_assign(tps)
+        out: list[RawRecord] = []
         for tp in self._assigned:
             if tp in self.paused:
                 continue
             log = self.partitions.get(tp[1], [])
             position = self.positions.get(tp, 0)
-            take = log[position : position + num_messages - len(out)]
-            out.extend(take)
+            take = log[position : position + max_records - len(out)]
+            # A new object each time, as a consumer makes one per message it returns.
+            out.extend(
+                RawRecord(r.position, r.key, r.value, r.headers, r.timestamp_ms) for r in take
+            )
             self.positions[tp] = position + len(take)
         if not out:
-            time.sleep(min(timeout, 0.002))
+            time.sleep(min(timeout_s, 0.002))
         return out
 
-    def pause(self, partitions: list[TopicPartition]) -> None:
-        self.paused |= {(p.topic, p.partition) for p in partitions}
+    def pause(self, partitions: Sequence[TP]) -> None:
+        self.paused |= set(partitions)
 
-    def resume(self, partitions: list[TopicPartition]) -> None:
-        self.paused -= {(p.topic, p.partition) for p in partitions}
+    def resume(self, partitions: Sequence[TP]) -> None:
+        self.paused -= set(partitions)
 
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
-        for p in offsets:
-            tp = (p.topic, p.partition)
-            if p.offset < self.committed.get(tp, 0):
-                raise AssertionError(f"{tp} committed backwards: {p.offset}")
-            self.on_commit(tp, p.offset)
-            self.committed[tp] = p.offset
+    def commit(self, positions: Mapping[TP, int]) -> None:
+        for tp, offset in positions.items():
+            if offset < self.committed.get(tp, 0):
+                raise AssertionError(f"{tp} committed backwards: {offset}")
+            self.on_commit(tp, offset)
+            self.committed[tp] = offset
 
-    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
-        partitions = {p: SimpleNamespace(id=p) for p in self.partitions}
-        meta = SimpleNamespace(partitions=partitions, error=None)
-        return SimpleNamespace(topics={self.topic: meta})
+    def partition_count(self, topic: str) -> int:
+        return len(self.partitions) if topic == self.topic else 0
 
     def close(self) -> None:
         self.closed = True

@@ -41,7 +41,7 @@ from connector.core.recent import IntTable, fingerprint
 from connector.core.routing import Export
 from connector.jobs.dryrun import mask
 from connector.jobs.runner import Progress, Span, job_consumer, topic_span
-from connector.kafka.clients import tp
+from connector.kafka.source import KafkaSource
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.client import OmnisendClient, RateLimited
@@ -256,24 +256,26 @@ def read_topic(
 ) -> int:
     """Every record of `topic_span`, decoded, to `visit` until it says stop; records that do not
     decode are counted and skipped. Assigned partitions: no group, no commits."""
-    consumer = job_consumer(config)
+    source = KafkaSource(job_consumer(config))
     decoder = make_decoder(config.settings)
     invalid = 0
     try:
         progress = Progress(what, topic_span.total, out)
-        consumer.assign([tp(topic_span.topic, p, s) for p, s in topic_span.starts.items()])
         positions = {(topic_span.topic, p): s for p, s in topic_span.starts.items()}
+        source.assign(positions)
         going = True
         while going and topic_span.done(positions) < topic_span.total:
-            for message in consumer.consume(500, 1.0):
-                if message.error() is not None:
-                    continue
-                partition, offset = message.partition(), message.offset()
-                positions[(message.topic(), partition)] = offset + 1
-                if message.value() is None or offset >= topic_span.ends[partition]:
+            for raw in source.poll(500, 1.0):
+                topic, partition, offset = (
+                    raw.position.topic,
+                    raw.position.partition,
+                    raw.position.offset,
+                )
+                positions[(topic, partition)] = offset + 1
+                if raw.value is None or offset >= topic_span.ends[partition]:
                     continue
                 try:
-                    event = decoder.decode(message.value())
+                    event = decoder.decode(raw.value)
                 except InvalidRecord:
                     invalid += 1
                     continue
@@ -283,7 +285,7 @@ def read_topic(
             progress.show(topic_span.done(positions))
         progress.show(topic_span.done(positions), force=True)
     finally:
-        consumer.close()
+        source.close()
     return invalid
 
 

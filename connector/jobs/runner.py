@@ -201,7 +201,7 @@ def run_job(
     }
 
 
-def job_consumer(config: Config) -> Any:
+def job_consumer(config: Config) -> Consumer:
     """A consumer for metadata and offsets only: it never subscribes, so it joins no group."""
     settings = config.settings
     return Consumer(

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from connector.logs import kafka_logger
@@ -92,21 +92,12 @@ def admin_config(bootstrap: str, overrides: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def make_consumer(config: dict[str, Any]) -> Any:
+def make_consumer(config: dict[str, Any]) -> Consumer:
     return Consumer(config)
 
 
 def make_producer(config: dict[str, Any]) -> Any:
     return Producer(config)
-
-
-def topic_partitions(consumer: Any, topic: str, timeout_s: float = 10.0) -> int:
-    """How many partitions the topic has (0 if unknown)."""
-    metadata = consumer.list_topics(topic, timeout=timeout_s)
-    info = metadata.topics.get(topic)
-    if info is None or info.error is not None:
-        return 0
-    return len(info.partitions)
 
 
 def ensure_topic(bootstrap: str, overrides: dict[str, str], topic: str, partitions: int) -> None:
@@ -124,14 +115,6 @@ def ensure_topic(bootstrap: str, overrides: dict[str, str], topic: str, partitio
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
-
-
-def tp(topic: str, partition: int, offset: int | None = None) -> TopicPartition:
-    return (
-        TopicPartition(topic, partition)
-        if offset is None
-        else TopicPartition(topic, partition, offset)
-    )
 
 
 def property_problems(overrides: dict[str, str]) -> dict[str, str]:

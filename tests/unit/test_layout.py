@@ -62,3 +62,15 @@ def test_the_kafka_edge_knows_nothing_of_omnisend_the_jobs_or_the_command_line()
 def test_at_most_fifteen_modules_directly_in_the_package() -> None:
     modules = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(modules) <= 15, modules
+
+
+def test_the_loop_reaches_kafka_only_through_the_source() -> None:
+    """confluent-kafka's untyped objects stay behind `connector/kafka/`: the loop and the sink
+    see typed records, partitions and `Retriable`."""
+    found = imports(PACKAGE)
+    wrong = {
+        module: sorted(n for n in names if n.startswith("confluent_kafka"))
+        for module, names in found.items()
+        if module.startswith(("connector/pipeline.py", "connector/omnisend/", "connector/core/"))
+    }
+    assert {m: n for m, n in wrong.items() if n} == {}

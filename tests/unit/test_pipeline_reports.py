@@ -4,14 +4,13 @@ partitions give it, and a progress summary at its interval."""
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import structlog.testing
-from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from connector.core.clock import ManualClock
 from connector.core.codec import PlainAvroDecoder, encode_plain
+from connector.core.errors import Retriable
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
 from connector.kafka.dlq import DeadLetters, Delivered
@@ -19,22 +18,22 @@ from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
 from tests.events import event
-from tests.fake_kafka import MemoryConsumer, MemoryProducer
+from tests.fake_kafka import MemoryProducer, MemorySource
 from tests.omnisend_fakes import Scripted, fast_sink, simulator
 
 TOPIC = "segments"
 
 
-class BrokerAwayAtFirst(MemoryConsumer):
+class BrokerAwayAtFirst(MemorySource):
     """Its first metadata requests fail, as when a broker is away right after an assignment."""
 
     failures = 3
 
-    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+    def partition_count(self, topic: str) -> int:
         if self.failures:
             self.failures -= 1
-            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
-        return super().list_topics(topic, timeout)
+            raise Retriable(f"metadata of {topic}: broker transport failure")
+        return super().partition_count(topic)
 
 
 def test_the_loop_says_it_waits_then_its_share_then_its_progress() -> None:

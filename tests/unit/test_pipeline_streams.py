@@ -30,7 +30,7 @@ from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
 from tests.events import event
-from tests.fake_kafka import MemoryConsumer, MemoryProducer
+from tests.fake_kafka import MemoryProducer, MemorySource
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator
 from tests.unit.test_coalesce import one_by_one
 
@@ -216,7 +216,7 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         )
         records.append((partition, key, value_of(kind, e), headers))
         kinds.append(kind)
-    consumer = MemoryConsumer.of(TOPIC, records)
+    consumer = MemorySource.of(TOPIC, records)
     # Deliveries lag a turn: a commit may come while results are still on their way.
     producer = MemoryProducer(DLQ_MAX_BYTES, lag_polls=1, capacity=capacity)
     sim = simulator()

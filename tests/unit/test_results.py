@@ -28,7 +28,7 @@ from connector.omnisend import answers
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
 from tests.events import event
-from tests.fake_kafka import MemoryConsumer, MemoryProducer
+from tests.fake_kafka import MemoryProducer, MemorySource
 from tests.omnisend_fakes import Scripted, fast_sink, simulator
 
 TOPIC = "segments"
@@ -146,7 +146,7 @@ def test_a_results_topic_that_cannot_be_written_stops_the_loop_with_exit_5() -> 
         (0, f"p{i}".encode(), encode_plain(event(f"r{i}@example.com")), []) for i in range(5)
     ]
     records.append((0, b"bad", b"\x00not avro", []))
-    consumer = MemoryConsumer.of(TOPIC, records)
+    consumer = MemorySource.of(TOPIC, records)
     producer = RefusingProducer(1 << 20)
 
     def dead_letters(delivered: Delivered) -> DeadLetters:
@@ -213,7 +213,7 @@ def test_a_record_some_export_synced_is_done_whatever_fate_comes_last() -> None:
     records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
         (0, b"p", encode_plain(event(f"r{i}@example.com")), []) for i in range(3)
     ]
-    consumer = MemoryConsumer.of(TOPIC, records)
+    consumer = MemorySource.of(TOPIC, records)
     producer = MemoryProducer(1 << 20)
     exports = (Export("a", "default", Mapping()), Export("b", "default", Mapping()))
     pipeline = Pipeline(

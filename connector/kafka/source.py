@@ -1,0 +1,148 @@
+"""The pipeline's view of Kafka: records in, partitions paused and resumed, positions committed,
+and what the group assigns. `Source` is what the loop and the jobs' readers rely on;
+`KafkaSource` implements it over a confluent-kafka consumer and is the only code that touches
+one: it turns messages into `RawRecord`s, partitions into `(topic, partition)` pairs and
+`KafkaException` into `Retriable`, so everything above it is typed and broker-free in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from connector.core.errors import Retriable
+from connector.core.events import Position, RawRecord
+
+log = structlog.get_logger("connector.kafka")
+
+TP = tuple[str, int]
+
+
+class Rebalance(Protocol):
+    """What the group's rebalances tell the loop. Called from inside `Source.poll`."""
+
+    def on_assign(self, partitions: list[TP]) -> None: ...
+
+    def on_revoke(self, partitions: list[TP]) -> None: ...
+
+    def on_lost(self, partitions: list[TP]) -> None: ...
+
+
+class Source(Protocol):
+    def subscribe(self, topic: str, listener: Rebalance) -> None:
+        """Join the consumer group for `topic`; assignments come through `listener`."""
+
+    def assign(self, starts: Mapping[TP, int]) -> None:
+        """Read these partitions from these offsets, outside any group (the jobs)."""
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        """Up to `max_records` records, waiting at most `timeout_s` for the first."""
+
+    def pause(self, partitions: Sequence[TP]) -> None: ...
+
+    def resume(self, partitions: Sequence[TP]) -> None: ...
+
+    def commit(self, positions: Mapping[TP, int]) -> None:
+        """Commit synchronously; `Retriable` when the broker did not take it."""
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions `topic` has (0: it does not exist); `Retriable` if unknown now."""
+
+    def close(self) -> None:
+        """Leave the group; a failure is logged, never raised (there is nothing left to do)."""
+
+
+def _tps(partitions: Sequence[TP]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition) for topic, partition in partitions]
+
+
+def _pairs(partitions: list[TopicPartition]) -> list[TP]:
+    return [(p.topic, p.partition) for p in partitions]
+
+
+def record_of(message: Message) -> RawRecord | None:
+    """The record of a consumed message; None for an error event (logged, except the end of a
+    partition, which is not an error)."""
+    error = message.error()
+    if error is not None:
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume_error", error=error.str())
+        return None
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        return None  # only error events lack them
+    headers = message.headers()
+    return RawRecord(
+        Position(topic, partition, offset),
+        message.key(),
+        message.value(),
+        # A consumed message's headers are a list of (name, bytes | None).
+        list(headers) if isinstance(headers, list) else [],  # type: ignore[arg-type]
+        message.timestamp()[1],
+    )
+
+
+class KafkaSource:
+    """`Source` over a confluent-kafka `Consumer`."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    def subscribe(self, topic: str, listener: Rebalance) -> None:
+        def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            if partitions:  # new partitions arrive unpaused; said explicitly all the same
+                consumer.resume(partitions)
+            listener.on_assign(_pairs(partitions))
+
+        def revoked(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            listener.on_revoke(_pairs(partitions))
+
+        def lost(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            listener.on_lost(_pairs(partitions))
+
+        self._consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked, on_lost=lost)
+
+    def assign(self, starts: Mapping[TP, int]) -> None:
+        self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        records = []
+        for message in self._consumer.consume(max_records, timeout_s):
+            record = record_of(message)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def pause(self, partitions: Sequence[TP]) -> None:
+        if partitions:
+            self._consumer.pause(_tps(partitions))
+
+    def resume(self, partitions: Sequence[TP]) -> None:
+        if partitions:
+            self._consumer.resume(_tps(partitions))
+
+    def commit(self, positions: Mapping[TP, int]) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            raise Retriable(f"commit: {exc}") from None
+
+    def partition_count(self, topic: str, timeout_s: float = 10.0) -> int:
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:
+            raise Retriable(f"metadata of {topic}: {exc}") from None
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            return 0
+        return len(info.partitions)
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except KafkaException as exc:
+            log.warning("consumer_close_failed", error=str(exc))
