@@ -12,7 +12,10 @@ lingers are at their defaults. Two streams, each the `generate` call that makes 
   attribute_change_ratio=0.3, duplicate_ratio=0.05)`, about five events per contact;
 - *fresh*: `GenerateOptions(count=N, segments=1)`, one ENTERED per new contact.
 
-Targets: duplicate-heavy at most 3 x the bare consumer's CPU per event, fresh at most 6 x.
+The connector runs twice per stream: as installed for development (pure Python) and as the
+image builds it (the per-event core compiled by mypyc, `OMNISEND_CONNECTOR_COMPILE=1`; built
+into a temporary copy by `connector.dev.compiled`). Targets, for the image's build:
+duplicate-heavy at most 3 x the bare consumer's CPU per event, fresh at most 6 x.
 Then the jobs' read rate: `reconcile` without `--apply` over a topic of `--reconcile-count`
 fresh events (events/s and CPU per event of its process).
 """
@@ -21,19 +24,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 from confluent_kafka import Consumer
 
 from bench.common import connector_env, new_topic, quiet, simulator
 from connector.core.codec import PlainAvroDecoder
+from connector.dev import compiled
 from connector.dev.broker import Broker
 from connector.dev.generate import GenerateOptions
 from connector.runtime import tune_gc
@@ -119,7 +127,14 @@ def connector(env: dict[str, str], topic: str, ends: dict[int, int]) -> dict[str
         "cpu_s": marks["cpu_end"] - marks["cpu"],
         "wall_s": marks["wall_end"] - marks["wall"],
         "events": float(sum(ends.values())),
+        "compiled": float(_loaded_compiled()),
     }
+
+
+def _loaded_compiled() -> bool:
+    from connector.core import coalesce  # noqa: PLC0415
+
+    return not coalesce.__file__ or not coalesce.__file__.endswith(".py")
 
 
 def worker(argv: list[str]) -> None:
@@ -134,13 +149,16 @@ def worker(argv: list[str]) -> None:
     print(json.dumps(result))
 
 
-def measure(kind: str, spec: dict[str, Any]) -> dict[str, float]:
+def measure(kind: str, spec: dict[str, Any], build: Path | None = None) -> dict[str, float]:
+    """In a process of its own; with `build`, run from there (a compiled copy of the package)."""
     done = subprocess.run(  # noqa: S603 - this module, in a process of its own
         [sys.executable, "-m", "bench.cpu", "--worker", kind, json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=3600,
         check=True,
+        cwd=build,
+        env=None if build is None else _env_with_bench(),
     )
     figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
@@ -149,20 +167,31 @@ def measure(kind: str, spec: dict[str, Any]) -> dict[str, float]:
 # ---- the run ---------------------------------------------------------------------------------
 
 
+def _env_with_bench() -> dict[str, str]:
+    """`bench` importable from the compiled copy's folder (which comes first on the path)."""
+    root = str(Path(__file__).resolve().parents[1])
+    return os.environ | {"PYTHONPATH": root}
+
+
 @dataclass
 class Row:
     stream: str
     events: int
     bare_us: float
-    connector_us: float
-    connector_rate: float
+    connector_us: float  # pure Python
+    compiled_us: float  # the image's build
+    compiled_rate: float
 
     @property
     def ratio(self) -> float:
         return self.connector_us / self.bare_us
 
+    @property
+    def compiled_ratio(self) -> float:
+        return self.compiled_us / self.bare_us
 
-def run_stream(broker: Broker, sim: str, name: str, options: GenerateOptions) -> Row:
+
+def run_stream(broker: Broker, sim: str, name: str, options: GenerateOptions, build: Path) -> Row:
     topic, ends = new_topic(broker, options)
     count = sum(ends.values())
     base = measure("bare", {"bootstrap": broker.bootstrap, "topic": topic, "count": count})
@@ -173,13 +202,21 @@ def run_stream(broker: Broker, sim: str, name: str, options: GenerateOptions) ->
         RATE_LIMIT_PER_MINUTE="100000000",
         TAG_RATE_LIMIT_PER_MINUTE="100000000",
     )
-    sync = measure("connector", {"env": env, "topic": topic, "ends": ends})
+    httpx.post(f"{sim}/_sim/reset").raise_for_status()  # each run syncs into an empty brand
+    pure = measure("connector", {"env": env, "topic": topic, "ends": ends})
+    assert not pure["compiled"], "the pure run loaded a compiled core"
+    # The same topic again from the start, in a consumer group of its own.
+    env = env | {"KAFKA_GROUP_ID": f"{env['KAFKA_GROUP_ID']}-compiled"}
+    httpx.post(f"{sim}/_sim/reset").raise_for_status()
+    fast = measure("connector", {"env": env, "topic": topic, "ends": ends}, build)
+    assert fast["compiled"], "the compiled run loaded the pure core"
     return Row(
         stream=name,
         events=count,
         bare_us=base["cpu_s"] / count * 1e6,
-        connector_us=sync["cpu_s"] / count * 1e6,
-        connector_rate=count / sync["wall_s"],
+        connector_us=pure["cpu_s"] / count * 1e6,
+        compiled_us=fast["cpu_s"] / count * 1e6,
+        compiled_rate=count / fast["wall_s"],
     )
 
 
@@ -219,17 +256,18 @@ def main() -> None:
             "--unlimited", "--batch-latency", "0", "--item-latency", "0", "--tag-delay", "0"
         ) as sim,
     ):
-        rows = [run_stream(broker, sim, n, o) for n, o in streams(args.count).items()]
+        build = compiled.build(Path(tempfile.mkdtemp(prefix="compiled-")))
+        rows = [run_stream(broker, sim, n, o, build) for n, o in streams(args.count).items()]
         read = None if args.no_reconcile else reconcile_rate(broker, sim, args.reconcile_count)
     print(
-        f"{'stream':<17}{'events':>9}{'bare µs/ev':>12}{'sync µs/ev':>12}{'ratio':>8}"
-        f"{'target':>8}{'sync ev/s':>11}"
+        f"{'stream':<17}{'events':>9}{'bare µs/ev':>12}{'pure µs/ev':>12}{'ratio':>7}"
+        f"{'compiled µs/ev':>16}{'ratio':>7}{'target':>8}{'ev/s':>9}"
     )
     for row in rows:
         print(
             f"{row.stream:<17}{row.events:>9}{row.bare_us:>12.1f}{row.connector_us:>12.1f}"
-            f"{row.ratio:>8.2f}{'<= ' + format(TARGETS[row.stream], 'g'):>8}"
-            f"{row.connector_rate:>11,.0f}"
+            f"{row.ratio:>7.2f}{row.compiled_us:>16.1f}{row.compiled_ratio:>7.2f}"
+            f"{'<= ' + format(TARGETS[row.stream], 'g'):>8}{row.compiled_rate:>9,.0f}"
         )
     if read is not None:
         rate, us = read
