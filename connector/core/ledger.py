@@ -14,6 +14,7 @@ each export made of them, and acts on the fate the ledger returns (a dead letter
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from connector.core.coalesce import Outcome
@@ -167,3 +168,30 @@ class Ledger:
         self._decided.clear()
         self._dead_lettering.clear()
         self._bytes = 0
+
+
+class InvalidShare:
+    """The share of invalid records among the last `window` consumed."""
+
+    # Judging fewer records than this would stop the connector on a handful of bad ones.
+    MIN_RECORDS = 100
+
+    def __init__(self, window: int) -> None:
+        self._window: deque[bool] = deque(maxlen=max(window, 1))
+        self._invalid = 0
+
+    def add(self, invalid: bool) -> None:
+        if len(self._window) == self._window.maxlen:
+            self._invalid -= self._window[0]
+        self._window.append(invalid)
+        self._invalid += invalid
+
+    def share(self) -> float:
+        return self._invalid / len(self._window) if self._window else 0.0
+
+    def exceeds(self, limit: float) -> bool:
+        enough = min(self.MIN_RECORDS, self._window.maxlen or 1)
+        return len(self._window) >= enough and self.share() > limit
+
+    def __len__(self) -> int:
+        return len(self._window)

@@ -80,7 +80,7 @@ def test_committed_offset_never_passes_an_unfinished_message(case: tuple[int, li
 
 
 def test_invalid_share_needs_enough_records_and_slides() -> None:
-    from connector.pipeline import InvalidShare  # noqa: PLC0415
+    from connector.core.ledger import InvalidShare  # noqa: PLC0415
 
     share = InvalidShare(200)
     for _ in range(99):

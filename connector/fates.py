@@ -1,0 +1,203 @@
+"""What becomes of each consumed record, and what the outside world hears of it: done, skipped
+or dead-lettered (with its reason), its result on the results topic where there is one, and its
+offset released once all of that is delivered. The loop hands records in and the sink's outcomes
+over; this owns the record ledger, the dead-letter and results producers, and the counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from prometheus_client import Counter
+
+from connector.core.clock import Clock
+from connector.core.coalesce import Outcome
+from connector.core.errors import Fatal
+from connector.core.events import ContactChange, Position, RawRecord, SegmentChange
+from connector.core.ledger import Failed, InvalidShare, Ledger, Skipped
+from connector.kafka.dlq import DeadLetterSink
+from connector.kafka.results import (
+    DEAD_LETTERED,
+    DONE,
+    SKIPPED,
+    About,
+    Released,
+    Results,
+    result_value,
+)
+from connector.metrics import Metrics
+
+log = structlog.get_logger("connector.pipeline")
+
+DeadLetters = Callable[[Callable[[RawRecord, str], None]], DeadLetterSink]
+
+
+@dataclass(frozen=True)
+class FatesConfig:
+    connection: str
+    dlq_window_records: int
+    log_dead_letters: bool  # a `dead_lettering` line each (not in a dry run)
+
+
+class Fates:
+    def __init__(
+        self,
+        config: FatesConfig,
+        dead_letters: DeadLetters,
+        results: Callable[[Released], Results] | None,
+        metrics: Metrics,
+        clock: Clock,
+        email_hash: Callable[[str], str] | None,
+    ) -> None:
+        self.config = config
+        self.ledger = Ledger()
+        self._dlq = dead_letters(self._dead_lettered)
+        # The results topic, if any: a record is released (its offset may pass) once its
+        # result is delivered; `_about` holds what its result says until then.
+        self._results = None if results is None else results(self._release)
+        self._about: dict[Position, About] = {}
+        self._metrics = metrics
+        self._clock = clock
+        # Logs name a contact by a keyed hash of its email, never by the address.
+        self._email_hash = email_hash
+        self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
+        self.invalid = InvalidShare(config.dlq_window_records)  # for DLQ_MAX_INVALID_SHARE
+        self._consumed: dict[str, Counter] = {}  # topic -> its counter: no label look-up per event
+
+    # ---- records coming in ---------------------------------------------------------------------
+
+    def admit(self, raw: RawRecord) -> None:
+        self.ledger.admit(raw)
+        self.stats["consumed"] += 1
+        topic = raw.position.topic
+        consumed = self._consumed.get(topic)
+        if consumed is None:
+            consumed = self._consumed[topic] = self._metrics.events_consumed.labels(topic)
+        consumed.inc()
+
+    def judged(self, raw: RawRecord) -> None:
+        """The record was admitted and decided on: count it in the share of invalid ones."""
+        self.invalid.add(invalid=self.ledger.is_dead_lettering(raw.position))
+
+    def decoded(self, raw: RawRecord, event: SegmentChange) -> None:
+        """Its result names the event, even if routing then finds it invalid."""
+        if self._results is not None:
+            self._about[raw.position] = About.of(event)
+
+    def routed(
+        self, raw: RawRecord, routed: list[tuple[str, ContactChange]], exports: tuple[str, ...]
+    ) -> None:
+        """It goes to these exports (`exports`: their names, in the order of `routed`)."""
+        about = self._about.get(raw.position)
+        if about is not None and routed:
+            if self._email_hash is not None:
+                about.email_hash = self._email_hash(routed[0][1].email)
+            about.exports = exports
+        self.ledger.fan_out(raw.position, len(routed))
+
+    # ---- fates ---------------------------------------------------------------------------------
+
+    def settle(self, outcome: Outcome) -> None:
+        settled = self.ledger.settle(outcome)
+        if settled is None:
+            return  # other exports still owe theirs, or its fate is known already
+        raw, fate = settled
+        about = self._about.get(raw.position)
+        if about is not None and not isinstance(fate, Skipped):
+            about.contact_id = fate.contact_id
+        if isinstance(fate, Failed):
+            self.dead_letter(raw, fate.reason, "omnisend", fate.detail, "Rejected", fate.email)
+        elif isinstance(fate, Skipped):
+            self.skip(raw.position, fate.reason)
+        else:
+            self.stats["done"] += 1
+            self._finish(raw, DONE)
+
+    def skip(self, position: Position, why: str) -> None:
+        self._metrics.events_skipped.labels(self.config.connection, why).inc()
+        self.stats["skipped"] += 1
+        raw = self.ledger.get(position)
+        if raw is not None:
+            self._finish(raw, SKIPPED, why)
+
+    def dead_letter(
+        self,
+        raw: RawRecord,
+        reason: str,
+        stage: str,
+        detail: str,
+        error_class: str,
+        email: str = "",
+    ) -> None:
+        self.ledger.dead_lettering(raw.position)
+        contact: dict[str, str] = {}
+        if email and self._email_hash is not None:
+            contact["email_hash"] = self._email_hash(email)
+        if self.config.log_dead_letters:  # a dry run counts them in its report instead
+            log.info(
+                "dead_lettering",
+                reason=reason,
+                stage=stage,
+                topic=raw.position.topic,
+                partition=raw.position.partition,
+                offset=raw.position.offset,
+                **contact,
+            )
+        self._dlq.send(raw, reason, stage, detail, error_class)
+
+    def _dead_lettered(self, raw: RawRecord, reason: str) -> None:
+        if not self.ledger.dead_lettered(raw):
+            return  # revoked meanwhile (and perhaps consumed again since)
+        self._metrics.dlq_records.labels(self.config.connection, reason).inc()
+        self.stats["dead_lettered"] += 1
+        self._finish(raw, DEAD_LETTERED, reason)
+
+    def _finish(self, raw: RawRecord, outcome: str, reason: str | None = None) -> None:
+        """The record's fate is known: its result goes to the results topic, if there is one,
+        and the record is released once that is delivered; at once otherwise."""
+        if self._results is None:
+            self._release(raw)
+            return
+        about = self._about.pop(raw.position, None)
+        self.ledger.decided(raw.position)
+        self._results.send(raw, result_value(raw, outcome, reason, about, self._clock.now()))
+
+    def _release(self, raw: RawRecord) -> None:
+        """Done with the record: its offset may be committed (unless it was revoked meanwhile,
+        and perhaps consumed again since)."""
+        self.ledger.release(raw)
+
+    # ---- the producers -------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Delivery reports of dead letters and results (the one producer serves both)."""
+        self._dlq.poll()
+        if self._results is not None:
+            self._results.poll()
+
+    def flush(self, deadline: float) -> None:
+        """Dead letters and results confirmed, before `deadline` (of the clock): a dead letter's
+        result goes once the dead letter is delivered, and a dead letter refused for its size
+        goes again."""
+        until = time.monotonic() + max(0.0, deadline - self._clock.now())
+        while True:
+            self._dlq.flush(max(0.0, until - time.monotonic()))
+            if self._results is None:
+                return
+            self._results.flush(max(0.0, until - time.monotonic()))
+            waiting = self._dlq.pending > 0 or self._results.pending > 0
+            failed = self._dlq.failure or self._results.failure
+            if not waiting or failed or time.monotonic() >= until:
+                return
+
+    @property
+    def failure(self) -> Fatal | None:
+        """A dead letter or result that cannot be written: the loop must stop."""
+        return self._dlq.failure or (None if self._results is None else self._results.failure)
+
+    def forget(self) -> None:
+        """A rebalance: nothing in flight is ours any more."""
+        self.ledger.forget()
+        self._about.clear()
