@@ -13,9 +13,9 @@ import structlog
 from prometheus_client import Counter
 
 from connector.core.clock import Clock
-from connector.core.coalesce import Outcome
 from connector.core.errors import Fatal
 from connector.core.events import ContactChange, Position, RawRecord, SegmentChange
+from connector.core.intents import Outcome
 from connector.core.ledger import Failed, InvalidShare, Ledger, Skipped
 from connector.kafka.dlq import DeadLetterSink
 from connector.kafka.results import (

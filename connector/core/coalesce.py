@@ -25,126 +25,25 @@ Order rules that Omnisend's asynchronous API needs:
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
-from connector.core.events import ContactChange, Position
+from connector.core.events import ContactChange
+from connector.core.ghosts import Ghosts
+from connector.core.intents import (
+    Group,
+    Key,
+    Outcome,
+    Part,
+    TagIntent,
+    Ticket,
+    UpsertIntent,
+    attach,
+    fields_hash,
+    merge_parts,
+    outcome_of,
+)
 from connector.core.recent import RecentMap
-
-Key = tuple[str, str]  # (email, tag)
-Group = tuple[bool, str]  # (add?, tag)
-
-
-@dataclass(eq=False, slots=True)
-class Ticket:
-    """The fate of one record: done when all its intents are done, failed if any failed."""
-
-    position: Position
-    email: str
-    remaining: int = 0
-    failure: tuple[str, str] | None = None  # (reason, detail)
-    contact_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A record whose fate is known: `reason` None means done (accepted or skipped)."""
-
-    position: Position
-    reason: str | None = None
-    detail: str = ""
-    skipped: str | None = None  # why it needed no call: "superseded"
-    email: str = ""  # of a failed record, for its log line's keyed hash
-    contact_id: str | None = None  # Omnisend's id of the contact, where its answer named it
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """The contact fields one export maps, as of `occurred_at_ms`."""
-
-    fields: dict[str, Any]
-    occurred_at_ms: int
-
-
-@dataclass(eq=False, slots=True)
-class UpsertIntent:
-    email: str
-    parts: dict[int, Part]  # export -> its newest fields
-    since: float  # when it started waiting, for the flush age
-    tickets: list[Ticket] = field(default_factory=list)
-    attempts: int = 0
-
-    @property
-    def fields(self) -> dict[str, Any]:
-        """The fields to send: every export's part (exports map disjoint fields)."""
-        if len(self.parts) == 1:
-            return next(iter(self.parts.values())).fields
-        merged: dict[str, Any] = {}
-        for export in sorted(self.parts):
-            merged.update(self.parts[export].fields)
-        return merged
-
-    def absorb(self, older: UpsertIntent) -> None:
-        """Take `older`'s parts where they are newer than this one's, and its records."""
-        _merge_parts(self.parts, older.parts)
-        self.tickets.extend(older.tickets)
-
-
-@dataclass(eq=False, slots=True)
-class TagIntent:
-    email: str
-    tag: str
-    add: bool
-    occurred_at_ms: int
-    since: float
-    tickets: list[Ticket] = field(default_factory=list)
-    not_before: float = 0.0
-
-    @property
-    def key(self) -> Key:
-        return (self.email, self.tag)
-
-    @property
-    def group(self) -> Group:
-        return (self.add, self.tag)
-
-
-@dataclass(slots=True)
-class _Ghost:
-    """Upserts whose fate is unknown: email -> export -> hash of the fields they carried."""
-
-    parts: dict[str, dict[int, int]]
-    until: float | None  # given up on at this time (None: until told)
-
-
-# Stands for fields Omnisend may or may not hold: equal to no fields' hash (but by a chance of one
-# in 2^64).
-_UNKNOWN_FIELDS = -0x5A5A_5A5A_5A5A_5A5B
-
-
-def fields_hash(fields: dict[str, Any]) -> int:
-    """A fingerprint of the fields, for this process's cache only (str hashes are salted)."""
-    try:
-        return hash(frozenset(fields.items()))  # the common case: every value a string
-    except TypeError:  # a dict value (custom properties, the channel status)
-        return hash(
-            tuple(sorted((k, v if isinstance(v, str) else repr(v)) for k, v in fields.items()))
-        )
-
-
-def _merge_parts(into: dict[int, Part], parts: dict[int, Part], later: bool = False) -> None:
-    """Keep the newest part of each export; on a tie, `parts` wins if it came `later`."""
-    for export, part in parts.items():
-        current = into.get(export)
-        if (
-            current is None
-            or part.occurred_at_ms > current.occurred_at_ms
-            or (later and part.occurred_at_ms == current.occurred_at_ms)
-        ):
-            into[export] = part
 
 
 class Coalescer:
@@ -175,10 +74,7 @@ class Coalescer:
         # first: key -> (add, when). An opposite call for the same key waits until the earlier
         # one has settled, whether it was already waiting or arrives later.
         self._accepted: OrderedDict[Key, tuple[bool, float]] = OrderedDict()
-        self._ghosts: dict[int, _Ghost] = {}
-        self._ghost_ids = itertools.count()
-        self._haunted: dict[str, int] = {}  # email -> live ghosts carrying it
-        self._redo: dict[str, dict[int, Part]] = {}  # parts accepted while haunted
+        self._ghosts = Ghosts(self.known)
         self.outcomes: list[Outcome] = []
 
     # ---- intake --------------------------------------------------------------------------------
@@ -214,7 +110,7 @@ class Coalescer:
             pending = self.upserts[email] = UpsertIntent(email, {}, now)
         if waiting is None or part.occurred_at_ms >= waiting.occurred_at_ms:
             pending.parts[export] = part
-        _attach(pending.tickets, ticket)
+        attach(pending.tickets, ticket)
         return True
 
     def _part_needed(self, email: str, export: int, part: Part) -> bool:
@@ -245,7 +141,7 @@ class Coalescer:
             if intent.add != change.entered:
                 self._unready(intent)  # it changes group; the same direction keeps its place
             intent.add, intent.occurred_at_ms = change.entered, change.occurred_at_ms
-        _attach(intent.tickets, ticket)
+        attach(intent.tickets, ticket)
         self._maybe_ready(intent, now)
 
     # ---- readiness -----------------------------------------------------------------------------
@@ -338,8 +234,7 @@ class Coalescer:
                 ticket.contact_id = contact_id
         for export, part in intent.parts.items():
             self.known.put((email, export), fields_hash(part.fields), part.occurred_at_ms)
-        if email in self._haunted:
-            _merge_parts(self._redo.setdefault(email, {}), intent.parts, later=True)
+        self._ghosts.accepted(email, intent.parts)
         self._settle(intent.tickets)
         self._release_adds(email, now)
 
@@ -389,54 +284,24 @@ class Coalescer:
     def haunt(self, intents: Iterable[UpsertIntent], until: float | None = None) -> int:
         """These upserts may land later, over newer fields (a stuck batch, a lost answer):
         remember what they carried until `ghost_gone` (or `until`). Returns the ghost's id."""
-        parts = {i.email: {e: fields_hash(p.fields) for e, p in i.parts.items()} for i in intents}
-        ghost_id = next(self._ghost_ids)
-        self._ghosts[ghost_id] = _Ghost(parts, until)
-        for email, carried in parts.items():
-            self._haunted[email] = self._haunted.get(email, 0) + 1
-            for export in carried:
-                # Omnisend may hold the ghost's fields or the ones known before: neither is
-                # known now, so a change back to the old fields is sent, not skipped.
-                known = self.known.get((email, export))
-                if known is not None:
-                    self.known.put((email, export), _UNKNOWN_FIELDS, known[1])
-        return ghost_id
+        return self._ghosts.haunt(intents, until)
 
     def ghost_gone(self, ghost_id: int, now: float) -> None:
         """The ghost landed (or will not): send once more the newest fields it may have
         overwritten, those accepted or sent since, where they differ from its own."""
-        ghost = self._ghosts.pop(ghost_id, None)
-        if ghost is None:
-            return
-        for email, carried in ghost.parts.items():
-            newest = dict(self._redo.get(email, {}))
-            in_flight = self.upserts_in_flight.get(email)
-            if in_flight is not None:  # sent before the ghost was seen to land
-                _merge_parts(newest, in_flight.parts, later=True)
-            redo = {
-                e: p
-                for e, p in newest.items()
-                if e in carried and fields_hash(p.fields) != carried[e]
-            }
-            if redo:
-                self._queue_redo(email, redo, now)
-            self._haunted[email] -= 1
-            if not self._haunted[email]:
-                del self._haunted[email]
-                self._redo.pop(email, None)
+        for email, parts in self._ghosts.gone(ghost_id, self.upserts_in_flight):
+            self._queue_redo(email, parts, now)
 
     def expire_ghosts(self, now: float) -> None:
-        for ghost_id in [g for g, ghost in self._ghosts.items() if ghost.until is not None]:
-            until = self._ghosts[ghost_id].until
-            if until is not None and until <= now:
-                self.ghost_gone(ghost_id, now)
+        for ghost_id in self._ghosts.due(now):
+            self.ghost_gone(ghost_id, now)
 
     def _queue_redo(self, email: str, parts: dict[int, Part], now: float) -> None:
         pending = self.upserts.get(email)
         if pending is None:
             self.upserts[email] = UpsertIntent(email, dict(parts), now)
         else:
-            _merge_parts(pending.parts, parts)
+            merge_parts(pending.parts, parts)
 
     @property
     def ghosts(self) -> int:
@@ -521,7 +386,7 @@ class Coalescer:
         for ticket in tickets:
             ticket.remaining -= 1
             if ticket.remaining == 0:
-                self.outcomes.append(_outcome(ticket))
+                self.outcomes.append(outcome_of(ticket))
 
     def _fail(self, tickets: list[Ticket], reason: str, detail: str) -> None:
         for ticket in tickets:
@@ -540,15 +405,3 @@ class Coalescer:
     @property
     def idle(self) -> bool:
         return not (self.upserts or self.upserts_in_flight or self.tags or self.tags_in_flight)
-
-
-def _attach(tickets: list[Ticket], ticket: Ticket) -> None:
-    ticket.remaining += 1
-    tickets.append(ticket)
-
-
-def _outcome(ticket: Ticket) -> Outcome:
-    if ticket.failure is None:
-        return Outcome(ticket.position, contact_id=ticket.contact_id)
-    reason, detail = ticket.failure
-    return Outcome(ticket.position, reason, detail, email=ticket.email)

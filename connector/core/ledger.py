@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from connector.core.coalesce import Outcome
 from connector.core.events import Position, RawRecord
+from connector.core.intents import Outcome
 from connector.core.offsets import OffsetTracker
 
 

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-from connector.core.coalesce import UpsertIntent
+from connector.core.intents import UpsertIntent
 from connector.omnisend.answers import BatchItems, BatchStatus
 
 # Batch item codes worth another try: timeouts, throttling, server trouble; older API versions

@@ -14,8 +14,9 @@ from collections.abc import Callable
 import structlog
 
 from connector.core.clock import Clock
-from connector.core.coalesce import Coalescer, TagIntent, UpsertIntent
+from connector.core.coalesce import Coalescer
 from connector.core.errors import Retriable
+from connector.core.intents import TagIntent, UpsertIntent
 from connector.metrics import Metrics
 from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
 from connector.omnisend.batches import LIST_POLL_LIMIT, BatchTracker, InFlightBatch, TrackerConfig

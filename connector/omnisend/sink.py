@@ -32,9 +32,10 @@ import httpx
 import structlog
 
 from connector.core.clock import Clock
-from connector.core.coalesce import Coalescer, Outcome
+from connector.core.coalesce import Coalescer
 from connector.core.errors import Crashed, Fatal
 from connector.core.events import ContactChange
+from connector.core.intents import Outcome
 from connector.metrics import Metrics
 from connector.omnisend.batches import (
     TrackerConfig,

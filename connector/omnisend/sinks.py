@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from connector.core.coalesce import Outcome
 from connector.core.errors import Fatal
 from connector.core.events import ContactChange
+from connector.core.intents import Outcome
 from connector.omnisend.loop import SinkLoop
 from connector.omnisend.sink import OmnisendSink
 

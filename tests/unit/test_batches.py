@@ -3,7 +3,7 @@ that, and when a batch counts as stuck."""
 
 from __future__ import annotations
 
-from connector.core.coalesce import Part, UpsertIntent
+from connector.core.intents import Part, UpsertIntent
 from connector.omnisend.answers import BatchStatus
 from connector.omnisend.batches import BatchTracker, TrackerConfig
 

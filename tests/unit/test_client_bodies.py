@@ -11,7 +11,7 @@ import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.core.coalesce import fields_hash
+from connector.core.intents import fields_hash
 from connector.omnisend.client import OmnisendClient, contact_request
 
 # Any text Avro can carry (strictly decoded UTF-8: no lone surrogates).

@@ -9,8 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.core.coalesce import Coalescer, Outcome, TagIntent, UpsertIntent
+from connector.core.coalesce import Coalescer
 from connector.core.events import ContactChange, Position
+from connector.core.intents import Outcome, TagIntent, UpsertIntent
 
 
 def change(

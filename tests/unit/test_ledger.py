@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.core.coalesce import Outcome
 from connector.core.events import Position, RawRecord
+from connector.core.intents import Outcome
 from connector.core.ledger import Done, Failed, Fate, Ledger, Skipped
 
 TOPIC = "t"

@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from connector.core.clock import ManualClock
-from connector.core.coalesce import Coalescer, Outcome
+from connector.core.coalesce import Coalescer
 from connector.core.codec import PlainAvroDecoder, encode_plain
 from connector.core.errors import ExitCode
 from connector.core.events import ContactChange, Position, RawRecord, SegmentChange
+from connector.core.intents import Outcome
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
 from connector.kafka.dlq import DeadLetters, Delivered

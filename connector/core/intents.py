@@ -1,0 +1,126 @@
+"""What the coalescer keeps per contact: the intents (an upsert of its fields, a tag operation)
+waiting or in flight, the parts of fields each export maps, and the tickets that tie them to the
+records they came from. Plain data and the few rules that belong to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector.core.events import Position
+
+Key = tuple[str, str]  # (email, tag)
+Group = tuple[bool, str]  # (add?, tag)
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """The fate of one record: done when all its intents are done, failed if any failed."""
+
+    position: Position
+    email: str
+    remaining: int = 0
+    failure: tuple[str, str] | None = None  # (reason, detail)
+    contact_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A record whose fate is known: `reason` None means done (accepted or skipped)."""
+
+    position: Position
+    reason: str | None = None
+    detail: str = ""
+    skipped: str | None = None  # why it needed no call: "superseded"
+    email: str = ""  # of a failed record, for its log line's keyed hash
+    contact_id: str | None = None  # Omnisend's id of the contact, where its answer named it
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """The contact fields one export maps, as of `occurred_at_ms`."""
+
+    fields: dict[str, Any]
+    occurred_at_ms: int
+
+
+@dataclass(eq=False, slots=True)
+class UpsertIntent:
+    email: str
+    parts: dict[int, Part]  # export -> its newest fields
+    since: float  # when it started waiting, for the flush age
+    tickets: list[Ticket] = field(default_factory=list)
+    attempts: int = 0
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The fields to send: every export's part (exports map disjoint fields)."""
+        if len(self.parts) == 1:
+            return next(iter(self.parts.values())).fields
+        merged: dict[str, Any] = {}
+        for export in sorted(self.parts):
+            merged.update(self.parts[export].fields)
+        return merged
+
+    def absorb(self, older: UpsertIntent) -> None:
+        """Take `older`'s parts where they are newer than this one's, and its records."""
+        merge_parts(self.parts, older.parts)
+        self.tickets.extend(older.tickets)
+
+
+@dataclass(eq=False, slots=True)
+class TagIntent:
+    email: str
+    tag: str
+    add: bool
+    occurred_at_ms: int
+    since: float
+    tickets: list[Ticket] = field(default_factory=list)
+    not_before: float = 0.0
+
+    @property
+    def key(self) -> Key:
+        return (self.email, self.tag)
+
+    @property
+    def group(self) -> Group:
+        return (self.add, self.tag)
+
+
+# Stands for fields Omnisend may or may not hold: equal to no fields' hash (but by a chance of one
+# in 2^64).
+UNKNOWN_FIELDS = -0x5A5A_5A5A_5A5A_5A5B
+
+
+def fields_hash(fields: dict[str, Any]) -> int:
+    """A fingerprint of the fields, for this process's cache only (str hashes are salted)."""
+    try:
+        return hash(frozenset(fields.items()))  # the common case: every value a string
+    except TypeError:  # a dict value (custom properties, the channel status)
+        return hash(
+            tuple(sorted((k, v if isinstance(v, str) else repr(v)) for k, v in fields.items()))
+        )
+
+
+def merge_parts(into: dict[int, Part], parts: dict[int, Part], later: bool = False) -> None:
+    """Keep the newest part of each export; on a tie, `parts` wins if it came `later`."""
+    for export, part in parts.items():
+        current = into.get(export)
+        if (
+            current is None
+            or part.occurred_at_ms > current.occurred_at_ms
+            or (later and part.occurred_at_ms == current.occurred_at_ms)
+        ):
+            into[export] = part
+
+
+def attach(tickets: list[Ticket], ticket: Ticket) -> None:
+    ticket.remaining += 1
+    tickets.append(ticket)
+
+
+def outcome_of(ticket: Ticket) -> Outcome:
+    if ticket.failure is None:
+        return Outcome(ticket.position, contact_id=ticket.contact_id)
+    reason, detail = ticket.failure
+    return Outcome(ticket.position, reason, detail, email=ticket.email)
