@@ -32,23 +32,24 @@ from connector.core.events import ContactChange
 from connector.core.ghosts import Ghosts
 from connector.core.intents import (
     Group,
-    Key,
     Outcome,
     Part,
     TagIntent,
     Ticket,
+    Tickets,
     UpsertIntent,
     attach,
     fields_hash,
     merge_parts,
-    outcome_of,
 )
 from connector.core.recent import RecentMap
+from connector.core.tagging import TagQueue
 
 
 class Coalescer:
-    """The intents of every contact with unfinished changes. `exports` numbers the exports
-    whose changes it receives (the parts an upsert may carry)."""
+    """The intents of every contact with unfinished changes: its upserts here, its tag
+    operations in `tagging`, the upserts of unknown fate in `Ghosts`. `exports` numbers the
+    exports whose changes it receives (the parts an upsert may carry)."""
 
     def __init__(
         self,
@@ -57,45 +58,32 @@ class Coalescer:
         known_size: int = 1_000_000,
         applied_size: int = 1_000_000,
     ) -> None:
-        self.settle_s = settle_s
         self.exports = tuple(exports)
         self.upserts: OrderedDict[str, UpsertIntent] = OrderedDict()  # waiting to be sent
         self.upserts_in_flight: dict[str, UpsertIntent] = {}
-        self.tags: dict[Key, TagIntent] = {}  # waiting: not yet sent
-        self._tags_of: dict[str, set[str]] = {}  # email -> tags with a waiting intent
-        self.tags_in_flight: dict[Key, TagIntent] = {}
-        self.ready: dict[Group, OrderedDict[str, TagIntent]] = {}
         # Fields known to be in Omnisend: (email, export) -> (hash of the part last accepted,
         # its occurred_at). A known contact whose part is unchanged needs no upsert.
         self.known = RecentMap(known_size, width=2)
-        # The occurred_at of the last change applied per (email, tag): a late event is stale.
-        self.applied = RecentMap(applied_size, width=1)
-        # Tag calls accepted (or whose answer was lost) within the last `settle_s`, oldest
-        # first: key -> (add, when). An opposite call for the same key waits until the earlier
-        # one has settled, whether it was already waiting or arrives later.
-        self._accepted: OrderedDict[Key, tuple[bool, float]] = OrderedDict()
+        self._tickets = Tickets()
+        # A tag add waits while its contact is being upserted and not known to exist.
+        self.tagging = TagQueue(
+            settle_s,
+            applied_size,
+            lambda email: self._upserting(email) and not self.exists(email),
+            self._tickets,
+        )
         self._ghosts = Ghosts(self.known)
-        self.outcomes: list[Outcome] = []
 
     # ---- intake --------------------------------------------------------------------------------
 
     def add(self, change: ContactChange, now: float) -> None:
         ticket = Ticket(change.position, change.email)
-        current = change.occurred_at_ms >= self._latest((change.email, change.tag))
+        current = change.occurred_at_ms >= self.tagging.latest((change.email, change.tag))
         attached = change.entered and self._want_upsert(change, ticket, now)
         if current:
-            self._want_tag(change, ticket, now)
+            self.tagging.want(change, ticket, now)
         elif not attached:
-            self.outcomes.append(Outcome(ticket.position, skipped="superseded"))
-
-    def _latest(self, key: Key) -> int:
-        applied = self.applied.get(key)
-        latest = -1 if applied is None else applied[0]
-        for intents in (self.tags, self.tags_in_flight):
-            intent = intents.get(key)
-            if intent is not None:
-                latest = max(latest, intent.occurred_at_ms)
-        return latest
+            self._tickets.outcomes.append(Outcome(ticket.position, skipped="superseded"))
 
     def _want_upsert(self, change: ContactChange, ticket: Ticket, now: float) -> bool:
         """Profiles are snapshots: per export, the fields of the latest ENTERED by `occurred_at`
@@ -131,32 +119,6 @@ class Coalescer:
             return False  # it has these very fields, now known as of this later time
         return True
 
-    def _want_tag(self, change: ContactChange, ticket: Ticket, now: float) -> None:
-        key = (change.email, change.tag)
-        intent = self.tags.get(key)
-        if intent is None:
-            intent = TagIntent(change.email, change.tag, change.entered, change.occurred_at_ms, now)
-            self._put_tag(intent)
-        else:
-            if intent.add != change.entered:
-                self._unready(intent)  # it changes group; the same direction keeps its place
-            intent.add, intent.occurred_at_ms = change.entered, change.occurred_at_ms
-        attach(intent.tickets, ticket)
-        self._maybe_ready(intent, now)
-
-    # ---- readiness -----------------------------------------------------------------------------
-
-    def _maybe_ready(self, intent: TagIntent, now: float) -> None:
-        if intent.key in self.tags_in_flight:
-            return  # released when the call in flight completes
-        if intent.add and self._upserting(intent.email) and not self.exists(intent.email):
-            self._unready(intent)
-            return  # the contact does not exist yet: released when the upsert finishes
-        last = self._accepted.get(intent.key)
-        opposite = last is not None and last[0] != intent.add
-        intent.not_before = last[1] + self.settle_s if last is not None and opposite else 0.0
-        self.ready.setdefault(intent.group, OrderedDict())[intent.email] = intent
-
     def exists(self, email: str) -> bool:
         """Whether Omnisend is known to hold this contact (an upsert of it was accepted)."""
         if len(self.exports) == 1:  # the common case, asked for every tag change
@@ -165,28 +127,6 @@ class Coalescer:
 
     def _upserting(self, email: str) -> bool:
         return email in self.upserts or email in self.upserts_in_flight
-
-    def _put_tag(self, intent: TagIntent) -> None:
-        self.tags[intent.key] = intent
-        self._tags_of.setdefault(intent.email, set()).add(intent.tag)
-
-    def _pop_tag(self, key: Key) -> TagIntent:
-        intent = self.tags.pop(key)
-        tags = self._tags_of[intent.email]
-        tags.discard(intent.tag)
-        if not tags:
-            del self._tags_of[intent.email]
-        return intent
-
-    def _waiting_adds(self, email: str) -> list[TagIntent]:
-        return [t for tag in self._tags_of.get(email, ()) if (t := self.tags[(email, tag)]).add]
-
-    def _unready(self, intent: TagIntent) -> None:
-        group = self.ready.get(intent.group)
-        if group is not None:
-            group.pop(intent.email, None)
-            if not group:
-                del self.ready[intent.group]
 
     # ---- upserts -------------------------------------------------------------------------------
 
@@ -199,20 +139,6 @@ class Coalescer:
                 if ready == limit:
                     break
         return ready
-
-    def tags_ready(self, group: Group, limit: int, now: float) -> int:
-        """How many intents `take_tags(group, limit, now)` would take now (at most `limit`)."""
-        ready = 0
-        for intent in self.ready.get(group, {}).values():
-            if intent.not_before <= now:
-                ready += 1
-                if ready == limit:
-                    break
-        return ready
-
-    def settled_at(self, group: Group) -> float:
-        """When the first intent of `group` held back by `settle_s` may go."""
-        return min((i.not_before for i in self.ready.get(group, {}).values()), default=0.0)
 
     def take_upserts(self, limit: int) -> list[UpsertIntent]:
         """Up to `limit` waiting upserts, oldest first, skipping emails already in a batch."""
@@ -235,23 +161,20 @@ class Coalescer:
         for export, part in intent.parts.items():
             self.known.put((email, export), fields_hash(part.fields), part.occurred_at_ms)
         self._ghosts.accepted(email, intent.parts)
-        self._settle(intent.tickets)
-        self._release_adds(email, now)
+        self._tickets.settle(intent.tickets)
+        self.tagging.release_adds(email, now)
 
     def upsert_failed(self, email: str, reason: str, detail: str, now: float) -> None:
         """Omnisend refused the contact: its records fail. Adds waiting for it fail too when
         the contact does not exist; when it does, they go (their own change was not refused)."""
         intent = self.upserts_in_flight.pop(email)
-        self._fail(intent.tickets, reason, detail)
+        self._tickets.fail(intent.tickets, reason, detail)
         if email in self.upserts:
             return  # a newer upsert of this contact may still succeed; adds wait for it
         if self.exists(email):
-            self._release_adds(email, now)
+            self.tagging.release_adds(email, now)
             return
-        for tag_intent in self._waiting_adds(email):
-            self._pop_tag(tag_intent.key)
-            self._unready(tag_intent)
-            self._fail(tag_intent.tickets, reason, detail)
+        self.tagging.fail_adds(email, reason, detail)
 
     def upsert_retry(self, email: str) -> UpsertIntent:
         """Put an upsert back in line (a transient item failure); a newer waiting one absorbs it."""
@@ -273,11 +196,6 @@ class Coalescer:
             return intent
         newer.absorb(intent)
         return newer
-
-    def _release_adds(self, email: str, now: float) -> None:
-        # The contact exists now: its adds may go, even while newer fields are on their way.
-        for intent in self._waiting_adds(email):
-            self._maybe_ready(intent, now)
 
     # ---- ghosts: upserts whose fate is unknown --------------------------------------------------
 
@@ -307,101 +225,38 @@ class Coalescer:
     def ghosts(self) -> int:
         return len(self._ghosts)
 
-    # ---- tags ----------------------------------------------------------------------------------
+    # ---- tags (the tag queue's) ----------------------------------------------------------------
 
     def ready_groups(self) -> Iterator[tuple[Group, int, float]]:
-        """(group, emails ready, when the first of them started waiting) of every group. Cheap,
-        so it may over-count intents held back by `not_before`; `take_tags` skips those."""
-        for group, intents in self.ready.items():
-            first = next(iter(intents.values()))
-            yield group, len(intents), first.since
+        return self.tagging.ready_groups()
+
+    def tags_ready(self, group: Group, limit: int, now: float) -> int:
+        return self.tagging.count_ready(group, limit, now)
+
+    def settled_at(self, group: Group) -> float:
+        return self.tagging.settled_at(group)
 
     def take_tags(self, group: Group, limit: int, now: float) -> list[TagIntent]:
-        intents = self.ready.get(group)
-        if not intents:
-            return []
-        taken: list[TagIntent] = []
-        for intent in intents.values():  # stop at `limit`: a group may hold many thousands
-            if intent.not_before <= now:
-                taken.append(intent)
-                if len(taken) == limit:
-                    break
-        for intent in taken:
-            del intents[intent.email]
-            self._pop_tag(intent.key)
-            self.tags_in_flight[intent.key] = intent
-        if not intents:
-            del self.ready[group]
-        return taken
+        return self.tagging.take(group, limit, now)
 
     def tags_accepted(self, intents: list[TagIntent], now: float) -> None:
-        for intent in intents:
-            del self.tags_in_flight[intent.key]
-            self.applied.put(intent.key, intent.occurred_at_ms)
-            self._settle(intent.tickets)
-            self._hold_opposite(intent, now)
-            waiting = self.tags.get(intent.key)
-            if waiting is not None:
-                self._maybe_ready(waiting, now)
-        while self._accepted:  # forget calls that have settled
-            key, (_, when) = next(iter(self._accepted.items()))
-            if when + self.settle_s > now:
-                break
-            del self._accepted[key]
-
-    def _hold_opposite(self, intent: TagIntent, now: float) -> None:
-        """From `now`, an opposite call for the same key waits `settle_s`."""
-        if self.settle_s > 0:
-            self._accepted.pop(intent.key, None)
-            self._accepted[intent.key] = (intent.add, now)
+        self.tagging.accepted(intents, now)
 
     def tags_retry(self, intents: list[TagIntent], now: float, maybe_applied: bool = False) -> None:
-        """A tag call failed transiently: its intents wait again (a newer one absorbs them).
-        `maybe_applied`: its answer was lost, so Omnisend may have accepted it; counted as
-        accepted now for the opposite call's wait."""
-        for intent in intents:
-            del self.tags_in_flight[intent.key]
-            if maybe_applied:
-                self._hold_opposite(intent, now)
-            newer = self.tags.get(intent.key)
-            if newer is None:
-                self._put_tag(intent)
-                self._maybe_ready(intent, now)
-            else:
-                newer.tickets.extend(intent.tickets)
-                self._maybe_ready(newer, now)  # it waited for this call; nothing is in flight now
+        self.tagging.retry(intents, now, maybe_applied)
 
     def tags_failed(self, intents: list[TagIntent], reason: str, detail: str) -> None:
-        """Omnisend refused a tag call: its records fail; what waited behind it may go."""
-        for intent in intents:
-            del self.tags_in_flight[intent.key]
-            self._fail(intent.tickets, reason, detail)
-            waiting = self.tags.get(intent.key)
-            if waiting is not None:
-                self._maybe_ready(waiting, 0.0)
-
-    # ---- fates ---------------------------------------------------------------------------------
-
-    def _settle(self, tickets: list[Ticket]) -> None:
-        for ticket in tickets:
-            ticket.remaining -= 1
-            if ticket.remaining == 0:
-                self.outcomes.append(outcome_of(ticket))
-
-    def _fail(self, tickets: list[Ticket], reason: str, detail: str) -> None:
-        for ticket in tickets:
-            if ticket.failure is None:
-                ticket.failure = (reason, detail)
-        self._settle(tickets)
-
-    def drain_outcomes(self) -> list[Outcome]:
-        out, self.outcomes = self.outcomes, []
-        return out
+        self.tagging.failed(intents, reason, detail)
 
     @property
     def ready_count(self) -> int:
-        return sum(len(group) for group in list(self.ready.values()))
+        return self.tagging.ready_count
+
+    # ---- fates ---------------------------------------------------------------------------------
+
+    def drain_outcomes(self) -> list[Outcome]:
+        return self._tickets.drain()
 
     @property
     def idle(self) -> bool:
-        return not (self.upserts or self.upserts_in_flight or self.tags or self.tags_in_flight)
+        return not (self.upserts or self.upserts_in_flight) and self.tagging.idle

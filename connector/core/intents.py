@@ -124,3 +124,26 @@ def outcome_of(ticket: Ticket) -> Outcome:
         return Outcome(ticket.position, contact_id=ticket.contact_id)
     reason, detail = ticket.failure
     return Outcome(ticket.position, reason, detail, email=ticket.email)
+
+
+class Tickets:
+    """The outcomes of records whose every intent is done, in the order they were done."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def settle(self, tickets: list[Ticket]) -> None:
+        for ticket in tickets:
+            ticket.remaining -= 1
+            if ticket.remaining == 0:
+                self.outcomes.append(outcome_of(ticket))
+
+    def fail(self, tickets: list[Ticket], reason: str, detail: str) -> None:
+        for ticket in tickets:
+            if ticket.failure is None:
+                ticket.failure = (reason, detail)
+        self.settle(tickets)
+
+    def drain(self) -> list[Outcome]:
+        out, self.outcomes = self.outcomes, []
+        return out

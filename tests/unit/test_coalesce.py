@@ -97,7 +97,7 @@ class Omnisend:
                 self.land(c, now, 1.0)
             self.send(c, now)
             now += 1
-        raise AssertionError(f"stuck: {len(c.upserts)} upserts, {len(c.tags)} tags wait")
+        raise AssertionError(f"stuck: {len(c.upserts)} upserts, {len(c.tagging.tags)} tags wait")
 
 
 def one_by_one(
@@ -325,9 +325,9 @@ def test_settled_calls_are_forgotten() -> None:
     for i in range(50):
         c.add(change(i, f"{i}@x.io", "s", False, 1), 0)
     c.tags_accepted(c.take_tags((False, "s"), 250, 0), now=0)
-    assert len(c._accepted) == 50
+    assert len(c.tagging._accepted) == 50
     c.tags_accepted([], now=2)
-    assert len(c._accepted) == 0
+    assert len(c.tagging._accepted) == 0
 
 
 def test_a_retried_tag_call_absorbed_by_a_newer_change_still_goes() -> None:
