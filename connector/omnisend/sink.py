@@ -25,7 +25,7 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -52,6 +52,67 @@ log = structlog.get_logger("connector.sink")
 # How long a sink with nothing to do sleeps unless woken (new work and shares wake it): its
 # gauges are refreshed this often while idle.
 QUIET_WAKE_S = 5.0
+
+
+class Mailbox:
+    """Changes in and outcomes out, between the Kafka side and the loop. Both ways, work is
+    stamped with the epoch it belongs to: a reset starts a new one, and what belongs to an older
+    epoch is dropped wherever it is met, so no reset can lose changes submitted after it, nor
+    deliver outcomes of records forgotten before it."""
+
+    def __init__(self) -> None:
+        self._inbox: queue.SimpleQueue[tuple[int, list[ContactChange]]] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[int, list[Outcome]]] = queue.SimpleQueue()
+        self._epoch = 0  # the Kafka side's; the loop's is `_generation`, which follows it
+        self._generation = 0
+
+    # The Kafka side
+
+    def send(self, changes: list[ContactChange]) -> None:
+        self._inbox.put((self._epoch, changes))
+
+    def new_epoch(self) -> int:
+        self._epoch += 1
+        return self._epoch
+
+    def outcomes(self) -> list[Outcome]:
+        """Outcomes of the current epoch; older ones are dropped."""
+        if self._outbox.empty():
+            return []  # most connections of a process serving many brands, most turns
+        out: list[Outcome] = []
+        while True:
+            try:
+                epoch, outcomes = self._outbox.get_nowait()
+            except queue.Empty:
+                return out
+            if epoch == self._epoch:
+                out.extend(outcomes)
+
+    # The loop
+
+    def meet(self, epoch: int) -> bool:
+        """Whether `epoch` is new to the loop (it then starts it)."""
+        if self._generation >= epoch:
+            return False
+        self._generation = epoch
+        return True
+
+    def received(self) -> Iterator[tuple[int, list[ContactChange]]]:
+        """Changes submitted since, with their epoch; those of a forgotten epoch are dropped."""
+        while True:
+            try:
+                epoch, changes = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if epoch >= self._generation:
+                yield epoch, changes
+
+    def answer(self, outcomes: list[Outcome]) -> None:
+        self._outbox.put((self._generation, outcomes))
+
+    @property
+    def empty(self) -> bool:
+        return self._inbox.empty()
 
 
 @dataclass(frozen=True)
@@ -90,6 +151,18 @@ class SinkConfig:
     known_cache_size: int = 1_000_000
     applied_cache_size: int = 1_000_000
 
+    def coalescer(self) -> Coalescer:
+        """A new coalescer (a rebalance starts another)."""
+        return Coalescer(
+            settle_s=self.settle_s,
+            exports=self.exports,
+            known_size=self.known_cache_size,
+            applied_size=self.applied_cache_size,
+        )
+
+    def sender(self) -> SenderConfig:
+        return SenderConfig(self.max_concurrent_requests, self.retry_base_s, self.retry_max_s)
+
     def tracker(self) -> TrackerConfig:
         return TrackerConfig(
             first_poll_s=self.first_poll_s,
@@ -122,12 +195,7 @@ class OmnisendSink:
         self.metrics = metrics
         self.connection = connection
         self._api_key, self._base_url, self._transport = api_key, base_url, transport
-        # Both ways, work is stamped with the epoch it belongs to: `reset` starts a new one, and
-        # what belongs to an older epoch is dropped wherever it is met, so no reset can lose
-        # changes submitted after it, nor deliver outcomes of records forgotten before it.
-        self._inbox: queue.SimpleQueue[tuple[int, list[ContactChange]]] = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue[tuple[int, list[Outcome]]] = queue.SimpleQueue()
-        self._epoch = 0  # the Kafka side's; the loop's is `_generation`, which follows it
+        self._mail = Mailbox()  # changes in, outcomes out, each stamped with its epoch
         # The loop it runs on: shared by every connection of the process, or its own.
         self._owns_loop = loop is None
         self._shared = loop or SinkLoop(
@@ -140,35 +208,21 @@ class OmnisendSink:
         self._flushing = False
         self._stopping = False
         self.fatal: Fatal | None = None
-        self._state = SyncState(self._new_coalescer, self.config.tracker())
+        self._state = SyncState(self.config.coalescer, self.config.tracker())
         self._sender = Sender(
             self._loop,
             budget,
             clock,
             metrics,
             connection,
-            SenderConfig(
-                self.config.max_concurrent_requests,
-                self.config.retry_base_s,
-                self.config.retry_max_s,
-            ),
+            self.config.sender(),
             fail=self._fail,
             poke=self._poke,
         )
-        self._generation = 0
         self._wake: asyncio.Event | None = None
         self._dispatcher: Dispatcher | None = None  # once the loop runs
         # Called on the sink's thread with the end-to-end latencies of accepted tag changes.
         self.on_accepted: Callable[[list[float]], None] | None = None
-
-    def _new_coalescer(self) -> Coalescer:
-        config = self.config
-        return Coalescer(
-            settle_s=config.settle_s,
-            exports=config.exports,
-            known_size=config.known_cache_size,
-            applied_size=config.applied_cache_size,
-        )
 
     # ---- the Kafka side (any thread) ---------------------------------------------------------
 
@@ -183,22 +237,13 @@ class OmnisendSink:
         if changes:
             # In this order: cleared first, the loop could find the inbox still empty and say
             # idle while these wait in it.
-            self._inbox.put((self._epoch, changes))
+            self._mail.send(changes)
             self._idle.clear()
             if wake:
                 self._call(self._poke)
 
     def take_outcomes(self) -> list[Outcome]:
-        if self._outbox.empty():
-            return []  # most connections of a process serving many brands, most turns
-        out: list[Outcome] = []
-        while True:
-            try:
-                epoch, outcomes = self._outbox.get_nowait()
-            except queue.Empty:
-                return out
-            if epoch == self._epoch:
-                out.extend(outcomes)
+        return self._mail.outcomes()
 
     def drain(self, timeout_s: float) -> bool:
         """Send everything submitted without lingering; True if all of it finished in time."""
@@ -222,15 +267,13 @@ class OmnisendSink:
         """Forget every unfinished change (after a rebalance); requests in flight are
         cancelled. Does not wait for the loop: changes submitted from now on belong to the new
         epoch."""
-        self._epoch += 1
-        epoch = self._epoch
+        epoch = self._mail.new_epoch()
         self._call(lambda: self._reset_to(epoch))
 
     def _reset_to(self, epoch: int) -> None:
         """On the loop: start `epoch`, unless it started already."""
-        if self._generation >= epoch:
+        if not self._mail.meet(epoch):
             return
-        self._generation = epoch
         # What this process knows of Omnisend's contacts goes too: while the partitions are
         # elsewhere, another member may write the same contacts, and a stale "already has
         # these fields" would skip a needed upsert (found by the rebalance test).
@@ -318,34 +361,7 @@ class OmnisendSink:
         transport, gate = (own, None) if own is not None else self._shared.transport(self._base_url)
         http = httpx.AsyncClient(timeout=timeout, transport=transport)
         try:
-            client = OmnisendClient(
-                http,
-                self._api_key,
-                self._base_url,
-                observe=self._sender.observe,
-                deadline_s=3 * self.config.request_timeout_s,
-                gate=gate,
-            )
-            exchanges = Exchanges(
-                self._state,
-                client,
-                self._sender,
-                self.metrics,
-                self.connection,
-                self.clock,
-                self._accepted,
-            )
-            dispatcher = self._dispatcher = Dispatcher(
-                self._state,
-                exchanges,
-                self._sender,
-                self.budget,
-                self.config,
-                self.metrics,
-                self.connection,
-                self.clock,
-                lambda: self._flushing,
-            )
+            dispatcher = self._dispatcher = self._parts(http, gate)
             while not self._stopping and self.fatal is None:
                 self._ingest()
                 dispatcher.dispatch()
@@ -361,15 +377,40 @@ class OmnisendSink:
             if own is not None:
                 await http.aclose()
 
+    def _parts(self, http: httpx.AsyncClient, gate: asyncio.Semaphore | None) -> Dispatcher:
+        """The client, what its answers mean, and when each request goes."""
+        client = OmnisendClient(
+            http,
+            self._api_key,
+            self._base_url,
+            observe=self._sender.observe,
+            deadline_s=3 * self.config.request_timeout_s,
+            gate=gate,
+        )
+        exchanges = Exchanges(
+            self._state,
+            client,
+            self._sender,
+            self.metrics,
+            self.connection,
+            self.clock,
+            self._accepted,
+        )
+        return Dispatcher(
+            self._state,
+            exchanges,
+            self._sender,
+            self.budget,
+            self.config,
+            self.metrics,
+            self.connection,
+            self.clock,
+            lambda: self._flushing,
+        )
+
     def _ingest(self) -> None:
         now = self.clock.now()
-        while True:
-            try:
-                epoch, changes = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if epoch < self._generation:
-                continue  # submitted before a reset: forgotten
+        for epoch, changes in self._mail.received():
             self._reset_to(epoch)  # submitted after a reset the loop has not met yet
             for change in changes:
                 self._state.coalescer.add(change, now)
@@ -377,6 +418,6 @@ class OmnisendSink:
     def _publish(self) -> None:
         outcomes = self._state.coalescer.drain_outcomes()
         if outcomes:
-            self._outbox.put((self._generation, outcomes))
-        if self._state.coalescer.idle and not self._sender.tasks and self._inbox.empty():
+            self._mail.answer(outcomes)
+        if self._state.coalescer.idle and not self._sender.tasks and self._mail.empty:
             self._idle.set()

@@ -432,8 +432,7 @@ def test_a_request_cancelled_before_it_began_gives_its_slot_back() -> None:
 
     def on_the_loop() -> None:  # a request spawned, then a reset in the same step
         sink._sender.spawn(request(), sink.clock.now(), READ)
-        sink._epoch += 1
-        sink._reset_to(sink._epoch)
+        sink._reset_to(sink._mail.new_epoch())
         spawned.set()
 
     try:
