@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from connector.core.clock import Clock, SystemClock
-from connector.simulator.app import Request, Response, Simulator
+from connector.simulator.app import Simulator
 from connector.simulator.config import SimulatorConfig
+from connector.simulator.messages import Request, Response
 from connector.simulator.wire import render
 
 INSPECTION_PREFIX = "/_sim/"

@@ -10,7 +10,8 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from connector.simulator.app import Request, Simulator
+from connector.simulator.app import Simulator
+from connector.simulator.messages import Request
 from connector.simulator.wire import render
 
 

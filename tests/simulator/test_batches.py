@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from connector.core.clock import ManualClock
-from connector.simulator.app import Request, Simulator
+from connector.simulator.app import Simulator
 from connector.simulator.config import Faults, SimulatorConfig
+from connector.simulator.messages import Request
 from tests.simulator.conftest import HEADERS, MakeSim, Sim, contact
 
 LOWER_HEADERS = {k.lower(): v for k, v in HEADERS.items()}

@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from connector.core.clock import ManualClock
-from connector.simulator.app import Request, Simulator
+from connector.simulator.app import Simulator
 from connector.simulator.config import Faults, SimulatorConfig
+from connector.simulator.messages import Request
 from tests.simulator.conftest import HEADERS, MakeSim, Sim, contact
 
 
