@@ -16,8 +16,8 @@ is missing is found again by a second read of the topic, at the record holding e
 contact's latest entry, and repaired (or sampled for the report) from there: addresses and
 fields are never all in memory at once.
 
-The pure parts are `Membership` (events in, expected fingerprints out), `Drift` and `Finder`;
-reading the topic and listing contacts are at the edges.
+The pure parts are in `connector.jobs.drift`: `Membership` (events in, expected fingerprints
+out), `Drift` and `Finder`; reading the topic and listing contacts are here, at the edges.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import structlog
@@ -36,10 +35,8 @@ from connector.config import Config
 from connector.core.clock import SystemClock
 from connector.core.errors import ConfigError, Fatal, InvalidRecord, Retriable
 from connector.core.events import ContactChange, Position, SegmentChange
-from connector.core.mapping import Mapper
-from connector.core.recent import IntTable, fingerprint
 from connector.core.routing import Export
-from connector.jobs.dryrun import mask
+from connector.jobs.drift import Drift, Finder, Membership
 from connector.jobs.runner import Progress, Span, job_consumer, topic_span
 from connector.kafka.source import KafkaSource
 from connector.metrics import Metrics
@@ -51,201 +48,12 @@ from connector.omnisend.sink import OmnisendSink
 log = structlog.get_logger("connector.reconcile")
 
 PAGE = 250
-SAMPLES = 5
-_NOWHERE = Position("", 0, 0)
-# A record's place in the topic as one integer: offsets below 2^44, partitions below 2^19.
-_OFFSET_BITS = 44
 # Repairs are handed to the sink this many at a time, when it has room for them.
 _REPAIR_CHUNK = 500
 # Failed list reads in a row after which the job gives up on Omnisend.
 MAX_LIST_FAILURES = 10
 
 Visit = Callable[[int, int, SegmentChange], bool]  # partition, offset, event -> go on?
-
-
-def _place(partition: int, offset: int) -> int:
-    return (partition << _OFFSET_BITS) | offset
-
-
-@dataclass
-class _Segment:
-    name: str = ""
-    name_at: int = -1
-    # profile -> (email, occurred_at * 2 + entered), all fingerprints and integers
-    members: IntTable = field(default_factory=lambda: IntTable(2))
-
-
-class Membership:
-    """The latest state of every (export, segment, profile), from events in any order."""
-
-    def __init__(self, exports: Iterable[Export]) -> None:
-        self._mappers = [(e, Mapper(e.mapping)) for e in exports]
-        self._segments: dict[tuple[str, str], _Segment] = {}  # (export, segment id)
-        self._tags_seen: dict[str, set[str]] = {}  # export -> every tag the topic produced
-        # export -> email -> (occurred_at, place) of the contact's latest entry
-        self._latest = {e.name: IntTable(2) for e, _ in self._mappers}
-        self.invalid = 0
-
-    def add(self, event: SegmentChange, now_ms: int, partition: int = 0, offset: int = 0) -> None:
-        for export, mapper in self._mappers:
-            if not export.wants(event):
-                continue
-            try:
-                change = mapper.map(event, _NOWHERE, now_ms)
-            except InvalidRecord:
-                self.invalid += 1
-                continue
-            self._tags_seen.setdefault(export.name, set()).add(change.tag)
-            segment = self._segments.setdefault((export.name, event.segment_id), _Segment())
-            at = event.occurred_at_ms
-            if at >= segment.name_at:
-                segment.name, segment.name_at = event.segment_name, at
-            email, profile = fingerprint(change.email), fingerprint(event.profile_id)
-            current = segment.members.get(profile)
-            if current is None or at >= current[1] >> 1:
-                segment.members.put(profile, (email, 2 * at + change.entered))
-            if change.entered:
-                latest = self._latest[export.name]
-                known = latest.get(email)
-                if known is None or at >= known[0]:
-                    latest.put(email, (at, _place(partition, offset)))
-
-    def expected(self, export: Export) -> dict[str, IntTable]:
-        """tag → fingerprints of the export's current members' emails, for every tag the topic
-        ever produced for it (a tag nobody should hold maps to no one)."""
-        mapper = Mapper(export.mapping)
-        out = {tag: IntTable(1) for tag in self._tags_seen.get(export.name, ())}
-        for (name, segment_id), segment in self._segments.items():
-            if name != export.name:
-                continue
-            members = out.setdefault(mapper.tag_of(segment_id, segment.name), IntTable(1))
-            for _, (email, at_entered) in segment.members.items():
-                if at_entered & 1:
-                    members.put(email, (0,))
-        return out
-
-    def latest_entry(self, export: str, email: str) -> int | None:
-        """The place of the contact's latest entry in the topic (see `_place`)."""
-        found = self._latest[export].get(fingerprint(email))
-        return None if found is None else found[1]
-
-
-class Samples:
-    """The few smallest of many strings (for a report), in bounded memory."""
-
-    def __init__(self, most: int = SAMPLES) -> None:
-        self.most = most
-        self._kept: set[str] = set()
-
-    def add(self, value: str) -> None:
-        self._kept.add(value)
-        if len(self._kept) > self.most:
-            self._kept.remove(max(self._kept))
-
-    def masked(self) -> list[str]:
-        return [mask(e) for e in sorted(self._kept)]
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-
-@dataclass
-class Drift:
-    """One tag: who should hold it (email fingerprint → seen in Omnisend), how many hold it
-    without being members (stale, each handed to `on_stale` as found), and samples of both."""
-
-    tag: str
-    expected: IntTable
-    held: int = 0
-    stale: int = 0
-    stale_samples: Samples = field(default_factory=Samples)
-    missing_samples: Samples = field(default_factory=Samples)
-    on_stale: Callable[[str, str], None] | None = None  # (tag, email)
-
-    def hold(self, emails: Iterable[str]) -> None:
-        """A page of the contacts Omnisend holds under the tag."""
-        for email in emails:
-            self.held += 1
-            email_fp = fingerprint(email)
-            if email_fp in self.expected:
-                self.expected.put(email_fp, (1,))
-                continue
-            self.stale += 1
-            self.stale_samples.add(email)
-            if self.on_stale is not None:
-                self.on_stale(self.tag, email)
-
-    def is_missing(self, email: str) -> bool:
-        return self.expected.get(fingerprint(email)) == (0,)
-
-    @property
-    def missing(self) -> int:
-        return sum(1 for _, (seen,) in self.expected.items() if not seen)
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "tag": self.tag,
-            "members": len(self.expected),
-            "inOmnisend": self.held,
-            "missing": self.missing,
-            "stale": self.stale,
-            "missingSamples": self.missing_samples.masked(),
-            "staleSamples": self.stale_samples.masked(),
-        }
-
-
-def drift(tag: str, expected: IntTable, held: Iterable[str]) -> Drift:
-    found = Drift(tag, expected)
-    found.hold(held)
-    return found
-
-
-class Finder:
-    """The second read: at the record of each missing contact's latest entry, the repair of
-    every tag it misses, with that record's fields (the contact's latest)."""
-
-    def __init__(self, export: Export, membership: Membership, drifts: list[Drift]) -> None:
-        self.export = export
-        self._mapper = Mapper(export.mapping)
-        self._membership = membership
-        self._drifts = [d for d in drifts if d.missing]
-        self._missing = {id(d): d.missing for d in self._drifts}  # counted once: it is a scan
-        self.found = 0
-
-    def visit(self, partition: int, offset: int, event: SegmentChange) -> list[ContactChange]:
-        if not self.export.wants(event) or not event.entered:
-            return []
-        try:
-            change = self._mapper.map(event, _NOWHERE, event.occurred_at_ms)
-        except InvalidRecord:
-            return []
-        place = self._membership.latest_entry(self.export.name, change.email)
-        if place != _place(partition, offset):
-            return []  # not this contact's latest entry
-        repairs = []
-        for d in self._drifts:
-            if d.is_missing(change.email):
-                d.missing_samples.add(change.email)
-                self.found += 1
-                position = Position("reconcile", 0, self.found)
-                repairs.append(
-                    ContactChange(
-                        position,
-                        f"reconcile-{self.found}",
-                        change.occurred_at_ms,
-                        change.email,
-                        d.tag,
-                        True,
-                        change.fields,
-                    )
-                )
-        return repairs
-
-    def sampled(self) -> bool:
-        """Whether every drift has all the samples the report shows."""
-        return all(
-            len(d.missing_samples) >= min(SAMPLES, self._missing[id(d)]) for d in self._drifts
-        )
 
 
 # ---- the edges ---------------------------------------------------------------------------------

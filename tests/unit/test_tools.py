@@ -13,7 +13,7 @@ from connector.core.events import SegmentChange
 from connector.core.mapping import Mapping
 from connector.core.recent import IntTable, fingerprint
 from connector.core.routing import Export
-from connector.jobs.reconcile import Finder, Membership, drift
+from connector.jobs.drift import Finder, Membership, drift
 from connector.jobs.runner import Span, _Probe, parse_since
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
