@@ -11,7 +11,7 @@ from connector.core.errors import ConfigError, ExitCode
 
 
 def _settings_epilog() -> str:
-    from connector.settings import SETTINGS_HELP  # noqa: PLC0415 - keeps `--version` fast
+    from connector.cli.settings_help import SETTINGS_HELP  # noqa: PLC0415 - keeps `--version` fast
 
     rows = [
         f"  {name:<28} {desc}" + (f" (default: {default})" if default else "")

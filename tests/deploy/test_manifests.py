@@ -18,8 +18,9 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from connector.cli.settings_help import SETTINGS_HELP
 from connector.core.errors import ConfigError
-from connector.settings import SETTINGS_HELP, load_settings
+from connector.settings import load_settings
 from tests.deploy.kustomize import Doc, build, find, pod_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from connector.cli.settings_help import SETTINGS_HELP
 from connector.config import load_config
 from connector.core.errors import ConfigError
-from connector.settings import SETTINGS_HELP, Settings, load_settings, parse_field_map
+from connector.settings import Settings, load_settings, parse_field_map
 
 BASE = {
     "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
