@@ -131,11 +131,24 @@ def test_demo_keeps_running_with_its_addresses_until_stopped() -> None:
         assert "omnisend_connector_events_consumed_total" in httpx.get(urls["metrics"]).text
         assert urls["KAFKA_BOOTSTRAP_SERVERS"].startswith("127.0.0.1:")
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        code = _interrupt(proc)
     assert code == 0
+
+
+def _interrupt(proc: subprocess.Popen[str], timeout_s: float = 60) -> int | None:
+    """Ctrl-C, and its exit code; None if it did not exit in time (then it is killed, so no
+    process or pipe outlives the test and troubles the next one)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def test_the_broker_command_serves_a_rehearsal_until_stopped() -> None:
@@ -158,9 +171,5 @@ def test_the_broker_command_serves_a_rehearsal_until_stopped() -> None:
         assert done.returncode == 0, done.stderr
         assert "wrote 50 events to rehearsal" in done.stdout
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        code = _interrupt(proc)
     assert code == 0
