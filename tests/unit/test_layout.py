@@ -74,3 +74,19 @@ def test_the_loop_reaches_kafka_only_through_the_source() -> None:
         if module.startswith(("connector/pipeline.py", "connector/omnisend/", "connector/core/"))
     }
     assert {m: n for m, n in wrong.items() if n} == {}
+
+
+def test_no_class_over_250_lines_and_no_module_over_450() -> None:
+    """Sizes a newcomer can read in one sitting; past them, split by what each part owns."""
+    too_big: list[str] = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        name = str(path.relative_to(PACKAGE.parent))
+        if len(text.splitlines()) > 450:
+            too_big.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 250:
+                    too_big.append(f"{name}: class {node.name}, {lines} lines")
+    assert too_big == []
