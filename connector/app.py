@@ -78,6 +78,43 @@ class Job:
     select: Callable[[RawRecord], bool] | None = None
 
 
+@dataclass(frozen=True)
+class Mode:
+    """What a run of the loop is for, and so how it behaves: the service (`LIVE`), a dry run
+    (`DRY_RUN`), or a job (`Mode.of(job)`: backfill, DLQ replay). Each behaviour that differs
+    is asked by name here, never worked out from flags where it is used."""
+
+    name: str  # "live", "dry-run", or the job's name
+    job: Job | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> Mode:
+        return cls(job.name, job)
+
+    @property
+    def live(self) -> bool:
+        """The service: it commits, writes dead letters and results, checks every key before
+        joining its group, serves probes and stops at the dead-letter limit."""
+        return self.name == "live"
+
+    @property
+    def dry_run(self) -> bool:
+        """An in-memory Omnisend, nothing written or committed, a report of what would go."""
+        return self.name == "dry-run"
+
+    def group_id(self, configured: str) -> str:
+        """The service's own group; any other run reads in a group of its own."""
+        return configured if self.live else f"{configured}.{self.name}.{uuid.uuid4().hex[:8]}"
+
+    @property
+    def serves_probes(self) -> bool:
+        return self.job is None  # a job needs neither readiness checks nor a port
+
+
+LIVE = Mode("live")
+DRY_RUN = Mode("dry-run")
+
+
 @dataclass
 class Running:
     pipeline: Pipeline
@@ -177,8 +214,7 @@ def running(
     kafka: dict[str, str] | None = None,
     clock: Clock | None = None,
     registry: CollectorRegistry | None = None,
-    dry_run: bool = False,
-    job: Job | None = None,
+    mode: Mode = LIVE,
 ) -> Iterator[Running]:
     """Everything built and started, and stopped again on exit: from a `Config`, or from the
     settings of the single-export setup. A dry run sends to an in-memory Omnisend, writes no
@@ -188,14 +224,11 @@ def running(
     settings, kafka = config.settings, config.kafka
     # A refused key stops the start before the group is joined: nothing consumed, nothing
     # dead-lettered. Jobs check theirs as they go; a dry run sends nothing.
-    live = not dry_run and job is None
-    credentials = check_at_start(_keys(config)) if live else None
+    job = mode.job
+    credentials = check_at_start(_keys(config)) if mode.live else None
     clock = clock or SystemClock()
-    dry = DryRun(dry_simulator(clock, list(config.connections))) if dry_run else None
-    group_id = settings.kafka_group_id
-    if dry is not None or job is not None:
-        kind = "dry-run" if job is None else job.name
-        group_id = f"{group_id}.{kind}.{uuid.uuid4().hex[:8]}"
+    dry = DryRun(dry_simulator(clock, list(config.connections))) if mode.dry_run else None
+    group_id = mode.group_id(settings.kafka_group_id)
     metrics = Metrics(registry or CollectorRegistry())
     metrics.build.info({"version": __version__})
     metrics.prime(config.metrics_connection, settings.kafka_topic)
@@ -225,7 +258,7 @@ def running(
     )
 
     def dead_letters(on_delivered: Callable[[RawRecord, str], None]) -> DeadLetterSink:
-        if dry is not None or job is not None:
+        if not mode.live:  # counted, never written
             letters = DryDeadLetters(on_delivered)
             (dry.dead_letters if dry is not None else counted).append(letters)
             return letters
@@ -246,8 +279,8 @@ def running(
             dedupe_cache_size=settings.dedupe_cache_size,
             dlq_max_invalid_share=settings.dlq_max_invalid_share if job is None else 1.0,
             dlq_window_records=settings.dlq_window_records,
-            commit=dry is None and job is None,
-            log_dead_letters=dry is None,
+            commit=mode.live,
+            log_dead_letters=not mode.dry_run,
             assignment=None if job is None else job.assignment,
             select=None if job is None else job.select,
         ),
@@ -262,13 +295,14 @@ def running(
         clock,
         email_hash=hasher,
         # A dry run and the jobs write no results, as they write no dead letters.
-        results=_results(producer, settings.kafka_results_topic if live else None),
+        results=_results(producer, settings.kafka_results_topic if mode.live else None),
     )
 
-    _announce(config, group_id, pipeline, metrics, dry_run if job is None else None)
-    # A job serves no probes: it needs neither readiness checks nor a port.
+    _announce(config, group_id, pipeline, metrics, mode)
     readiness = (
-        None if job is not None else _readiness(config, pipeline, metrics, live, credentials)
+        _readiness(config, pipeline, metrics, mode.live, credentials)
+        if mode.serves_probes
+        else None
     )
     health = None if readiness is None else _health(settings, pipeline, metrics, readiness)
     try:
@@ -288,12 +322,12 @@ def _results(producer: Any, topic: str | None) -> Callable[[Released], Results] 
 
 
 def _announce(
-    config: Config, group_id: str, pipeline: Pipeline, metrics: Metrics, dry_run: bool | None
+    config: Config, group_id: str, pipeline: Pipeline, metrics: Metrics, mode: Mode
 ) -> None:
-    """The start banner (not for a job, `dry_run` None), and the progress line's fields."""
+    """The start banner (not for a job), and the progress line's fields."""
     pipeline.progress_fields = lambda: _progress_fields(metrics)
-    if dry_run is not None:
-        _banner(config, group_id, dry_run)
+    if mode.job is None:
+        _banner(config, group_id, mode.dry_run)
 
 
 def _banner(config: Config, group_id: str, dry_run: bool) -> None:

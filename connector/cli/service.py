@@ -48,7 +48,12 @@ def add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import threading  # noqa: PLC0415
 
-    from connector.app import install_signal_handlers, running, skipped_by_reason  # noqa: PLC0415
+    from connector.app import (  # noqa: PLC0415
+        DRY_RUN,
+        install_signal_handlers,
+        running,
+        skipped_by_reason,
+    )
     from connector.logs import configure_logging  # noqa: PLC0415
 
     config = load_or_say(args, "run")
@@ -60,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from connector.jobs.dryrun import caught_up  # noqa: PLC0415
 
-        with running(config, dry_run=True) as parts:
+        with running(config, mode=DRY_RUN) as parts:
             code = parts.pipeline.run(stop, until=caught_up())
             report = (
                 parts.dry_run.report(skipped_by_reason(parts.metrics))

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, TopicPartition
 
-from connector.app import Job, running
+from connector.app import Job, Mode, running
 from connector.config import Config
 from connector.core.errors import ConfigError
 from connector.core.events import RawRecord
@@ -179,7 +179,7 @@ def run_job(
         return done >= job_span.total
 
     started = time.monotonic()
-    with running(config, job=job) as parts:
+    with running(config, mode=Mode.of(job)) as parts:
         code = 0 if job_span.total == 0 else parts.pipeline.run(stop or threading.Event(), finished)
         failed: Counter[str] = Counter()
         for letters in parts.counted_letters:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from connector.app import running
+from connector.app import DRY_RUN, running
 from connector.config import load_config
 from connector.dev.broker import Broker
 from connector.pipeline import Pipeline
@@ -195,7 +195,7 @@ def test_dry_run_reports_per_connection(
     config = load_config(
         write_config(tmp_path, broker, topic, two_brands), {"OMNISEND_KEY_EU": "key-eu"}
     )
-    with running(config, dry_run=True) as parts:
+    with running(config, mode=DRY_RUN) as parts:
         parts.pipeline.run(threading.Event(), until=caught_up_dry(len(events)))
         assert parts.dry_run is not None
         report = parts.dry_run.report()
