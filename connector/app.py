@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from connector.kafka.results import Released, Results
 from connector.kafka.source import KafkaSource
 from connector.logs import EmailHasher
 from connector.metrics import Metrics, totals
+from connector.mode import LIVE, Mode
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.credentials import verify_all
 from connector.omnisend.loop import SinkLoop
@@ -64,55 +64,6 @@ log = structlog.get_logger("connector")
 
 # The loop is stuck, not merely busy, when a turn has not completed for this long.
 STUCK_AFTER_S = 60.0
-
-
-@dataclass(frozen=True)
-class Job:
-    """A one-off run beside the live connector: `topic`'s partitions read from the given
-    offsets, outside the consumer group, using `share` of each brand's budget."""
-
-    name: str
-    topic: str
-    assignment: dict[tuple[str, int], int]
-    share: float = 0.5
-    select: Callable[[RawRecord], bool] | None = None
-
-
-@dataclass(frozen=True)
-class Mode:
-    """What a run of the loop is for, and so how it behaves: the service (`LIVE`), a dry run
-    (`DRY_RUN`), or a job (`Mode.of(job)`: backfill, DLQ replay). Each behaviour that differs
-    is asked by name here, never worked out from flags where it is used."""
-
-    name: str  # "live", "dry-run", or the job's name
-    job: Job | None = None
-
-    @classmethod
-    def of(cls, job: Job) -> Mode:
-        return cls(job.name, job)
-
-    @property
-    def live(self) -> bool:
-        """The service: it commits, writes dead letters and results, checks every key before
-        joining its group, serves probes and stops at the dead-letter limit."""
-        return self.name == "live"
-
-    @property
-    def dry_run(self) -> bool:
-        """An in-memory Omnisend, nothing written or committed, a report of what would go."""
-        return self.name == "dry-run"
-
-    def group_id(self, configured: str) -> str:
-        """The service's own group; any other run reads in a group of its own."""
-        return configured if self.live else f"{configured}.{self.name}.{uuid.uuid4().hex[:8]}"
-
-    @property
-    def serves_probes(self) -> bool:
-        return self.job is None  # a job needs neither readiness checks nor a port
-
-
-LIVE = Mode("live")
-DRY_RUN = Mode("dry-run")
 
 
 @dataclass

@@ -48,13 +48,9 @@ def add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import threading  # noqa: PLC0415
 
-    from connector.app import (  # noqa: PLC0415
-        DRY_RUN,
-        install_signal_handlers,
-        running,
-        skipped_by_reason,
-    )
+    from connector.app import install_signal_handlers, running, skipped_by_reason  # noqa: PLC0415
     from connector.logs import configure_logging  # noqa: PLC0415
+    from connector.mode import DRY_RUN  # noqa: PLC0415
 
     config = load_or_say(args, "run")
     if config is None:

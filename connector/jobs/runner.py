@@ -19,12 +19,13 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, TopicPartition
 
-from connector.app import Job, Mode, running
+from connector.app import running
 from connector.config import Config
 from connector.core.errors import ConfigError
 from connector.core.events import RawRecord
 from connector.kafka.clients import consumer_config
 from connector.kafka.dlq import HEADER_PREFIX
+from connector.mode import Job, Mode
 from connector.pipeline import Pipeline
 
 METADATA_TIMEOUT_S = 10.0

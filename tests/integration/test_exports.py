@@ -16,9 +16,10 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from connector.app import DRY_RUN, running
+from connector.app import running
 from connector.config import load_config
 from connector.dev.broker import Broker
+from connector.mode import DRY_RUN
 from connector.pipeline import Pipeline
 from connector.simulator import SimulatorConfig, SimulatorServer
 from tests.events import event
