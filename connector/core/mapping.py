@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connector.core.errors import ConfigError, InvalidRecord
-from connector.core.events import ContactChange, Position, SegmentChange
+from connector.core.events import SegmentChange
 
 # Omnisend contact field ← profile attribute, the bulk export's optional fields.
 DEFAULT_FIELD_MAP: dict[str, str] = {
@@ -100,6 +100,16 @@ def is_valid_email(email: str) -> bool:
     return len(email) <= MAX_EMAIL_LENGTH and EMAIL_RE.match(email) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """A valid event as Omnisend knows it: whose it is (the email), its tag, and the contact
+    fields of an entry (none for an exit)."""
+
+    email: str
+    tag: str
+    fields: dict[str, Any]
+
+
 class Mapper:
     """Validates a decoded event and maps it to a `ContactChange` of export number `export`."""
 
@@ -109,20 +119,12 @@ class Mapper:
         # (segment id, segment name) -> its tag: formatted once per segment, not per event.
         self._tags: dict[tuple[str, str], str] = {}
 
-    def map(self, change: SegmentChange, position: Position, now_ms: int) -> ContactChange:
+    def map(self, change: SegmentChange, now_ms: int) -> Mapped:
         """Raises `InvalidRecord` (stage `validate`) for events Omnisend cannot take."""
         _check_event(change, now_ms)
         email = self._email(change.profile)
-        return ContactChange(
-            position=position,
-            event_id=change.event_id,
-            occurred_at_ms=change.occurred_at_ms,
-            email=email,
-            tag=self.tag(change),
-            entered=change.entered,
-            fields=self.contact_fields(change) if change.entered else {},
-            export=self.export,
-        )
+        fields = self.contact_fields(change) if change.entered else {}
+        return Mapped(email, self.tag(change), fields)
 
     def tag(self, change: SegmentChange) -> str:
         return self.tag_of(change.segment_id, change.segment_name)

@@ -68,7 +68,7 @@ class Router:
     ) -> list[tuple[str, ContactChange]]:
         """Raises `InvalidRecord` when any export that wants the event cannot take it."""
         routed = [
-            (export.connection, mapper.map(change, position, now_ms))
+            (export.connection, _contact_change(position, change, mapper, now_ms))
             for export, mapper in self._wanted_by(change)
         ]
         for connection, mapped in routed:
@@ -99,3 +99,19 @@ class Router:
         """Tags two segments make, found since the last call (each reported once)."""
         found, self._collisions = self._collisions, []
         return found
+
+
+def _contact_change(
+    position: Position, change: SegmentChange, mapper: Mapper, now_ms: int
+) -> ContactChange:
+    mapped = mapper.map(change, now_ms)
+    return ContactChange(
+        position,
+        change.event_id,
+        change.occurred_at_ms,
+        mapped.email,
+        mapped.tag,
+        change.entered,
+        mapped.fields,
+        mapper.export,
+    )

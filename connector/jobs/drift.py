@@ -17,7 +17,6 @@ from connector.core.routing import Export
 from connector.jobs.dryrun import mask
 
 SAMPLES = 5
-_NOWHERE = Position("", 0, 0)
 # A record's place in the topic as one integer: offsets below 2^44, partitions below 2^19.
 _OFFSET_BITS = 44
 
@@ -50,7 +49,7 @@ class Membership:
             if not export.wants(event):
                 continue
             try:
-                change = mapper.map(event, _NOWHERE, now_ms)
+                change = mapper.map(event, now_ms)
             except InvalidRecord:
                 self.invalid += 1
                 continue
@@ -62,8 +61,8 @@ class Membership:
             email, profile = fingerprint(change.email), fingerprint(event.profile_id)
             current = segment.members.get(profile)
             if current is None or at >= current[1] >> 1:
-                segment.members.put(profile, (email, 2 * at + change.entered))
-            if change.entered:
+                segment.members.put(profile, (email, 2 * at + event.entered))
+            if event.entered:
                 latest = self._latest[export.name]
                 known = latest.get(email)
                 if known is None or at >= known[0]:
@@ -175,7 +174,7 @@ class Finder:
         if not self.export.wants(event) or not event.entered:
             return []
         try:
-            change = self._mapper.map(event, _NOWHERE, event.occurred_at_ms)
+            change = self._mapper.map(event, event.occurred_at_ms)
         except InvalidRecord:
             return []
         place = self._membership.latest_entry(self.export.name, change.email)
@@ -191,7 +190,7 @@ class Finder:
                     ContactChange(
                         position,
                         f"reconcile-{self.found}",
-                        change.occurred_at_ms,
+                        event.occurred_at_ms,
                         change.email,
                         d.tag,
                         True,

@@ -8,18 +8,16 @@ import pytest
 
 from connector.core.codec import PlainAvroDecoder, encode_plain
 from connector.core.errors import ConfigError, InvalidRecord
-from connector.core.events import ContactChange, Position
-from connector.core.mapping import Mapper, Mapping
+from connector.core.mapping import Mapped, Mapper, Mapping
 from connector.omnisend.client import contact_request
 from tests.events import event
 
 NOW = 1_800_000_000_000
-POS = Position("t", 0, 0)
 
 
-def mapped(mapping: Mapping | None = None, **kwargs: Any) -> ContactChange:
+def mapped(mapping: Mapping | None = None, **kwargs: Any) -> Mapped:
     change = PlainAvroDecoder().decode(encode_plain(event(**kwargs)))
-    return Mapper(mapping or Mapping()).map(change, POS, NOW)
+    return Mapper(mapping or Mapping()).map(change, NOW)
 
 
 def test_default_mapping_and_two_letter_country() -> None:
@@ -111,5 +109,5 @@ def test_tags_stay_right_when_more_segments_come_than_the_mapper_remembers(
             segment_id, name = f"seg-{n}", f"Segment {n % 4}"  # names shared, ids not
             raw = event(segment_id=segment_id, segment_name=name, occurred_at=NOW - round_)
             change = PlainAvroDecoder().decode(encode_plain(raw))
-            assert mapper.map(change, POS, NOW).tag == f"{name} ({segment_id})"
+            assert mapper.map(change, NOW).tag == f"{name} ({segment_id})"
     assert len(mapper._tags) <= 3
