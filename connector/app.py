@@ -42,7 +42,7 @@ from connector.kafka.dlq import DeadLetters, DeadLetterSink
 from connector.kafka.lag import lag_updater
 from connector.kafka.registry import RegistryClient
 from connector.kafka.results import Released, Results
-from connector.kafka.source import KafkaSource
+from connector.kafka.source import KafkaSource, Producer
 from connector.logs import EmailHasher
 from connector.metrics import Metrics, totals
 from connector.mode import LIVE, Mode
@@ -266,7 +266,7 @@ def running(
         producer.flush(5)
 
 
-def _results(producer: Any, topic: str | None) -> Callable[[Released], Results] | None:
+def _results(producer: Producer, topic: str | None) -> Callable[[Released], Results] | None:
     if topic is None:
         return None
     return lambda on_delivered: Results(producer, topic, on_delivered)

@@ -96,7 +96,7 @@ def make_consumer(config: dict[str, Any]) -> Consumer:
     return Consumer(config)
 
 
-def make_producer(config: dict[str, Any]) -> Any:
+def make_producer(config: dict[str, Any]) -> Producer:
     return Producer(config)
 
 

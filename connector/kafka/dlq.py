@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from connector.core.errors import Fatal
 from connector.core.events import RawRecord
 from connector.core.reasons import REASONS
+from connector.kafka.source import DeliveryReport, Producer
 
 HEADER_PREFIX = "omnisend.dlq."
 MAX_DETAIL_CHARS = 1000
@@ -125,7 +126,7 @@ class TopicWriter:
 
     WHAT = "topic"
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str) -> None:
         self._producer = producer
         self.topic = topic
         self.pending = 0
@@ -145,7 +146,7 @@ class DeadLetters(TopicWriter):
 
     def __init__(
         self,
-        producer: Any,
+        producer: Producer,
         topic: str,
         on_delivered: Delivered,
         max_message_bytes: int | None = None,
@@ -186,8 +187,8 @@ class DeadLetters(TopicWriter):
             else:
                 return
 
-    def _report(self, letter: _Letter) -> Callable[[KafkaError | None, Any], None]:
-        def delivered(err: KafkaError | None, msg: Any) -> None:
+    def _report(self, letter: _Letter) -> DeliveryReport:
+        def delivered(err: KafkaError | None, msg: Message | None) -> None:
             if err is None:
                 self.pending -= 1
                 self._on_delivered(letter.record, letter.reason)

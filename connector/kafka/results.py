@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from connector.core.events import RawRecord, SegmentChange
 from connector.kafka.dlq import TopicWriter
+from connector.kafka.source import DeliveryReport, Producer
 
 DONE, SKIPPED, DEAD_LETTERED = "done", "skipped", "dead_lettered"
 # A value longer than this is cut (and the result says `truncated`): a result must fit the
@@ -114,7 +115,7 @@ class Results(TopicWriter):
 
     WHAT = "results topic"
 
-    def __init__(self, producer: Any, topic: str, on_delivered: Released) -> None:
+    def __init__(self, producer: Producer, topic: str, on_delivered: Released) -> None:
         super().__init__(producer, topic)  # `pending` counts the waiting ones too
         self._on_delivered = on_delivered
         self._waiting: deque[tuple[RawRecord, dict[str, Any]]] = deque()
@@ -143,8 +144,8 @@ class Results(TopicWriter):
                 return
             self._waiting.popleft()
 
-    def _report(self, record: RawRecord) -> Callable[[KafkaError | None, Any], None]:
-        def delivered(err: KafkaError | None, msg: Any) -> None:
+    def _report(self, record: RawRecord) -> DeliveryReport:
+        def delivered(err: KafkaError | None, msg: Message | None) -> None:
             if err is None:
                 self.pending -= 1
                 self._on_delivered(record)

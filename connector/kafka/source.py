@@ -7,7 +7,7 @@ one: it turns messages into `RawRecord`s, partitions into `(topic, partition)` p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import structlog
@@ -53,6 +53,30 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Leave the group; a failure is logged, never raised (there is nothing left to do)."""
+
+
+# A delivery report: the error, if the broker did not take the message.
+DeliveryReport = Callable[[KafkaError | None, Message | None], None]
+
+
+class Producer(Protocol):
+    """What the dead-letter and results topics write with (confluent-kafka's `Producer`, or an
+    in-memory one in the tests). Messages are given by keyword; `flush` and `poll` return how
+    many messages are still queued and how many reports were served."""
+
+    def produce(
+        self,
+        topic: str,
+        *,
+        value: bytes | None = ...,
+        key: bytes | None = ...,
+        headers: list[tuple[str, str | bytes | None]] | None = ...,
+        on_delivery: DeliveryReport | None = ...,
+    ) -> None: ...
+
+    def poll(self, timeout: float = ...) -> int: ...
+
+    def flush(self, timeout: float = ...) -> int: ...
 
 
 def _tps(partitions: Sequence[TP]) -> list[TopicPartition]:
