@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +26,7 @@ from connector.kafka.dlq import DeadLetters, Delivered
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline, PipelineConfig
+from connector.simulator import Simulator
 from tests.events import event
 from tests.fake_kafka import MemoryProducer, MemorySource
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator
@@ -73,6 +75,45 @@ class Watched(Pipeline):
         self.fates._finish = watched  # type: ignore[method-assign]
 
 
+def watched(
+    source: MemorySource, producer: MemoryProducer, sim: Simulator, **config: Any
+) -> Watched:
+    """The loop over `source` into `sim`, dead letters to `producer`; a commit past a record
+    that never had its fate fails the test."""
+
+    def dead_letters(delivered: Delivered) -> DeadLetters:
+        return DeadLetters(producer, f"{TOPIC}.dlq", delivered, 1 << 20)
+
+    pipeline = Watched(
+        PipelineConfig(topic=TOPIC, commit_interval_s=0, shutdown_timeout_s=5, **config),
+        source,
+        PlainAvroDecoder(),
+        Router((Export("all", "default", Mapping()),)),
+        Sinks({"default": fast_sink(Scripted(sim))}),
+        dead_letters,
+        Metrics(CollectorRegistry()),
+        SystemClock(),
+    )
+
+    def check_commit(tp: tuple[str, int], offset: int) -> None:
+        unfinished = [o for o in range(offset) if not pipeline.given[Position(*tp, o)]]
+        assert unfinished == [], f"committed {tp} at {offset} past unfinished {unfinished}"
+
+    source.on_commit = check_commit
+    return pipeline
+
+
+def all_committed(source: MemorySource, within_s: float = 60) -> Callable[[Pipeline], bool]:
+    deadline = time.monotonic() + within_s
+
+    def finished(p: Pipeline) -> bool:
+        assert time.monotonic() < deadline, "the stream did not finish"
+        ends = {q: source.end(q) for q in source.partitions}
+        return all(source.committed.get((TOPIC, q), 0) == end for q, end in ends.items())
+
+    return finished
+
+
 change_st = st.tuples(
     st.integers(0, len(EMAILS) - 1),
     st.integers(0, len(SEGMENTS) - 1),
@@ -119,34 +160,8 @@ def test_rebalances_at_any_moment_lose_nothing_and_commit_nothing_unfinished(
     source.revoke_at, source.lose_at, source.batch = revoke_at, lose_at - revoke_at, batch
     producer = MemoryProducer(1 << 20)
     sim = simulator()
-
-    def dead_letters(delivered: Delivered) -> DeadLetters:
-        return DeadLetters(producer, f"{TOPIC}.dlq", delivered, 1 << 20)
-
-    pipeline = Watched(
-        PipelineConfig(topic=TOPIC, commit_interval_s=0, shutdown_timeout_s=5),
-        source,
-        PlainAvroDecoder(),
-        Router((Export("all", "default", Mapping()),)),
-        Sinks({"default": fast_sink(Scripted(sim))}),
-        dead_letters,
-        Metrics(CollectorRegistry()),
-        SystemClock(),
-    )
-
-    def check_commit(tp: tuple[str, int], offset: int) -> None:
-        unfinished = [o for o in range(offset) if not pipeline.given[Position(*tp, o)]]
-        assert unfinished == [], f"committed {tp} at {offset} past unfinished {unfinished}"
-
-    source.on_commit = check_commit
-    deadline = time.monotonic() + 60
-
-    def finished(p: Pipeline) -> bool:
-        assert time.monotonic() < deadline, "the stream did not finish"
-        ends = {q: source.end(q) for q in source.partitions}
-        return all(source.committed.get((TOPIC, q), 0) == end for q, end in ends.items())
-
-    assert pipeline.run(threading.Event(), until=finished) == 0
+    pipeline = watched(source, producer, sim)
+    assert pipeline.run(threading.Event(), until=all_committed(source)) == 0
     assert all(
         pipeline.given[Position(TOPIC, q, o)] >= 1
         for q in source.partitions
@@ -188,39 +203,10 @@ def test_the_dead_letter_limit_stops_the_loop_and_commits_only_what_had_its_fate
     )
     source = MemorySource.of(TOPIC, records)
     producer = MemoryProducer(1 << 20)
-
-    def dead_letters(delivered: Delivered) -> DeadLetters:
-        return DeadLetters(producer, f"{TOPIC}.dlq", delivered, 1 << 20)
-
-    pipeline = Watched(
-        PipelineConfig(
-            topic=TOPIC,
-            commit_interval_s=0,
-            shutdown_timeout_s=5,
-            dlq_window_records=100,
-            dlq_max_invalid_share=share,
-        ),
-        source,
-        PlainAvroDecoder(),
-        Router((Export("all", "default", Mapping()),)),
-        Sinks({"default": fast_sink(Scripted(simulator()))}),
-        dead_letters,
-        Metrics(CollectorRegistry()),
-        SystemClock(),
+    pipeline = watched(
+        source, producer, simulator(), dlq_window_records=100, dlq_max_invalid_share=share
     )
-
-    def check_commit(tp: tuple[str, int], offset: int) -> None:
-        unfinished = [o for o in range(offset) if not pipeline.given[Position(*tp, o)]]
-        assert unfinished == [], f"committed {tp} at {offset} past unfinished {unfinished}"
-
-    source.on_commit = check_commit
-    deadline = time.monotonic() + 60
-
-    def finished(p: Pipeline) -> bool:
-        assert time.monotonic() < deadline, "the stream did not finish"
-        return source.committed.get((TOPIC, 0), 0) == len(records)
-
-    exit_code = pipeline.run(threading.Event(), until=finished)
+    exit_code = pipeline.run(threading.Event(), until=all_committed(source))
     assert exit_code == (0 if trip is None else 4)
     if trip is not None:  # it stopped there instead of draining the topic
         assert source.committed.get((TOPIC, 0), 0) <= trip + 1
