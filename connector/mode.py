@@ -37,8 +37,8 @@ class Mode:
 
     @property
     def live(self) -> bool:
-        """The service: it commits, writes dead letters and results, checks every key before
-        joining its group, serves probes and stops at the dead-letter limit."""
+        """The service: it commits, writes dead letters and results, and checks every key
+        before joining its group."""
         return self.name == "live"
 
     @property

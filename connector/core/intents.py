@@ -93,7 +93,9 @@ UNKNOWN_FIELDS = -0x5A5A_5A5A_5A5A_5A5B
 
 
 def fields_hash(fields: dict[str, Any]) -> int:
-    """A fingerprint of the fields, for this process's cache only (str hashes are salted)."""
+    """A fingerprint of the fields, for this process's cache only (str hashes are salted).
+    Values compare by equality: they are stripped strings, or dicts (custom properties, the
+    channel status), which take the slower path through their `repr`."""
     try:
         return hash(frozenset(fields.items()))  # the common case: every value a string
     except TypeError:  # a dict value (custom properties, the channel status)

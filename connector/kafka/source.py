@@ -1,8 +1,11 @@
 """The pipeline's view of Kafka: records in, partitions paused and resumed, positions committed,
-and what the group assigns. `Source` is what the loop and the jobs' readers rely on;
-`KafkaSource` implements it over a confluent-kafka consumer and is the only code that touches
-one: it turns messages into `RawRecord`s, partitions into `(topic, partition)` pairs and
-`KafkaException` into `Retriable`, so everything above it is typed and broker-free in tests.
+and what the group assigns. `Source` is what the loop and `reconcile` read through;
+`KafkaSource` implements it over a confluent-kafka consumer: it turns messages into
+`RawRecord`s and partitions into `(topic, partition)` pairs, and a commit or metadata request
+the broker did not answer into `Retriable` (what the loop retries), so the loop is typed and
+runs without a broker in tests. Errors of `poll`, `pause` and `resume` are confluent-kafka's
+own (`KafkaException`: the process stops). `Producer` is what the dead-letter and results
+topics write with.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class Source(Protocol):
         """Commit synchronously; `Retriable` when the broker did not take it."""
 
     def partition_count(self, topic: str) -> int:
-        """How many partitions `topic` has (0: it does not exist); `Retriable` if unknown now."""
+        """How many partitions `topic` has; `Retriable` if the broker cannot say just now."""
 
     def close(self) -> None:
         """Leave the group; a failure is logged, never raised (there is nothing left to do)."""
@@ -162,7 +165,10 @@ class KafkaSource:
             raise Retriable(f"metadata of {topic}: {exc}") from None
         info = metadata.topics.get(topic)
         if info is None or info.error is not None:
-            return 0
+            # Not known now (a leader being elected, a broker starting): taken for zero, this
+            # member would take the whole budget until the next rebalance.
+            why = "absent" if info is None else info.error
+            raise Retriable(f"metadata of {topic}: {why}")
         return len(info.partitions)
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ is scheduled on one event queue ordered by due time and applied lazily whenever 
 asked anything, so the outcome depends only on the clock, never on thread timing.
 
 Where the contract and the notes are silent, the simulator does what Omnisend most plausibly does;
-each such choice is marked "assumed" below.
+each such choice is marked "assumed" where it is made (here and in the endpoint modules).
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from connector.simulator.problems import ProblemError, problem_body
 from connector.simulator.ratelimit import BrandLimits
 from connector.simulator.wire import GARBLE_KINDS, Garble
 
-_OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 _VERSION_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_TRANSIENT_ITEM_CODES = (503, 429, 408)
 _SERVER_ERROR_CODES = (500, 502, 503)
 _REQUEST_LOG_SIZE = 200_000
 # Due operations (batch items, tag operations) the server's background worker applies per hold
