@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from connector.core.codec import Decoder
 from connector.core.errors import InvalidRecord
@@ -20,16 +21,29 @@ from connector.core.recent import RecentMap
 from connector.core.routing import Router, TagCollision
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Verdict:
     """`changes`: one per export that wants the event, with its connection. `skipped`: why none
     does (`not_selected`, `tombstone`, `duplicate`, `no_export`). `event`: the decoded event,
-    once decoding got that far (a duplicate has one too)."""
+    once decoding got that far (a duplicate has one too). Made per event: it writes its own
+    `__init__` (see `connector.core.events`)."""
 
-    changes: list[tuple[str, ContactChange]]
-    skipped: str | None = None
-    event: SegmentChange | None = None
-    collisions: Sequence[TagCollision] = ()
+    changes: Final[list[tuple[str, ContactChange]]]
+    skipped: Final[str | None]
+    event: Final[SegmentChange | None]
+    collisions: Final[Sequence[TagCollision]]
+
+    def __init__(
+        self,
+        changes: list[tuple[str, ContactChange]],
+        skipped: str | None = None,
+        event: SegmentChange | None = None,
+        collisions: Sequence[TagCollision] = (),
+    ) -> None:
+        self.changes = changes
+        self.skipped = skipped
+        self.event = event
+        self.collisions = collisions
 
 
 class Admission:

@@ -4,8 +4,8 @@ records they came from. Plain data and the few rules that belong to it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from connector.core.events import Position
 
@@ -13,44 +13,81 @@ Key = tuple[str, str]  # (email, tag)
 Group = tuple[bool, str]  # (add?, tag)
 
 
-@dataclass(eq=False, slots=True)
+# Made per event: each class writes its own `__init__` (see `connector.core.events`).
+
+
+@dataclass(eq=False, slots=True, init=False)
 class Ticket:
     """The fate of one record: done when all its intents are done, failed if any failed."""
 
     position: Position
     email: str
-    remaining: int = 0
-    failure: tuple[str, str] | None = None  # (reason, detail)
-    contact_id: str | None = None
+    remaining: int
+    failure: tuple[str, str] | None  # (reason, detail)
+    contact_id: str | None
+
+    def __init__(self, position: Position, email: str) -> None:
+        self.position = position
+        self.email = email
+        self.remaining = 0
+        self.failure = None
+        self.contact_id = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Outcome:
     """A record whose fate is known: `reason` None means done (accepted or skipped)."""
 
-    position: Position
-    reason: str | None = None
-    detail: str = ""
-    skipped: str | None = None  # why it needed no call: "superseded"
-    email: str = ""  # of a failed record, for its log line's keyed hash
-    contact_id: str | None = None  # Omnisend's id of the contact, where its answer named it
+    position: Final[Position]
+    reason: Final[str | None]
+    detail: Final[str]
+    skipped: Final[str | None]  # why it needed no call: "superseded"
+    email: Final[str]  # of a failed record, for its log line's keyed hash
+    contact_id: Final[str | None]  # Omnisend's id of the contact, where its answer named it
+
+    def __init__(
+        self,
+        position: Position,
+        reason: str | None = None,
+        detail: str = "",
+        skipped: str | None = None,
+        email: str = "",
+        contact_id: str | None = None,
+    ) -> None:
+        self.position = position
+        self.reason = reason
+        self.detail = detail
+        self.skipped = skipped
+        self.email = email
+        self.contact_id = contact_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Part:
     """The contact fields one export maps, as of `occurred_at_ms`."""
 
-    fields: dict[str, Any]
-    occurred_at_ms: int
+    fields: Final[dict[str, Any]]
+    occurred_at_ms: Final[int]
+
+    def __init__(self, fields: dict[str, Any], occurred_at_ms: int) -> None:
+        self.fields = fields
+        self.occurred_at_ms = occurred_at_ms
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class UpsertIntent:
     email: str
     parts: dict[int, Part]  # export -> its newest fields
     since: float  # when it started waiting, for the flush age
-    tickets: list[Ticket] = field(default_factory=list)
-    attempts: int = 0
+    tickets: list[Ticket]
+    attempts: int
+
+    def __init__(self, email: str, parts: dict[int, Part], since: float) -> None:
+        self.email = email
+        self.parts = parts
+        self.since = since
+        self.tickets = []
+        self.attempts = 0
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -68,15 +105,24 @@ class UpsertIntent:
         self.tickets.extend(older.tickets)
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class TagIntent:
     email: str
     tag: str
     add: bool
     occurred_at_ms: int
     since: float
-    tickets: list[Ticket] = field(default_factory=list)
-    not_before: float = 0.0
+    tickets: list[Ticket]
+    not_before: float
+
+    def __init__(self, email: str, tag: str, add: bool, occurred_at_ms: int, since: float) -> None:
+        self.email = email
+        self.tag = tag
+        self.add = add
+        self.occurred_at_ms = occurred_at_ms
+        self.since = since
+        self.tickets = []
+        self.not_before = 0.0
 
     @property
     def key(self) -> Key:

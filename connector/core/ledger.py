@@ -16,35 +16,52 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Final
 
 from connector.core.events import Position, RawRecord
 from connector.core.intents import Outcome
 from connector.core.offsets import OffsetTracker
 
+# Made per record: each class writes its own `__init__` (see `connector.core.events`).
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class Done:
     """Omnisend has the change. `contact_id`: Omnisend's id of the contact, where named."""
 
-    contact_id: str | None = None
+    contact_id: Final[str | None]
+
+    def __init__(self, contact_id: str | None = None) -> None:
+        self.contact_id = contact_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Skipped:
     """No call was needed (e.g. `superseded` by a newer change of the same contact)."""
 
-    reason: str
+    reason: Final[str]
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Failed:
     """Omnisend refused it: the record goes to the dead-letter topic with `reason`.
     `contact_id`: of a record another export synced first, the id that export's answer named."""
 
-    reason: str
-    detail: str
-    email: str = ""
-    contact_id: str | None = None
+    reason: Final[str]
+    detail: Final[str]
+    email: Final[str]
+    contact_id: Final[str | None]
+
+    def __init__(
+        self, reason: str, detail: str, email: str = "", contact_id: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.email = email
+        self.contact_id = contact_id
 
 
 Fate = Done | Skipped | Failed

@@ -9,7 +9,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from connector.core.errors import ConfigError, InvalidRecord
 from connector.core.events import SegmentChange
@@ -100,14 +100,20 @@ def is_valid_email(email: str) -> bool:
     return len(email) <= MAX_EMAIL_LENGTH and EMAIL_RE.match(email) is not None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Mapped:
     """A valid event as Omnisend knows it: whose it is (the email), its tag, and the contact
-    fields of an entry (none for an exit)."""
+    fields of an entry (none for an exit). Made per event: it writes its own `__init__` (see
+    `connector.core.events`)."""
 
-    email: str
-    tag: str
-    fields: dict[str, Any]
+    email: Final[str]
+    tag: Final[str]
+    fields: Final[dict[str, Any]]
+
+    def __init__(self, email: str, tag: str, fields: dict[str, Any]) -> None:
+        self.email = email
+        self.tag = tag
+        self.fields = fields
 
 
 class Mapper:
