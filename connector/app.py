@@ -27,7 +27,6 @@ from connector.jobs.dryrun import (
     DRY_RUN_BASE_URL,
     DryDeadLetters,
     DryRun,
-    SegmentCountingRouter,
     dry_run_key,
     dry_simulator,
 )
@@ -237,9 +236,7 @@ def running(
         ),
         source,
         make_decoder(settings),
-        Router(config.exports)
-        if dry is None
-        else SegmentCountingRouter(config.exports, segments=dry.segments),
+        Router(config.exports, seen=None if dry is None else dry.segments),
         sinks,
         dead_letters,
         metrics,

@@ -65,6 +65,9 @@ class Fates:
         self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
         self.invalid = InvalidShare(config.dlq_window_records)  # for DLQ_MAX_INVALID_SHARE
         self._consumed: dict[str, Counter] = {}  # topic -> its counter: no label look-up per event
+        # Told each record's fate (`done`, `skipped`, `dead_lettered`) as it is decided, before
+        # its result is sent or its offset released: the tests check one fate per record here.
+        self.observe: Callable[[RawRecord, str], None] | None = None
 
     # ---- records coming in ---------------------------------------------------------------------
 
@@ -157,6 +160,8 @@ class Fates:
     def _finish(self, raw: RawRecord, outcome: str, reason: str | None = None) -> None:
         """The record's fate is known: its result goes to the results topic, if there is one,
         and the record is released once that is delivered; at once otherwise."""
+        if self.observe is not None:
+            self.observe(raw, outcome)
         if self._results is None:
             self._release(raw)
             return

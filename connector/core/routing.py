@@ -3,6 +3,7 @@ event to connections, with the tags two segments would share reported once."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from connector.core.events import ContactChange, Position, SegmentChange
@@ -47,6 +48,9 @@ class Router:
     connection it goes to. No export: an empty list (the record is skipped as `no_export`)."""
 
     exports: tuple[Export, ...]
+    # Events per segment name, counted when given (a dry run's report; a live run does not pay
+    # for it on every event).
+    seen: Counter[str] | None = None
     _mappers: list[tuple[Export, Mapper]] = field(init=False)
     # (connection, tag) -> the segment id that first made it, and collisions not yet taken.
     _tag_owners: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
@@ -67,6 +71,8 @@ class Router:
         self, change: SegmentChange, position: Position, now_ms: int
     ) -> list[tuple[str, ContactChange]]:
         """Raises `InvalidRecord` when any export that wants the event cannot take it."""
+        if self.seen is not None:
+            self.seen[change.segment_name] += 1
         routed = [
             (export.connection, _contact_change(position, change, mapper, now_ms))
             for export, mapper in self._wanted_by(change)

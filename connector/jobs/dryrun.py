@@ -12,8 +12,7 @@ from typing import Any
 
 from connector.core.clock import Clock
 from connector.core.errors import Fatal
-from connector.core.events import ContactChange, Position, RawRecord, SegmentChange
-from connector.core.routing import Router
+from connector.core.events import RawRecord
 from connector.simulator import Simulator, SimulatorConfig
 
 DRY_RUN_BASE_URL = "http://omnisend.dry-run.invalid/api"
@@ -62,20 +61,6 @@ def dry_simulator(clock: Clock, connections: list[str]) -> Simulator:
         ),
         clock,
     )
-
-
-@dataclass
-class SegmentCountingRouter(Router):
-    """A dry run's router: it also counts the events of each segment name the topic carries
-    (a live run does not pay for that on every event)."""
-
-    segments: Counter[str] = field(default_factory=Counter)
-
-    def route(
-        self, change: SegmentChange, position: Position, now_ms: int
-    ) -> list[tuple[str, ContactChange]]:
-        self.segments[change.segment_name] += 1
-        return super().route(change, position, now_ms)
 
 
 @dataclass

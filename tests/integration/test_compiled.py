@@ -15,15 +15,18 @@ import pytest
 from connector.dev import compiled
 
 ROOT = Path(__file__).resolve().parents[2]
-# The tests of the compiled modules, and of the loop over them, without a broker.
+# The tests of the compiled modules (the core, the intake and the fates), and of the loop over
+# them, without a broker.
 SUITES = [
     "test_admission.py",
     "test_coalesce.py",
+    "test_codec.py",
     "test_ledger.py",
     "test_mapping.py",
     "test_offsets.py",
     "test_recent.py",
     "test_pipeline_rebalance.py",
+    "test_pipeline_reports.py",
     "test_pipeline_streams.py",
     "test_results.py",
 ]

@@ -66,13 +66,11 @@ class Watched(Pipeline):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.given: Counter[Position] = Counter()
-        finish = self.fates._finish
 
-        def watched(raw: RawRecord, outcome: str, reason: str | None = None) -> None:
+        def watched(raw: RawRecord, outcome: str) -> None:
             self.given[raw.position] += 1
-            finish(raw, outcome, reason)
 
-        self.fates._finish = watched  # type: ignore[method-assign]
+        self.fates.observe = watched
 
 
 def watched(

@@ -165,14 +165,12 @@ class Watched(Pipeline):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.given: dict[Position, str] = {}
-        finish = self.fates._finish
 
-        def watched(raw: RawRecord, outcome: str, reason: str | None = None) -> None:
+        def watched(raw: RawRecord, outcome: str) -> None:
             assert raw.position not in self.given, f"{raw.position} got a second fate"
             self.given[raw.position] = outcome
-            finish(raw, outcome, reason)
 
-        self.fates._finish = watched  # type: ignore[method-assign]
+        self.fates.observe = watched
 
 
 record_st = st.tuples(
