@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from prometheus_client import Counter
 
 from connector.core.clock import Clock
 from connector.core.errors import Fatal
@@ -64,7 +63,9 @@ class Fates:
         self._email_hash = email_hash
         self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
         self.invalid = InvalidShare(config.dlq_window_records)  # for DLQ_MAX_INVALID_SHARE
-        self._consumed: dict[str, Counter] = {}  # topic -> its counter: no label look-up per event
+        # Records consumed per topic since the metric was last told (once per turn of the loop,
+        # not once per record).
+        self._consumed: dict[str, int] = {}
         # Told each record's fate (`done`, `skipped`, `dead_lettered`) as it is decided, before
         # its result is sent or its offset released: the tests check one fate per record here.
         self.observe: Callable[[RawRecord, str], None] | None = None
@@ -75,10 +76,7 @@ class Fates:
         self.ledger.admit(raw)
         self.stats["consumed"] += 1
         topic = raw.position.topic
-        consumed = self._consumed.get(topic)
-        if consumed is None:
-            consumed = self._consumed[topic] = self._metrics.events_consumed.labels(topic)
-        consumed.inc()
+        self._consumed[topic] = self._consumed.get(topic, 0) + 1
 
     def judged(self, raw: RawRecord) -> None:
         """The record was admitted and decided on: count it in the share of invalid ones."""
@@ -177,7 +175,12 @@ class Fates:
     # ---- the producers -------------------------------------------------------------------------
 
     def poll(self) -> None:
-        """Delivery reports of dead letters and results (the one producer serves both)."""
+        """Delivery reports of dead letters and results (the one producer serves both); the
+        records consumed since the last call are counted in the metrics."""
+        if self._consumed:
+            for topic, count in self._consumed.items():
+                self._metrics.events_consumed.labels(topic).inc(count)
+            self._consumed.clear()
         self._dlq.poll()
         if self._results is not None:
             self._results.poll()

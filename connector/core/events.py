@@ -11,7 +11,7 @@ immutable for mypy, as `frozen` did at run time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 
@@ -22,14 +22,18 @@ class Position:
     topic: Final[str]
     partition: Final[int]
     offset: Final[int]
+    # A record's position keys several tables on its way (the ledger, its result, its fate):
+    # hashed once.
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __init__(self, topic: str, partition: int, offset: int) -> None:
         self.topic = topic
         self.partition = partition
         self.offset = offset
+        self._hash = hash((topic, partition, offset))
 
     def __hash__(self) -> int:
-        return hash((self.topic, self.partition, self.offset))
+        return self._hash
 
 
 @dataclass(slots=True, init=False)
