@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -20,7 +20,6 @@ from connector import __version__
 from connector.config import Config, Connection
 from connector.core.clock import Clock, SystemClock
 from connector.core.codec import ConfluentDecoder, Decoder, PlainAvroDecoder
-from connector.core.events import RawRecord
 from connector.core.routing import Router
 from connector.health import HealthServer
 from connector.jobs.dryrun import (
@@ -40,7 +39,7 @@ from connector.kafka.clients import (
 from connector.kafka.dlq import DeadLetters, DeadLetterSink
 from connector.kafka.lag import lag_updater
 from connector.kafka.registry import RegistryClient
-from connector.kafka.results import Released, Results
+from connector.kafka.results import Results
 from connector.kafka.source import KafkaSource, Producer
 from connector.logs import EmailHasher
 from connector.metrics import Metrics, totals
@@ -115,16 +114,7 @@ def make_sink(
 ) -> OmnisendSink:
     """The sink of one connection: its own client and its own share of its brand's budget."""
     budget = brand_budget(settings, connection)
-    config = SinkConfig(
-        upsert_linger_s=settings.upsert_linger_s,
-        tag_linger_s=settings.tag_linger_s,
-        settle_s=settings.tag_settle_s,
-        request_timeout_s=settings.request_timeout_s,
-        batch_deadline_s=settings.batch_deadline_s,
-        exports=exports,
-        known_cache_size=settings.known_contacts_cache_size,
-        applied_cache_size=settings.applied_changes_cache_size,
-    )
+    config = SinkConfig.from_settings(settings, exports)
     api_key, base_url = connection.api_key.get_secret_value(), connection.base_url
     transport = None
     if dry_run is not None:  # an in-memory Omnisend without limits
@@ -146,7 +136,7 @@ def make_sink(
 
 def _sinks(config: Config, metrics: Metrics, clock: Clock, dry: DryRun | None) -> Sinks:
     """Every connection's sink, on one loop with one connection pool per Omnisend host."""
-    loop = SinkLoop(connections=SinkConfig().max_concurrent_requests * len(config.connections))
+    loop = SinkLoop(connections=SinkConfig.max_concurrent_requests * len(config.connections))
     return Sinks(
         {
             name: make_sink(
@@ -207,33 +197,18 @@ def running(
         dlq_producer_config(settings.kafka_bootstrap_servers, kafka, on_error, dlq_max_bytes)
     )
 
-    def dead_letters(on_delivered: Callable[[RawRecord, str], None]) -> DeadLetterSink:
-        if not mode.live:  # counted, never written
-            letters = DryDeadLetters(on_delivered)
-            (dry.dead_letters if dry is not None else counted).append(letters)
-            return letters
-        return DeadLetters(producer, settings.dlq_topic, on_delivered, dlq_max_bytes)
+    dead_letters: DeadLetterSink
+    if mode.live:
+        dead_letters = DeadLetters(producer, settings.dlq_topic, dlq_max_bytes)
+    else:  # counted, never written
+        letters = DryDeadLetters()
+        (dry.dead_letters if dry is not None else counted).append(letters)
+        dead_letters = letters
 
     key = settings.email_hash_key
     hasher = EmailHasher(key.get_secret_value().encode() if key else None)
     pipeline = Pipeline(
-        PipelineConfig(
-            topic=settings.kafka_topic if job is None else job.topic,
-            connection=config.metrics_connection,
-            max_in_flight_records=settings.max_in_flight_records,
-            max_in_flight_bytes=settings.max_in_flight_bytes,
-            max_value_bytes=settings.max_value_bytes,
-            commit_interval_s=settings.commit_interval_s,
-            shutdown_timeout_s=settings.shutdown_timeout_s,
-            revoke_timeout_s=settings.revoke_timeout_s,
-            dedupe_cache_size=settings.dedupe_cache_size,
-            dlq_max_invalid_share=settings.dlq_max_invalid_share if job is None else 1.0,
-            dlq_window_records=settings.dlq_window_records,
-            commit=mode.live,
-            log_dead_letters=not mode.dry_run,
-            assignment=None if job is None else job.assignment,
-            select=None if job is None else job.select,
-        ),
+        _loop_config(settings, config, mode),
         source,
         make_decoder(settings),
         Router(config.exports, seen=None if dry is None else dry.segments),
@@ -263,10 +238,28 @@ def running(
         producer.flush(5)
 
 
-def _results(producer: Producer, topic: str | None) -> Callable[[Released], Results] | None:
-    if topic is None:
-        return None
-    return lambda on_delivered: Results(producer, topic, on_delivered)
+def _loop_config(settings: Settings, config: Config, mode: Mode) -> PipelineConfig:
+    loop = replace(
+        PipelineConfig.from_settings(settings, settings.kafka_topic),
+        connection=config.metrics_connection,
+        commit=mode.live,
+        log_dead_letters=not mode.dry_run,
+    )
+    if mode.job is None:
+        return loop
+    # A job reads its own partitions and records; invalid ones never stop it.
+    job = mode.job
+    return replace(
+        loop,
+        topic=job.topic,
+        dlq_max_invalid_share=1.0,
+        assignment=job.assignment,
+        select=job.select,
+    )
+
+
+def _results(producer: Producer, topic: str | None) -> Results | None:
+    return None if topic is None else Results(producer, topic)
 
 
 def _announce(

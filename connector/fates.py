@@ -22,15 +22,12 @@ from connector.kafka.results import (
     DONE,
     SKIPPED,
     About,
-    Released,
     Results,
     result_value,
 )
 from connector.metrics import Metrics
 
 log = structlog.get_logger("connector.pipeline")
-
-DeadLetters = Callable[[Callable[[RawRecord, str], None]], DeadLetterSink]
 
 
 @dataclass(frozen=True)
@@ -44,18 +41,18 @@ class Fates:
     def __init__(
         self,
         config: FatesConfig,
-        dead_letters: DeadLetters,
-        results: Callable[[Released], Results] | None,
+        dead_letters: DeadLetterSink,
+        results: Results | None,
         metrics: Metrics,
         clock: Clock,
         email_hash: Callable[[str], str] | None,
     ) -> None:
         self.config = config
         self.ledger = Ledger()
-        self._dlq = dead_letters(self._dead_lettered)
+        self._dlq = dead_letters
         # The results topic, if any: a record is released (its offset may pass) once its
         # result is delivered; `_about` holds what its result says until then.
-        self._results = None if results is None else results(self._release)
+        self._results = results
         self._about: dict[Position, About] = {}
         self._metrics = metrics
         self._clock = clock
@@ -177,24 +174,41 @@ class Fates:
     def poll(self) -> None:
         """Delivery reports of dead letters and results (the one producer serves both); the
         records consumed since the last call are counted in the metrics."""
+        self._count_consumed()
+        self._dlq.poll()  # the one producer's delivery reports: dead letters' and results'
+        self._take_delivered()
+        if self._results is not None:
+            self._results.poll()
+            self._take_delivered()
+
+    def _count_consumed(self) -> None:
         if self._consumed:
             for topic, count in self._consumed.items():
                 self._metrics.events_consumed.labels(topic).inc(count)
             self._consumed.clear()
-        self._dlq.poll()
+
+    def _take_delivered(self) -> None:
+        """Dead letters written are done (their result goes now, if any); records whose
+        result is written are released."""
+        for raw, reason in self._dlq.delivered():
+            self._dead_lettered(raw, reason)
         if self._results is not None:
-            self._results.poll()
+            for raw in self._results.delivered():
+                self._release(raw)
 
     def flush(self, deadline: float) -> None:
         """Dead letters and results confirmed, before `deadline` (of the clock): a dead letter's
         result goes once the dead letter is delivered, and a dead letter refused for its size
         goes again."""
+        self._count_consumed()
         until = time.monotonic() + max(0.0, deadline - self._clock.now())
         while True:
             self._dlq.flush(max(0.0, until - time.monotonic()))
+            self._take_delivered()
             if self._results is None:
                 return
             self._results.flush(max(0.0, until - time.monotonic()))
+            self._take_delivered()
             waiting = self._dlq.pending > 0 or self._results.pending > 0
             failed = self._dlq.failure or self._results.failure
             if not waiting or failed or time.monotonic() >= until:

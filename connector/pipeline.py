@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,13 +23,17 @@ from connector.core.codec import Decoder
 from connector.core.errors import Crashed, ExitCode, Fatal, Retriable
 from connector.core.events import RawRecord
 from connector.core.routing import Router
-from connector.fates import DeadLetters, Fates, FatesConfig
+from connector.fates import Fates, FatesConfig
 from connector.intake import Intake, IntakeConfig
+from connector.kafka.dlq import DeadLetterSink
 from connector.kafka.partitions import Partitions
-from connector.kafka.results import Released, Results
+from connector.kafka.results import Results
 from connector.kafka.source import TP, Source
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
+
+if TYPE_CHECKING:
+    from connector.settings import Settings
 
 log = structlog.get_logger("connector.pipeline")
 
@@ -48,25 +52,42 @@ RESUME_AT = 0.5
 @dataclass(frozen=True)
 class PipelineConfig:
     topic: str
-    connection: str = "default"
-    max_in_flight_records: int = 50_000
-    max_in_flight_bytes: int = 64 * 1024 * 1024
-    max_value_bytes: int = 1024 * 1024
-    commit_interval_s: float = 1.0
-    shutdown_timeout_s: float = 30.0
-    revoke_timeout_s: float = 15.0
-    dedupe_cache_size: int = 200_000
+    # From the settings (`from_settings`), which hold their defaults and meaning.
+    max_in_flight_records: int
+    max_in_flight_bytes: int
+    max_value_bytes: int
+    commit_interval_s: float
+    shutdown_timeout_s: float
+    revoke_timeout_s: float
+    dedupe_cache_size: int
+    dlq_max_invalid_share: float
+    dlq_window_records: int
+    # How the service, a dry run or a job runs the loop.
+    connection: str = "default"  # the `connection` label of its metrics
     registry_retry_s: float = 1.0
-    dlq_max_invalid_share: float = 0.5
     progress_every_s: float = 60.0  # the `progress` log line
     log_dead_letters: bool = True  # a `dead_lettering` line each (not in a dry run)
-    dlq_window_records: int = 1000
     commit: bool = True  # False in a dry run: offsets are tracked, never committed
     # Tools (backfill, replay): read these partitions from these offsets, without joining the
     # consumer group: {(topic, partition): first offset}.
     assignment: dict[tuple[str, int], int] | None = None
     # Tools: records this rejects are skipped as `not_selected` (e.g. replay of one reason).
     select: Callable[[RawRecord], bool] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, topic: str) -> PipelineConfig:
+        return cls(
+            topic=topic,
+            max_in_flight_records=settings.max_in_flight_records,
+            max_in_flight_bytes=settings.max_in_flight_bytes,
+            max_value_bytes=settings.max_value_bytes,
+            commit_interval_s=settings.commit_interval_s,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            revoke_timeout_s=settings.revoke_timeout_s,
+            dedupe_cache_size=settings.dedupe_cache_size,
+            dlq_max_invalid_share=settings.dlq_max_invalid_share,
+            dlq_window_records=settings.dlq_window_records,
+        )
 
 
 class Pipeline:
@@ -77,11 +98,11 @@ class Pipeline:
         decoder: Decoder,
         router: Router,
         sinks: Sinks,
-        dead_letters: DeadLetters,
+        dead_letters: DeadLetterSink,
         metrics: Metrics,
         clock: Clock,
         email_hash: Callable[[str], str] | None = None,
-        results: Callable[[Released], Results] | None = None,
+        results: Results | None = None,
     ) -> None:
         self.config = config
         self._source = source

@@ -17,9 +17,10 @@ from connector.core.clock import Clock, SystemClock
 from connector.core.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
-from connector.omnisend.sink import OmnisendSink, SinkConfig
+from connector.omnisend.sink import OmnisendSink
 from connector.simulator import Simulator, SimulatorConfig
 from connector.simulator.transport import SimulatorTransport
+from tests.defaults import sink_config
 
 BASE_URL = "http://omnisend.test/api"
 Answer = Callable[[httpx.Request, SimulatorTransport], Awaitable[httpx.Response]]
@@ -124,7 +125,7 @@ def fast_sink(
         budget=budget or Budget(BudgetConfig(1_000_000, 500_000, headroom=1.0)),
         clock=clock or SystemClock(),
         metrics=Metrics(CollectorRegistry()),
-        config=SinkConfig(**{**defaults, **config}),
+        config=sink_config(**{**defaults, **config}),
         transport=transport,
     ).start()
 

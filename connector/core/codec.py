@@ -11,7 +11,7 @@ import io
 import json
 import struct
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any, Protocol
 
 import fastavro
@@ -20,7 +20,6 @@ from fastavro.read import SchemaResolutionError
 from connector.core.errors import InvalidRecord
 from connector.core.events import SegmentChange
 
-SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "segment_membership_change.avsc"
 # What fastavro raises on bad bytes (ValueError covers UnicodeDecodeError and bad varints).
 _DECODE_ERRORS = (EOFError, IndexError, OverflowError, ValueError, TypeError, KeyError)
 
@@ -28,7 +27,10 @@ _DECODE_ERRORS = (EOFError, IndexError, OverflowError, ValueError, TypeError, Ke
 @cache
 def bundled_schema_json() -> dict[str, Any]:
     """The reader schema bundled with the connector, as JSON."""
-    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    # Found through the package, not `__file__`: a module compiled by mypyc may not know its
+    # own file while it is imported.
+    schema = resources.files("connector") / "schemas" / "segment_membership_change.avsc"
+    loaded: dict[str, Any] = json.loads(schema.read_text())
     return loaded
 
 

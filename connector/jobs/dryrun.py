@@ -20,10 +20,9 @@ SAMPLES = 5
 
 
 class DryDeadLetters:
-    """Counts what would go to the dead-letter topic and reports it delivered at the next poll."""
+    """Counts what would go to the dead-letter topic; each is delivered at once."""
 
-    def __init__(self, on_delivered: Callable[[RawRecord, str], None]) -> None:
-        self._on_delivered = on_delivered
+    def __init__(self) -> None:
         self._waiting: list[tuple[RawRecord, str]] = []
         self.reasons: Counter[str] = Counter()
         self.pending = 0
@@ -36,13 +35,14 @@ class DryDeadLetters:
         self._waiting.append((record, reason))
 
     def poll(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for record, reason in waiting:
-            self._on_delivered(record, reason)
+        pass  # nothing is written
 
     def flush(self, timeout_s: float) -> bool:
-        self.poll()
         return True
+
+    def delivered(self) -> list[tuple[RawRecord, str]]:
+        taken, self._waiting = self._waiting, []
+        return taken
 
 
 def dry_run_key(connection: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,11 +39,11 @@ _QUEUE_FULL_WAIT_S = 0.1
 # How long a record sent again on its own may take to be confirmed before the next goes.
 _ALONE_FLUSH_S = 10.0
 
-Delivered = Callable[[RawRecord, str], None]
-
 
 class DeadLetterSink(Protocol):
-    """Where invalid records go: the DLQ topic, or only a count in a dry run."""
+    """Where invalid records go: the DLQ topic, or only a count in a dry run. The records it
+    has written are taken from `delivered()` after a `poll` or a `flush`, as the sink's
+    outcomes are."""
 
     pending: int
     failure: Fatal | None
@@ -55,6 +55,9 @@ class DeadLetterSink(Protocol):
     def poll(self) -> None: ...
 
     def flush(self, timeout_s: float) -> bool: ...
+
+    def delivered(self) -> list[tuple[RawRecord, str]]:
+        """The records (with their reason) confirmed written since the last call."""
 
 
 def _provenance(
@@ -139,20 +142,15 @@ class TopicWriter:
 
 
 class DeadLetters(TopicWriter):
-    """Produces DLQ records and reports each one once delivered (from `poll`, on the caller's
-    thread)."""
+    """Produces DLQ records; those the broker confirmed are taken from `delivered()`."""
 
     WHAT = "dead-letter topic"
 
     def __init__(
-        self,
-        producer: Producer,
-        topic: str,
-        on_delivered: Delivered,
-        max_message_bytes: int | None = None,
+        self, producer: Producer, topic: str, max_message_bytes: int | None = None
     ) -> None:
         super().__init__(producer, topic)
-        self._on_delivered = on_delivered
+        self._delivered: list[tuple[RawRecord, str]] = []
         # Known ahead, a record too large is sent without its value at once; either way the
         # producer's and the broker's refusals are handled.
         self._max_bytes = max_message_bytes
@@ -191,7 +189,7 @@ class DeadLetters(TopicWriter):
         def delivered(err: KafkaError | None, msg: Message | None) -> None:
             if err is None:
                 self.pending -= 1
-                self._on_delivered(letter.record, letter.reason)
+                self._delivered.append((letter.record, letter.reason))
             elif err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
                 self._fail(err)
             elif not letter.alone or letter.smaller():
@@ -207,6 +205,10 @@ class DeadLetters(TopicWriter):
     def poll(self) -> None:
         self._producer.poll(0)
         self._resend()
+
+    def delivered(self) -> list[tuple[RawRecord, str]]:
+        taken, self._delivered = self._delivered, []
+        return taken
 
     def _resend(self) -> None:
         """Each on its own: produced and flushed before the next, so no batch carries two."""

@@ -7,11 +7,10 @@ when lag matters, so the end offsets are asked of the broker (ListOffsets) inste
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from prometheus_client import Gauge
 
 log = structlog.get_logger("connector.lag")
@@ -20,7 +19,7 @@ Positions = Callable[[], tuple[list[tuple[str, int]], dict[tuple[str, int], int]
 
 
 def lag_updater(
-    admin: Any, positions: Positions, gauge: Gauge, timeout_s: float = 5.0
+    admin: AdminClient, positions: Positions, gauge: Gauge, timeout_s: float = 5.0
 ) -> Callable[[], None]:
     """A function that sets `gauge{topic, partition}` to end offset minus committed position for
     every assigned partition, and drops the partitions no longer assigned."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,8 +25,6 @@ DONE, SKIPPED, DEAD_LETTERED = "done", "skipped", "dead_lettered"
 # A value longer than this is cut (and the result says `truncated`): a result must fit the
 # producer's `message.max.bytes` whatever the source record carried.
 MAX_TEXT_CHARS = 1000
-
-Released = Callable[[RawRecord], None]
 
 
 @dataclass(slots=True)
@@ -105,8 +102,8 @@ def _bounded(value: dict[str, Any]) -> dict[str, Any]:
 
 
 class Results(TopicWriter):
-    """Produces results and releases each record once its result is delivered (from `poll`,
-    on the caller's thread).
+    """Produces results; the records whose result the broker confirmed (which may then be
+    released) are taken from `delivered()`.
 
     `send` only queues: it may be called from a dead letter's delivery report, inside the
     producer's `poll`, where producing into a full queue would mean polling again from inside
@@ -115,9 +112,9 @@ class Results(TopicWriter):
 
     WHAT = "results topic"
 
-    def __init__(self, producer: Producer, topic: str, on_delivered: Released) -> None:
+    def __init__(self, producer: Producer, topic: str) -> None:
         super().__init__(producer, topic)  # `pending` counts the waiting ones too
-        self._on_delivered = on_delivered
+        self._delivered: list[RawRecord] = []
         self._waiting: deque[tuple[RawRecord, dict[str, Any]]] = deque()
 
     def send(self, record: RawRecord, value: dict[str, Any]) -> None:
@@ -148,7 +145,7 @@ class Results(TopicWriter):
         def delivered(err: KafkaError | None, msg: Message | None) -> None:
             if err is None:
                 self.pending -= 1
-                self._on_delivered(record)
+                self._delivered.append(record)
             else:
                 self._fail(err)
 
@@ -158,12 +155,18 @@ class Results(TopicWriter):
         self._producer.poll(0)
         self._produce_waiting()
 
+    def delivered(self) -> list[RawRecord]:
+        """The records whose result was confirmed since the last call."""
+        taken, self._delivered = self._delivered, []
+        return taken
+
     def flush(self, timeout_s: float) -> bool:
         """Wait for every result to be confirmed; False if some were not in time."""
         deadline = time.monotonic() + timeout_s
         while True:
             self._produce_waiting()
-            # Results queued by dead letters delivered during this flush go at the next turn.
+            # Results of dead letters delivered during this flush are sent once the fates
+            # have taken those (`Fates.flush` turns again while any are pending).
             left = self._producer.flush(max(0.0, deadline - time.monotonic()))
             done = left == 0 and not self._waiting
             if done or self.failure is not None or time.monotonic() >= deadline:

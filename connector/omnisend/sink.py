@@ -27,6 +27,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 import structlog
@@ -46,6 +47,9 @@ from connector.omnisend.dispatch import Dispatcher
 from connector.omnisend.exchanges import Exchanges, SyncState
 from connector.omnisend.loop import SinkLoop
 from connector.omnisend.sender import Sender, SenderConfig
+
+if TYPE_CHECKING:
+    from connector.settings import Settings
 
 log = structlog.get_logger("connector.sink")
 
@@ -117,12 +121,24 @@ class Mailbox:
 
 @dataclass(frozen=True)
 class SinkConfig:
-    batch_size: int = 100  # Omnisend's maximum items per batch
-    tag_batch_size: int = 250  # Omnisend's maximum emails per tag call
+    # From the settings (`from_settings`), which hold their defaults and meaning.
     # How long a change may wait for more to share its request. Under load requests fill up
     # long before; in a trickle this is the latency it costs.
-    upsert_linger_s: float = 0.3
-    tag_linger_s: float = 0.5
+    upsert_linger_s: float
+    tag_linger_s: float
+    settle_s: float  # an opposite tag operation waits this long after the earlier one
+    request_timeout_s: float
+    # A batch Omnisend has not finished after this long is stuck: its contacts go again (and
+    # it is still watched, in case it lands later over newer fields).
+    batch_deadline_s: float
+    # What the coalescer remembers between changes (see `connector.core.recent` for the cost).
+    known_cache_size: int
+    applied_cache_size: int
+    # The exports whose changes this connection receives (the parts an upsert may carry).
+    exports: tuple[int, ...] = (0,)
+    # The sink's own constants.
+    batch_size: int = 100  # Omnisend's maximum items per batch
+    tag_batch_size: int = 250  # Omnisend's maximum emails per tag call
     max_batches_in_flight: int = 50
     max_concurrent_requests: int = 16
     # First guess of a batch's processing time, until one was observed. Low on purpose: a few
@@ -130,10 +146,6 @@ class SinkConfig:
     first_poll_s: float = 0.25
     max_poll_interval_s: float = 10.0
     max_item_attempts: int = 6
-    # A batch Omnisend has not finished after this long is stuck: its contacts go again (and
-    # it is still watched, in case it lands later over newer fields).
-    batch_deadline_s: float = 600.0
-    settle_s: float = 2.0  # an opposite tag operation waits this long after the earlier one
     retry_base_s: float = 0.5  # back-off after 5xx or timeouts, doubled each time, jittered
     retry_max_s: float = 30.0
     tick_s: float = 0.02  # re-check timers at least this often
@@ -143,13 +155,19 @@ class SinkConfig:
     # needs to keep requests going out on time.
     saturation_upserts: int = 5000
     saturation_tags: int = 15000
-    # Omnisend recommends 10 s for synchronous calls; connecting should be quick.
-    request_timeout_s: float = 10.0
-    # The exports whose changes this connection receives (the parts an upsert may carry).
-    exports: tuple[int, ...] = (0,)
-    # What the coalescer remembers between changes (see `connector.core.recent` for the cost).
-    known_cache_size: int = 1_000_000
-    applied_cache_size: int = 1_000_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings, exports: tuple[int, ...] = (0,)) -> SinkConfig:
+        return cls(
+            upsert_linger_s=settings.upsert_linger_s,
+            tag_linger_s=settings.tag_linger_s,
+            settle_s=settings.tag_settle_s,
+            request_timeout_s=settings.request_timeout_s,
+            batch_deadline_s=settings.batch_deadline_s,
+            known_cache_size=settings.known_contacts_cache_size,
+            applied_cache_size=settings.applied_changes_cache_size,
+            exports=exports,
+        )
 
     def coalescer(self) -> Coalescer:
         """A new coalescer (a rebalance starts another)."""
@@ -185,11 +203,11 @@ class OmnisendSink:
         clock: Clock,
         metrics: Metrics,
         connection: str = "default",
-        config: SinkConfig | None = None,
+        config: SinkConfig,
         transport: httpx.AsyncBaseTransport | None = None,
         loop: SinkLoop | None = None,
     ) -> None:
-        self.config = config or SinkConfig()
+        self.config = config
         self.budget = budget
         self.clock = clock
         self.metrics = metrics

@@ -21,8 +21,9 @@ from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.client import OmnisendClient
 from connector.omnisend.credentials import verify_all
 from connector.omnisend.loop import SinkLoop
-from connector.omnisend.sink import OmnisendSink, SinkConfig
+from connector.omnisend.sink import OmnisendSink
 from connector.simulator import SimulatorConfig, SimulatorServer
+from tests.defaults import sink_config
 
 
 def sink(loop: SinkLoop, name: str, base_url: str, **config: float) -> OmnisendSink:
@@ -33,7 +34,7 @@ def sink(loop: SinkLoop, name: str, base_url: str, **config: float) -> OmnisendS
         clock=SystemClock(),
         metrics=Metrics(CollectorRegistry()),
         connection=name,
-        config=SinkConfig(**config),  # type: ignore[arg-type]
+        config=sink_config(**config),
         loop=loop,
     )
 

@@ -17,8 +17,9 @@ from connector.core.clock import SystemClock
 from connector.core.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
-from connector.omnisend.sink import OmnisendSink, SinkConfig
+from connector.omnisend.sink import OmnisendSink
 from connector.simulator import Faults, SimulatorConfig, SimulatorServer
+from tests.defaults import sink_config
 from tests.omnisend_fakes import wait_outcomes
 
 
@@ -60,7 +61,7 @@ def make_sink(
         budget=budget,
         clock=SystemClock(),
         metrics=Metrics(CollectorRegistry()),
-        config=SinkConfig(**config),
+        config=sink_config(**config),
         transport=transport,
     ).start()
 

@@ -66,10 +66,11 @@ def raw(value: bytes | None, key: bytes | None = b"p-1", headers: int = 0) -> Ra
 
 def send_one(producer: FakeProducer, record: RawRecord) -> tuple[DeadLetters, list[str]]:
     delivered: list[str] = []
-    letters = DeadLetters(producer, "t.dlq", lambda r, reason: delivered.append(reason))
+    letters = DeadLetters(producer, "t.dlq")
     letters.send(record, "oversized_value", "decode", "too big", "InvalidRecord")
     for _ in range(5):
         letters.poll()
+        delivered += [reason for _, reason in letters.delivered()]
     return letters, delivered
 
 
@@ -128,14 +129,14 @@ def test_a_record_the_broker_refuses_for_its_size_goes_again_without_its_value()
 def test_records_refused_together_go_again_whole_and_alone() -> None:
     """The broker refused the message batch both travelled in, not either record."""
     producer = FakeProducer(max_bytes=100_000, broker_max_bytes=10_000)
-    delivered: list[str] = []
-    letters = DeadLetters(producer, "t.dlq", lambda r, reason: delivered.append(reason))
+    letters = DeadLetters(producer, "t.dlq")
     for _ in range(2):
         letters.send(raw(b"v" * 6_000), "oversized_value", "decode", "", "InvalidRecord")
     letters.poll()
     assert len(producer.delivered) == 2
     assert all(m["value"] == b"v" * 6_000 for m in producer.delivered)
-    assert delivered == ["oversized_value"] * 2
+    assert [reason for _, reason in letters.delivered()] == ["oversized_value"] * 2
+    assert letters.delivered() == []  # each taken once
     assert letters.pending == 0
 
 

@@ -22,11 +22,12 @@ from connector.core.codec import PlainAvroDecoder, encode_plain
 from connector.core.events import Position, RawRecord
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
-from connector.kafka.dlq import DeadLetters, Delivered
+from connector.kafka.dlq import DeadLetters
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
-from connector.pipeline import Pipeline, PipelineConfig
+from connector.pipeline import Pipeline
 from connector.simulator import Simulator
+from tests.defaults import pipeline_config
 from tests.events import event
 from tests.fake_kafka import MemoryProducer, MemorySource
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator
@@ -79,16 +80,13 @@ def watched(
     """The loop over `source` into `sim`, dead letters to `producer`; a commit past a record
     that never had its fate fails the test."""
 
-    def dead_letters(delivered: Delivered) -> DeadLetters:
-        return DeadLetters(producer, f"{TOPIC}.dlq", delivered, 1 << 20)
-
     pipeline = Watched(
-        PipelineConfig(topic=TOPIC, commit_interval_s=0, shutdown_timeout_s=5, **config),
+        pipeline_config(TOPIC, commit_interval_s=0, shutdown_timeout_s=5, **config),
         source,
         PlainAvroDecoder(),
         Router((Export("all", "default", Mapping()),)),
         Sinks({"default": fast_sink(Scripted(sim))}),
-        dead_letters,
+        DeadLetters(producer, f"{TOPIC}.dlq", 1 << 20),
         Metrics(CollectorRegistry()),
         SystemClock(),
     )

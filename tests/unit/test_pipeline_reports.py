@@ -13,10 +13,11 @@ from connector.core.codec import PlainAvroDecoder, encode_plain
 from connector.core.errors import Retriable
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
-from connector.kafka.dlq import DeadLetters, Delivered
+from connector.kafka.dlq import DeadLetters
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
-from connector.pipeline import Pipeline, PipelineConfig
+from connector.pipeline import Pipeline
+from tests.defaults import pipeline_config
 from tests.events import event
 from tests.fake_kafka import MemoryProducer, MemorySource
 from tests.omnisend_fakes import Scripted, fast_sink, simulator
@@ -47,16 +48,13 @@ def test_the_loop_says_it_waits_then_its_share_then_its_progress() -> None:
     clock = ManualClock(1_000.0)
     sink = fast_sink(Scripted(simulator()))
 
-    def dead_letters(delivered: Delivered) -> DeadLetters:
-        return DeadLetters(producer, f"{TOPIC}.dlq", delivered, 1 << 20)
-
     pipeline = Pipeline(
-        PipelineConfig(topic=TOPIC, progress_every_s=60.0, shutdown_timeout_s=5),
+        pipeline_config(TOPIC, progress_every_s=60.0, shutdown_timeout_s=5),
         consumer,
         PlainAvroDecoder(),
         Router((Export("all", "default", Mapping()),)),
         Sinks({"default": sink}),
-        dead_letters,
+        DeadLetters(producer, f"{TOPIC}.dlq", 1 << 20),
         Metrics(CollectorRegistry()),
         clock,
     )

@@ -23,12 +23,13 @@ from connector.core.codec import ConfluentDecoder, bundled_schema_json, encode_c
 from connector.core.events import ContactChange, Position, RawRecord
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
-from connector.kafka.dlq import DeadLetters, Delivered
+from connector.kafka.dlq import DeadLetters
 from connector.kafka.registry import RegistryClient
 from connector.kafka.results import Results
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
-from connector.pipeline import Pipeline, PipelineConfig
+from connector.pipeline import Pipeline
+from tests.defaults import pipeline_config
 from tests.events import event
 from tests.fake_kafka import MemoryProducer, MemorySource
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator
@@ -227,12 +228,9 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         RegistryClient(httpx.Client(transport=httpx.MockTransport(registry.handle)), "http://sr")
     )
 
-    def dead_letters(delivered: Delivered) -> DeadLetters:
-        return DeadLetters(producer, f"{TOPIC}.dlq", delivered, DLQ_MAX_BYTES)
-
     pipeline = Watched(
-        PipelineConfig(
-            topic=TOPIC,
+        pipeline_config(
+            TOPIC,
             max_value_bytes=MAX_VALUE_BYTES,
             commit_interval_s=0,  # every turn: a commit must never pass unsettled work
             registry_retry_s=0.02,
@@ -243,11 +241,11 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         decoder,
         Router((Export("all", "default", Mapping()),)),
         Sinks({"default": sink}),
-        dead_letters,
+        DeadLetters(producer, f"{TOPIC}.dlq", DLQ_MAX_BYTES),
         Metrics(CollectorRegistry()),
         SystemClock(),
         email_hash=lambda email: f"h({email})",
-        results=(lambda released: Results(producer, RESULTS, released)) if with_results else None,
+        results=Results(producer, RESULTS) if with_results else None,
     )
 
     def settled() -> set[Position]:

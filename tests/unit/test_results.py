@@ -22,12 +22,13 @@ from connector.core.events import ContactChange, Position, RawRecord, SegmentCha
 from connector.core.intents import Outcome
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
-from connector.kafka.dlq import DeadLetters, Delivered
-from connector.kafka.results import MAX_TEXT_CHARS, About, Released, Results, result_value
+from connector.kafka.dlq import DeadLetters
+from connector.kafka.results import MAX_TEXT_CHARS, About, Results, result_value
 from connector.metrics import Metrics
 from connector.omnisend import answers
 from connector.omnisend.sinks import Sinks
-from connector.pipeline import Pipeline, PipelineConfig
+from connector.pipeline import Pipeline
+from tests.defaults import pipeline_config
 from tests.events import event
 from tests.fake_kafka import MemoryProducer, MemorySource
 from tests.omnisend_fakes import Scripted, fast_sink, simulator
@@ -150,22 +151,16 @@ def test_a_results_topic_that_cannot_be_written_stops_the_loop_with_exit_5() -> 
     consumer = MemorySource.of(TOPIC, records)
     producer = RefusingProducer(1 << 20)
 
-    def dead_letters(delivered: Delivered) -> DeadLetters:
-        return DeadLetters(producer, f"{TOPIC}.dlq", delivered, 1 << 20)
-
-    def results(released: Released) -> Results:
-        return Results(producer, RESULTS, released)
-
     pipeline = Pipeline(
-        PipelineConfig(topic=TOPIC, shutdown_timeout_s=5, dlq_max_invalid_share=1.0),
+        pipeline_config(TOPIC, shutdown_timeout_s=5, dlq_max_invalid_share=1.0),
         consumer,
         PlainAvroDecoder(),
         Router((Export("all", "default", Mapping()),)),
         Sinks({"default": fast_sink(Scripted(simulator()))}),
-        dead_letters,
+        DeadLetters(producer, f"{TOPIC}.dlq", 1 << 20),
         Metrics(CollectorRegistry()),
         ManualClock(1_000.0),
-        results=results,
+        results=Results(producer, RESULTS),
     )
     turns = [0]
 
@@ -218,15 +213,15 @@ def test_a_record_some_export_synced_is_done_whatever_fate_comes_last() -> None:
     producer = MemoryProducer(1 << 20)
     exports = (Export("a", "default", Mapping()), Export("b", "default", Mapping()))
     pipeline = Pipeline(
-        PipelineConfig(topic=TOPIC, shutdown_timeout_s=5, commit_interval_s=0),
+        pipeline_config(TOPIC, shutdown_timeout_s=5, commit_interval_s=0),
         consumer,
         PlainAvroDecoder(),
         Router(exports),
         TwoExportSinks(),  # type: ignore[arg-type]
-        lambda delivered: DeadLetters(producer, f"{TOPIC}.dlq", delivered, 1 << 20),
+        DeadLetters(producer, f"{TOPIC}.dlq", 1 << 20),
         Metrics(CollectorRegistry()),
         ManualClock(time.time()),
-        results=lambda released: Results(producer, RESULTS, released),
+        results=Results(producer, RESULTS),
     )
     pipeline.run(threading.Event(), until=lambda p: consumer.committed.get((TOPIC, 0), 0) == 3)
     results = [json.loads(m["value"]) for m in producer.delivered if m["topic"] == RESULTS]

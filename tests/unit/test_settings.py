@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,44 +184,41 @@ def test_a_results_topic_without_a_stable_hash_key_is_warned_about() -> None:
     assert not any("EMAIL_HASH_KEY" in w for w in keyed.warnings)
 
 
-def test_the_loop_and_sink_defaults_are_the_settings_own() -> None:
-    """The service builds the loop's and the sink's configuration from the settings; their
-    dataclasses keep defaults for tests and benchmarks, which must be the settings' (one value
-    for each default, whichever way a part is built)."""
-    import dataclasses  # noqa: PLC0415
-
+def test_the_loop_and_the_sink_take_each_setting_from_the_settings() -> None:
+    """Their configurations have no defaults of their own for what a setting holds: each is
+    the setting's value (a distinct one per setting here, so no two can be swapped)."""
     from connector.omnisend.sink import SinkConfig  # noqa: PLC0415
     from connector.pipeline import PipelineConfig  # noqa: PLC0415
 
-    same = {
-        SinkConfig: {
-            "upsert_linger_s": "upsert_linger_s",
-            "tag_linger_s": "tag_linger_s",
-            "settle_s": "tag_settle_s",
-            "request_timeout_s": "request_timeout_s",
-            "batch_deadline_s": "batch_deadline_s",
-            "known_cache_size": "known_contacts_cache_size",
-            "applied_cache_size": "applied_changes_cache_size",
-        },
-        PipelineConfig: {
-            name: name
-            for name in (
-                "max_in_flight_records",
-                "max_in_flight_bytes",
-                "max_value_bytes",
-                "commit_interval_s",
-                "shutdown_timeout_s",
-                "revoke_timeout_s",
-                "dedupe_cache_size",
-                "dlq_max_invalid_share",
-                "dlq_window_records",
-            )
-        },
+    sink = {
+        "upsert_linger_s": "upsert_linger_s",
+        "tag_linger_s": "tag_linger_s",
+        "settle_s": "tag_settle_s",
+        "request_timeout_s": "request_timeout_s",
+        "batch_deadline_s": "batch_deadline_s",
+        "known_cache_size": "known_contacts_cache_size",
+        "applied_cache_size": "applied_changes_cache_size",
     }
-    differ = []
-    for cls, names in same.items():
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        for field, setting in names.items():
-            if defaults[field] != Settings.model_fields[setting].default:
-                differ.append(f"{cls.__name__}.{field}")
-    assert differ == []
+    loop = {
+        name: name
+        for name in (
+            "max_in_flight_records",
+            "max_in_flight_bytes",
+            "max_value_bytes",
+            "commit_interval_s",
+            "shutdown_timeout_s",
+            "revoke_timeout_s",
+            "dedupe_cache_size",
+            "dlq_max_invalid_share",
+            "dlq_window_records",
+        )
+    }
+    settings_names = [*sink.values(), *loop.values()]
+    values: dict[str, Any] = {setting: 1000 + i for i, setting in enumerate(settings_names)}
+    settings = Settings.model_construct(None, **values)
+    sink_config = SinkConfig.from_settings(settings, exports=(0, 1))
+    loop_config = PipelineConfig.from_settings(settings, "segments")
+    assert {f: getattr(sink_config, f) for f in sink} == {f: values[s] for f, s in sink.items()}
+    assert {f: getattr(loop_config, f) for f in loop} == {f: values[s] for f, s in loop.items()}
+    assert sink_config.exports == (0, 1)
+    assert loop_config.topic == "segments"

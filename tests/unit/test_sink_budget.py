@@ -10,7 +10,8 @@ from connector.core.clock import ManualClock, SystemClock
 from connector.core.events import ContactChange, Position
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
-from connector.omnisend.sink import OmnisendSink, SinkConfig
+from connector.omnisend.sink import OmnisendSink
+from tests.defaults import sink_config
 
 
 def test_a_tag_call_counts_from_its_answer_not_from_the_work_after_it() -> None:
@@ -28,7 +29,7 @@ def test_a_tag_call_counts_from_its_answer_not_from_the_work_after_it() -> None:
         budget=budget,
         clock=clock,
         metrics=Metrics(CollectorRegistry()),
-        config=SinkConfig(),
+        config=sink_config(),
         transport=httpx.MockTransport(omnisend),
     )
     sink.on_accepted = lambda latencies: clock.advance(5.0)  # slow bookkeeping after the answer
@@ -69,7 +70,7 @@ def test_a_request_held_by_the_budget_goes_when_the_budget_allows_not_at_the_nex
         budget=budget,
         clock=SystemClock(),
         metrics=Metrics(CollectorRegistry()),
-        config=SinkConfig(tick_s=30.0),
+        config=sink_config(tick_s=30.0),
         transport=httpx.MockTransport(omnisend),
     )
     sink.start()
