@@ -68,7 +68,7 @@ class Span:
         )
 
 
-def span(consumer: Any, topic: str, since_ms: int | None = None) -> Span:
+def span(consumer: Consumer, topic: str, since_ms: int | None = None) -> Span:
     """From the first record at or after `since_ms` (None: the beginning) to the current end
     of every partition. Both come from the broker and are checked against the records
     themselves: brokers that answer ListOffsets or OffsetsForTimes wrongly exist."""
@@ -89,7 +89,7 @@ def span(consumer: Any, topic: str, since_ms: int | None = None) -> Span:
 class _Probe:
     """Reads single records of one partition to find offsets by time."""
 
-    def __init__(self, consumer: Any, topic: str, partition: int) -> None:
+    def __init__(self, consumer: Consumer, topic: str, partition: int) -> None:
         self.consumer, self.topic, self.partition = consumer, topic, partition
 
     def watermarks(self) -> tuple[int, int]:

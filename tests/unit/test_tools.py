@@ -4,9 +4,10 @@ time whatever the broker answers, and rebuilding segment membership for `reconci
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from confluent_kafka import Consumer
 
 from connector.core.errors import ConfigError
 from connector.core.events import SegmentChange
@@ -84,12 +85,14 @@ TIMES = [100, 200, 300, 400, 500, 600, 700, 800]
 @pytest.mark.parametrize(("since", "first"), [(50, 0), (300, 2), (350, 3), (800, 7), (900, 8)])
 def test_first_record_of_a_time(answer: int | None, since: int, first: int) -> None:
     partition = Partition(TIMES, answer)
-    assert _Probe(partition, "t", 0).first_at_or_after(since, 0, len(TIMES)) == first
+    assert (
+        _Probe(cast(Consumer, partition), "t", 0).first_at_or_after(since, 0, len(TIMES)) == first
+    )
 
 
 def test_a_right_answer_costs_at_most_two_reads() -> None:
     partition = Partition(list(range(0, 100_000, 10)), None)
-    _Probe(partition, "t", 0).first_at_or_after(50_005, 0, 10_000)
+    _Probe(cast(Consumer, partition), "t", 0).first_at_or_after(50_005, 0, 10_000)
     assert partition.reads <= 2
 
 
