@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypedDict
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
@@ -77,8 +77,16 @@ def _provenance(
     return [(HEADER_PREFIX + k, v.encode()) for k, v in ours.items()]
 
 
+class Outgoing(TypedDict):
+    """A record as the producer takes it (`produce(topic, **record)`)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, str | bytes | None]]
+
+
 def record_size(
-    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, str | bytes | None]]
 ) -> int:
     """An upper bound of what librdkafka counts against `message.max.bytes`: key, value and
     the serialized headers (name, value and their varint lengths)."""
@@ -96,9 +104,9 @@ class _Letter:
     dropped: int = 0  # how many of `_DROP_ORDER` are left out
     alone: bool = False  # sent again on its own: the broker refuses a whole message batch
 
-    def message(self) -> dict[str, Any]:
+    def message(self) -> Outgoing:
         left_out = _DROP_ORDER[: self.dropped]
-        headers: list[tuple[str, bytes | None]] = []
+        headers: list[tuple[str, str | bytes | None]] = []
         if "headers" not in left_out:
             headers += self.record.headers
         headers += self.provenance

@@ -115,24 +115,24 @@ class Results(TopicWriter):
     def __init__(self, producer: Producer, topic: str) -> None:
         super().__init__(producer, topic)  # `pending` counts the waiting ones too
         self._delivered: list[RawRecord] = []
-        self._waiting: deque[tuple[RawRecord, dict[str, Any]]] = deque()
+        self._waiting: deque[tuple[RawRecord, bytes | None, bytes]] = deque()  # key, value
 
     def send(self, record: RawRecord, value: dict[str, Any]) -> None:
         if self.failure is not None:
             return  # stopping: the record stays unfinished, so uncommitted
         profile_id = value.get("profile_id")
-        message = {
-            "key": profile_id.encode() if isinstance(profile_id, str) else None,
-            "value": json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(),
-        }
+        key = profile_id.encode() if isinstance(profile_id, str) else None
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
         self.pending += 1
-        self._waiting.append((record, message))
+        self._waiting.append((record, key, text))
 
     def _produce_waiting(self) -> None:
         while self._waiting and self.failure is None:
-            record, message = self._waiting[0]
+            record, key, text = self._waiting[0]
             try:
-                self._producer.produce(self.topic, **message, on_delivery=self._report(record))
+                self._producer.produce(
+                    self.topic, key=key, value=text, on_delivery=self._report(record)
+                )
             except BufferError:
                 return  # the producer's queue is full: the next poll or flush goes on
             except KafkaException as exc:
