@@ -19,6 +19,9 @@ def serve_until_stopped(serve: Callable[[], object], close: Callable[[], object]
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: started in the background by a script, a process inherits SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt; Ctrl-C (or `kill -INT`) must stop it.
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
         serve()

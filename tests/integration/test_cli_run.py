@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -136,12 +137,16 @@ def test_demo_keeps_running_with_its_addresses_until_stopped() -> None:
 
 
 def _interrupt(proc: subprocess.Popen[str], timeout_s: float = 60) -> int | None:
-    """Ctrl-C, and its exit code; None if it did not exit in time (then it is killed, so no
-    process or pipe outlives the test and troubles the next one)."""
+    """Ctrl-C, and its exit code; None if it did not exit in time (then it is killed with
+    what it started, if it runs in a session of its own, so no process or pipe outlives the
+    test and troubles the next one)."""
     proc.send_signal(signal.SIGINT)
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)  # the broker it started, too
         proc.kill()
         proc.wait()
         return None
@@ -152,8 +157,15 @@ def _interrupt(proc: subprocess.Popen[str], timeout_s: float = 60) -> int | None
 
 
 def test_the_broker_command_serves_a_rehearsal_until_stopped() -> None:
+    # Started as a script's background job is: with SIGINT ignored (`trap "" INT` is kept
+    # across `exec`), which Python then never turns into KeyboardInterrupt. SIGINT must stop
+    # it all the same.
     proc = subprocess.Popen(
-        [*CLI, "broker", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", *CLI, "broker", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert proc.stdout is not None
