@@ -175,8 +175,8 @@ class Fates:
         """Delivery reports of dead letters and results (the one producer serves both); the
         records consumed since the last call are counted in the metrics."""
         self._count_consumed()
-        self._dlq.poll()  # the one producer's delivery reports: dead letters' and results'
-        self._take_delivered()
+        self._dlq.poll()
+        self._take_delivered()  # a dead letter's result is sent by the results' poll below
         if self._results is not None:
             self._results.poll()
             self._take_delivered()

@@ -23,7 +23,7 @@ class DryDeadLetters:
     """Counts what would go to the dead-letter topic; each is delivered at once."""
 
     def __init__(self) -> None:
-        self._waiting: list[tuple[RawRecord, str]] = []
+        self._delivered: list[tuple[RawRecord, str]] = []
         self.reasons: Counter[str] = Counter()
         self.pending = 0
         self.failure: Fatal | None = None
@@ -32,7 +32,7 @@ class DryDeadLetters:
         self, record: RawRecord, reason: str, stage: str, detail: str, error_class: str
     ) -> None:
         self.reasons[reason] += 1
-        self._waiting.append((record, reason))
+        self._delivered.append((record, reason))
 
     def poll(self) -> None:
         pass  # nothing is written
@@ -41,7 +41,7 @@ class DryDeadLetters:
         return True
 
     def delivered(self) -> list[tuple[RawRecord, str]]:
-        taken, self._waiting = self._waiting, []
+        taken, self._delivered = self._delivered, []
         return taken
 
 
