@@ -230,8 +230,8 @@ class Coalescer:
     def ready_groups(self) -> Iterator[tuple[Group, int, float]]:
         return self.tagging.ready_groups()
 
-    def tags_ready(self, group: Group, limit: int, now: float) -> int:
-        return self.tagging.count_ready(group, limit, now)
+    def tags_sendable(self, group: Group, limit: int, now: float) -> tuple[int, float]:
+        return self.tagging.sendable(group, limit, now)
 
     def settled_at(self, group: Group) -> float:
         return self.tagging.settled_at(group)

@@ -5,6 +5,7 @@ coalescer says which adds must wait for their contact to exist (`blocked`)."""
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
@@ -107,15 +108,19 @@ class TagQueue:
 
     # ---- calls ---------------------------------------------------------------------------------
 
-    def count_ready(self, group: Group, limit: int, now: float) -> int:
-        """How many intents `take(group, limit, now)` would take now (at most `limit`)."""
-        ready = 0
+    def sendable(self, group: Group, limit: int, now: float) -> tuple[int, float]:
+        """How many intents `take(group, limit, now)` would take now (at most `limit`), and
+        since when the first of them could go: it started waiting, or its opposite call settled
+        (whichever came later). A part-full call lingers from then, not from when the group's
+        oldest intent arrived: intents that settle one after another go together."""
+        ready, since = 0, math.inf
         for intent in self.ready.get(group, {}).values():
             if intent.not_before <= now:
                 ready += 1
+                since = min(since, max(intent.since, intent.not_before))
                 if ready == limit:
                     break
-        return ready
+        return ready, since
 
     def settled_at(self, group: Group) -> float:
         """When the first intent of `group` held back by `settle_s` may go."""

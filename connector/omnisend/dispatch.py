@@ -155,26 +155,30 @@ class Dispatcher:
         # that waited longest lets committed offsets advance (the fullest-first order starved
         # small groups, holding the commit of the records before them for the whole sync).
         groups = sorted(self._state.coalescer.ready_groups(), key=lambda g: g[2])
+        coalescer, flushing = self._state.coalescer, self._flushing()
         for group, count, since in groups:
             if not self._sender.room(tag_call=True):
                 return  # a call's answer wakes the loop
-            if count < size and now - since < linger and not self._flushing():
-                self.wake_by(since + linger)
+            if count < size and now - since < linger and not flushing:
+                self.wake_by(since + linger)  # not even the oldest has waited long enough
                 continue
             # Ask first: taking a call's intents and putting them back costs a millisecond
-            # and sends them to the back of their group.
-            # Full only if a whole call can be taken now: intents settling are not.
-            full = count >= size and self._state.coalescer.tags_ready(group, size, now) == size
+            # and sends them to the back of their group. Intents settling (an opposite call
+            # accepted less than `settle_s` ago) cannot go yet: a group may hold a whole
+            # call's worth and still have only a few to send.
+            sendable, sendable_since = coalescer.tags_sendable(group, size, now)
+            if not sendable:
+                # Held back while an opposite call settles: look again when the first may go.
+                self.wake_by(max(coalescer.settled_at(group), now + self._config.tick_s))
+                continue
+            full = sendable == size
+            if not full and now - sendable_since < linger and not flushing:
+                self.wake_by(sendable_since + linger)  # more may settle meanwhile
+                continue
             request = FULL_TAGS if full else TAGS
             if not self._may_send(now, request):
                 return
-            intents = self._state.coalescer.take_tags(group, size, now)
-            if not intents:
-                # Held back while an opposite call settles: look again when the first may go.
-                self.wake_by(
-                    max(self._state.coalescer.settled_at(group), now + self._config.tick_s)
-                )
-                continue
+            intents = coalescer.take_tags(group, size, now)
             self._sender.spawn(
                 self._exchanges.change_tags(group[0], group[1], intents), now, request
             )

@@ -459,7 +459,8 @@ def test_ready_counts_say_what_a_take_would_take_now() -> None:
     c.tags_accepted(removed, now=10)
     c.add(change(301, "c0@x.io", "t", True, 4, name="B"), 10)  # settles until 15
     c.add(change(302, "c1@x.io", "t", True, 5, name="B"), 10)
-    assert c.tags_ready((True, "t"), 250, now=14) == 1  # c1 only: c0 is settling
-    assert c.tags_ready((True, "t"), 250, now=15) == 2
-    assert c.tags_ready((True, "t"), 1, now=15) == 1
+    assert c.tags_sendable((True, "t"), 250, now=14) == (1, 10)  # c1 only: c0 is settling
+    # c0 could go from 15 (when its opposite call settled), c1 since it arrived at 10.
+    assert c.tags_sendable((True, "t"), 250, now=15) == (2, 10)
+    assert c.tags_sendable((True, "t"), 1, now=15) == (1, 15)  # c0 first, in arrival order
     assert len(c.take_tags((True, "t"), 250, now=14)) == 1
