@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+import httpx
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -42,7 +43,7 @@ from connector.kafka.source import KafkaSource
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.client import OmnisendClient, RateLimited
-from connector.omnisend.http import async_client
+from connector.omnisend.http import async_transport
 from connector.omnisend.sink import OmnisendSink
 
 log = structlog.get_logger("connector.reconcile")
@@ -144,8 +145,13 @@ def list_held(config: Config, connection: str, drifts: list[Drift], share: float
     )
 
     async def all_tags() -> None:
-        async with async_client(conn.base_url, settings.request_timeout_s) as http:
-            client = OmnisendClient(http, conn.api_key.get_secret_value(), conn.base_url)
+        async with async_transport(conn.base_url) as transport:
+            client = OmnisendClient(
+                transport,
+                conn.api_key.get_secret_value(),
+                conn.base_url,
+                timeout=httpx.Timeout(settings.request_timeout_s),
+            )
             for found in drifts:
                 await _hold(client, budget, found)
 

@@ -1,9 +1,15 @@
 """A small async client for the Omnisend API (version 2026-03-15).
 
 Policy lives here (auth headers, translating answers into the connector's errors and typed
-results, `connector.omnisend.answers`); the I/O is an injected `httpx.AsyncClient`, so tests can
+results, `connector.omnisend.answers`); the I/O is an injected httpx transport, so tests can
 give it a `MockTransport` or point it at the simulator. The API key never appears in an error, a
 log or a metric.
+
+It calls the transport itself rather than through an `httpx.AsyncClient`: the client's cookie
+jar, auth flow, redirect handling and URL merging have no work to do here (the connector sets
+its own headers and follows no redirect) yet cost about a quarter of the CPU of a request (a
+tag call of 100 emails against the simulator: about 470 µs of CPU through the client, 330 µs
+without it).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ _NOT_SENT = (
     httpx.InvalidURL,
 )
 
+# httpx's own default: five seconds to connect, for each read and write, and for a connection.
+DEFAULT_TIMEOUT = httpx.Timeout(5.0)
 RequestObserver = Callable[[str, str, float], None]  # endpoint, status, seconds
 # The largest answer read: a page of 250 contacts or batches is well under a megabyte; a body
 # past this is not Omnisend's, and must not fill the memory.
@@ -111,14 +119,18 @@ def contact_request(email: str, fields: dict[str, Any]) -> dict[str, Any]:
 class OmnisendClient:
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         api_key: str,
         base_url: str = DEFAULT_BASE_URL,
         observe: RequestObserver | None = None,
         deadline_s: float = 30.0,
         gate: asyncio.Semaphore | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
-        self._http = http
+        """`timeout`: httpx's, for connecting, each read and write, and a free connection;
+        `deadline_s` bounds the whole exchange."""
+        self._transport = transport
+        self._timeouts = {"timeout": timeout.as_dict()}
         # Requests of many clients sharing one connection pool wait here, in order and at O(1)
         # each, rather than in the pool's own queue (which it scans for every request).
         self._gate = gate
@@ -239,10 +251,16 @@ class OmnisendClient:
         content, sent_headers = (
             (None, self._headers) if json is None else (orjson.dumps(json), self._json_headers)
         )
-        request = self._http.build_request(
-            method, self._base + path, content=content, params=params, headers=sent_headers
+        request = httpx.Request(
+            method,
+            self._base + path,
+            params=params,
+            headers=sent_headers,
+            content=content,
+            extensions=self._timeouts,
         )
-        streamed = await self._http.send(request, stream=True)
+        streamed = await self._transport.handle_async_request(request)
+        streamed.request = request
         length = streamed.headers.get("content-length", "")
         if length.isdigit() and int(length) <= MAX_ANSWER_BYTES:
             await streamed.aread()  # said how much comes, and it is not too much: read it

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import httpx
+
 from connector.core.errors import Fatal, Retriable
 from connector.omnisend.client import OmnisendClient, Rejected
-from connector.omnisend.http import async_client
+from connector.omnisend.http import async_transport
 
 # Credential checks in flight at once (and connections per Omnisend host for them).
 CONCURRENT_CHECKS = 32
@@ -38,12 +40,15 @@ def verify_all(
 
     async def all_of() -> list[Verdict]:
         urls = {url for url, _ in connections.values()}
-        clients = {url: async_client(url, timeout_s, pool=CONCURRENT_CHECKS) for url in urls}
+        transports = {url: async_transport(url, pool=CONCURRENT_CHECKS) for url in urls}
+        timeout = httpx.Timeout(timeout_s)
         gate = asyncio.Semaphore(CONCURRENT_CHECKS)
 
         async def one(url: str, key: str) -> Verdict:
             async with gate:
-                client = OmnisendClient(clients[url], key, url, deadline_s=timeout_s)
+                client = OmnisendClient(
+                    transports[url], key, url, deadline_s=timeout_s, timeout=timeout
+                )
                 try:
                     await client.check_credentials()
                 except Fatal as exc:
@@ -57,7 +62,7 @@ def verify_all(
         try:
             return await asyncio.gather(*(one(url, key) for url, key in connections.values()))
         finally:
-            for http in clients.values():
-                await http.aclose()
+            for transport in transports.values():
+                await transport.aclose()
 
     return dict(zip(connections, asyncio.run(all_of()), strict=True))

@@ -128,9 +128,8 @@ def client(url: str, timeout_s: float) -> httpx.Client:
     return httpx.Client(transport=transport, timeout=httpx.Timeout(timeout_s))
 
 
-def async_client(url: str, timeout_s: float, pool: int = 10) -> httpx.AsyncClient:
-    """An async client for requests to `url` outside the sink (reconcile's listing, credential
-    checks), with at most `pool` connections."""
+def async_transport(url: str, pool: int = 10) -> httpx.AsyncBaseTransport:
+    """An async transport for requests to `url` outside the sink (reconcile's listing,
+    credential checks), with at most `pool` connections."""
     limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-    transport = httpx.AsyncHTTPTransport(proxy=proxy_for(url), verify=ssl_context(), limits=limits)
-    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout_s))
+    return httpx.AsyncHTTPTransport(proxy=proxy_for(url), verify=ssl_context(), limits=limits)

@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
+from asyncio import Semaphore
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -370,16 +371,12 @@ class OmnisendSink:
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
-        timeout = httpx.Timeout(
-            self.config.request_timeout_s, connect=min(5.0, self.config.request_timeout_s)
-        )
         # The pool of its loop for this host (shared by the process's sinks, and outliving
         # this client), or the transport it was given.
         own = self._transport
         transport, gate = (own, None) if own is not None else self._shared.transport(self._base_url)
-        http = httpx.AsyncClient(timeout=timeout, transport=transport)
         try:
-            dispatcher = self._dispatcher = self._parts(http, gate)
+            dispatcher = self._dispatcher = self._parts(transport, gate)
             while not self._stopping and self.fatal is None:
                 self._ingest()
                 dispatcher.dispatch()
@@ -393,17 +390,19 @@ class OmnisendSink:
         finally:
             await self._sender.stop()  # a crash too leaves nothing running on the loop
             if own is not None:
-                await http.aclose()
+                await own.aclose()
 
-    def _parts(self, http: httpx.AsyncClient, gate: asyncio.Semaphore | None) -> Dispatcher:
+    def _parts(self, transport: httpx.AsyncBaseTransport, gate: Semaphore | None) -> Dispatcher:
         """The client, what its answers mean, and when each request goes."""
+        timeout_s = self.config.request_timeout_s
         client = OmnisendClient(
-            http,
+            transport,
             self._api_key,
             self._base_url,
             observe=self._sender.observe,
-            deadline_s=3 * self.config.request_timeout_s,
+            deadline_s=3 * timeout_s,
             gate=gate,
+            timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
         )
         exchanges = Exchanges(
             self._state,

@@ -97,8 +97,13 @@ def test_a_request_waiting_too_long_for_the_shared_pool_is_retried_never_sent() 
     async def attempt() -> Retriable:
         gate = asyncio.Semaphore(1)
         await gate.acquire()  # other brands' requests hold every connection
-        http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-        client = OmnisendClient(http, "key", "http://omnisend.test/api", deadline_s=0.2, gate=gate)
+        client = OmnisendClient(
+            httpx.MockTransport(answer),
+            "key",
+            "http://omnisend.test/api",
+            deadline_s=0.2,
+            gate=gate,
+        )
         with pytest.raises(Retriable) as raised:
             await client.check_credentials()
         gate.release()

@@ -108,8 +108,7 @@ def test_an_answer_larger_than_the_limit_is_unexpected_and_not_kept() -> None:
         def huge(request: httpx.Request) -> httpx.Response:
             return httpx.Response(200, content=b"x" * (MAX_ANSWER_BYTES + 1))
 
-        async with httpx.AsyncClient(transport=httpx.MockTransport(huge)) as http:
-            await OmnisendClient(http, "key", BASE_URL).get_batch("b1")
+        await OmnisendClient(httpx.MockTransport(huge), "key", BASE_URL).get_batch("b1")
 
     with pytest.raises(UnexpectedAnswer, match="over"):
         asyncio.run(call())

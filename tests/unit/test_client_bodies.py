@@ -33,8 +33,7 @@ def _sent(call: Any, answer_body: Any = None) -> httpx.Request:
         return httpx.Response(202, json=answer_body or {"batchID": "b-1"})
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-            await call(OmnisendClient(http, "key"))
+        await call(OmnisendClient(httpx.MockTransport(answer), "key"))
 
     asyncio.run(run())
     (request,) = seen

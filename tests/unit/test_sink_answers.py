@@ -333,9 +333,8 @@ def test_an_answer_that_drips_forever_is_cut_at_the_deadline() -> None:
         return httpx.Response(202)
 
     async def call() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(drip)) as http:
-            client = OmnisendClient(http, "key", BASE_URL, deadline_s=0.2)
-            await client.change_tags(True, "vip", ["a@example.com"])
+        client = OmnisendClient(httpx.MockTransport(drip), "key", BASE_URL, deadline_s=0.2)
+        await client.change_tags(True, "vip", ["a@example.com"])
 
     started = time.monotonic()
     with pytest.raises(Retriable) as info:

@@ -294,8 +294,8 @@ def test_nothing_sent_where_no_connection_was_made() -> None:
         port = closed.getsockname()[1]
 
     async def run() -> Retriable:
-        async with httpx.AsyncClient(transport=transport()) as http:
-            client = OmnisendClient(http, "key", f"http://127.0.0.1:{port}/api")
+        async with transport() as wire:
+            client = OmnisendClient(wire, "key", f"http://127.0.0.1:{port}/api")
             with pytest.raises(Retriable) as caught:
                 await client.change_tags(True, "t", ["a@example.com"])
             return caught.value
@@ -307,8 +307,8 @@ def test_nothing_sent_where_no_connection_was_made() -> None:
 
 def test_a_lost_answer_may_have_been_applied() -> None:
     async def run(url: str) -> Retriable:
-        async with httpx.AsyncClient(transport=transport()) as http:
-            client = OmnisendClient(http, "key", url)
+        async with transport() as wire:
+            client = OmnisendClient(wire, "key", url)
             with pytest.raises(Retriable) as caught:
                 await client.change_tags(True, "t", ["a@example.com"])
             return caught.value
