@@ -28,6 +28,9 @@ CONTACT_FIELDS = frozenset({*DEFAULT_FIELD_MAP, "countryCode", "birthdate", "gen
 DEFAULT_TAG_TEMPLATE = "segment: {segment_name}"
 _TEMPLATE_FIELDS = frozenset({"segment_name", "segment_id"})
 CHANNEL_STATUSES = frozenset({"subscribed", "nonSubscribed", "unsubscribed"})
+# The one field of a mapped contact that is not a contact field: the email channel's status,
+# which the upsert sends in the contact's identifier.
+EMAIL_STATUS_FIELD = "_emailStatus"
 # An upsert replaces these whole: two exports of one connection cannot share them.
 WHOLE_FIELDS = ("customProperties", "the email channel status")
 
@@ -182,7 +185,7 @@ class Mapper:
         status_attr = self.mapping.email_status_attribute
         if status_attr and (status := change.profile.get(status_attr)) in CHANNEL_STATUSES:
             changed = datetime.fromtimestamp(change.occurred_at_ms / 1000, UTC)
-            out["_emailStatus"] = {
+            out[EMAIL_STATUS_FIELD] = {
                 "status": status,
                 "statusChangedAt": changed.isoformat().replace("+00:00", "Z"),
             }

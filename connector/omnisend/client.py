@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from connector.core.errors import Fatal, Retriable
+from connector.core.mapping import EMAIL_STATUS_FIELD
 from connector.omnisend import answers
 from connector.omnisend.answers import BatchItems, BatchStatus, ContactsPage, UnexpectedAnswer
 
@@ -109,9 +110,10 @@ def contact_request(email: str, fields: dict[str, Any]) -> dict[str, Any]:
     would replace the contact's tags), always `sendWelcomeMessage: false`, a channel status only
     when configured."""
     identifier: dict[str, Any] = {"type": "email", "id": email, "sendWelcomeMessage": False}
-    body = {k: v for k, v in fields.items() if not k.startswith("_")}
-    if "_emailStatus" in fields:
-        identifier["channels"] = {"email": fields["_emailStatus"]}
+    body = fields.copy()  # one per contact of every batch: a copy, not a filtering comprehension
+    status = body.pop(EMAIL_STATUS_FIELD, None)
+    if status is not None:
+        identifier["channels"] = {"email": status}
     body["identifiers"] = [identifier]
     return body
 

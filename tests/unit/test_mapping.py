@@ -95,8 +95,12 @@ def test_channel_status_only_when_configured() -> None:
     configured = mapped(
         Mapping(email_status_attribute="email_status"), occurred_at=NOW, email_status="unsubscribed"
     )
-    ident = contact_request("a@example.com", configured.fields)["identifiers"][0]
-    assert ident["channels"]["email"]["status"] == "unsubscribed"
+    before = dict(configured.fields)
+    body = contact_request("a@example.com", configured.fields)
+    assert body["identifiers"][0]["channels"]["email"]["status"] == "unsubscribed"
+    assert not any(name.startswith("_") for name in body)  # the status is no contact field
+    # The intent's fields stay as they were: they are its fingerprint, and may be sent again.
+    assert configured.fields == before
 
 
 def test_tags_stay_right_when_more_segments_come_than_the_mapper_remembers(
