@@ -107,8 +107,9 @@ class UpsertIntent:
 
 @dataclass(eq=False, slots=True, init=False)
 class TagIntent:
-    email: str
-    tag: str
+    email: Final[str]
+    tag: Final[str]
+    key: Final[Key]  # (email, tag): made once, asked for at every step of the intent
     add: bool
     occurred_at_ms: int
     since: float
@@ -118,15 +119,12 @@ class TagIntent:
     def __init__(self, email: str, tag: str, add: bool, occurred_at_ms: int, since: float) -> None:
         self.email = email
         self.tag = tag
+        self.key = (email, tag)
         self.add = add
         self.occurred_at_ms = occurred_at_ms
         self.since = since
         self.tickets = []
         self.not_before = 0.0
-
-    @property
-    def key(self) -> Key:
-        return (self.email, self.tag)
 
     @property
     def group(self) -> Group:
