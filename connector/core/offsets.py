@@ -53,7 +53,10 @@ class OffsetTracker:
         self._committed: dict[TopicPartition, int] = {}
 
     def track(self, tp: TopicPartition, offset: int) -> None:
-        self._partitions.setdefault(tp, PartitionOffsets()).track(offset)
+        offsets = self._partitions.get(tp)  # per record: make one only for a new partition
+        if offsets is None:
+            offsets = self._partitions[tp] = PartitionOffsets()
+        offsets.track(offset)
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         partition = self._partitions.get(tp)

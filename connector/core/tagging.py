@@ -70,7 +70,10 @@ class TagQueue:
         last = self._accepted.get(intent.key)
         opposite = last is not None and last[0] != intent.add
         intent.not_before = last[1] + self.settle_s if last is not None and opposite else 0.0
-        self.ready.setdefault(intent.group, OrderedDict())[intent.email] = intent
+        group = self.ready.get(intent.group)
+        if group is None:  # not `setdefault`: it would make an OrderedDict every time
+            group = self.ready[intent.group] = OrderedDict()
+        group[intent.email] = intent
 
     def release_adds(self, email: str, now: float) -> None:
         """The contact exists now: its adds may go, even while newer fields are on their way."""
@@ -86,7 +89,10 @@ class TagQueue:
 
     def _put(self, intent: TagIntent) -> None:
         self.tags[intent.key] = intent
-        self._tags_of.setdefault(intent.email, set()).add(intent.tag)
+        tags = self._tags_of.get(intent.email)
+        if tags is None:
+            tags = self._tags_of[intent.email] = set()
+        tags.add(intent.tag)
 
     def _pop(self, key: Key) -> TagIntent:
         intent = self.tags.pop(key)

@@ -53,8 +53,14 @@ class Membership:
             except InvalidRecord:
                 self.invalid += 1
                 continue
-            self._tags_seen.setdefault(export.name, set()).add(change.tag)
-            segment = self._segments.setdefault((export.name, event.segment_id), _Segment())
+            # Per event: look up first, make only what is missing (a segment's table is 24 kB).
+            tags = self._tags_seen.get(export.name)
+            if tags is None:
+                tags = self._tags_seen[export.name] = set()
+            tags.add(change.tag)
+            segment = self._segments.get((export.name, event.segment_id))
+            if segment is None:
+                segment = self._segments[(export.name, event.segment_id)] = _Segment()
             at = event.occurred_at_ms
             if at >= segment.name_at:
                 segment.name, segment.name_at = event.segment_name, at
@@ -76,7 +82,10 @@ class Membership:
         for (name, segment_id), segment in self._segments.items():
             if name != export.name:
                 continue
-            members = out.setdefault(mapper.tag_of(segment_id, segment.name), IntTable(1))
+            tag = mapper.tag_of(segment_id, segment.name)
+            members = out.get(tag)
+            if members is None:
+                members = out[tag] = IntTable(1)
             for _, (email, at_entered) in segment.members.items():
                 if at_entered & 1:
                     members.put(email, (0,))

@@ -31,7 +31,10 @@ class Sinks:
     def submit(self, changes: list[tuple[str, ContactChange]]) -> None:
         grouped: dict[str, list[ContactChange]] = {}
         for connection, change in changes:
-            grouped.setdefault(connection, []).append(change)
+            group = grouped.get(connection)
+            if group is None:
+                group = grouped[connection] = []
+            group.append(change)
         if self._loop is None or len(grouped) == 1:
             for connection, group in grouped.items():
                 self.by_connection[connection].submit(group)
