@@ -85,14 +85,14 @@ class Fates:
             self._about[raw.position] = About.of(event)
 
     def routed(
-        self, raw: RawRecord, routed: list[tuple[str, ContactChange]], exports: tuple[str, ...]
+        self, raw: RawRecord, routed: list[tuple[str, ContactChange]], names: tuple[str, ...]
     ) -> None:
-        """It goes to these exports (`exports`: their names, in the order of `routed`)."""
+        """It goes to the exports of these changes (`names`: every export's, by its number)."""
         about = self._about.get(raw.position)
         if about is not None and routed:
             if self._email_hash is not None:
                 about.email_hash = self._email_hash(routed[0][1].email)
-            about.exports = exports
+            about.exports = tuple(names[change.export] for _, change in routed)
         self.ledger.fan_out(raw.position, len(routed))
 
     # ---- fates ---------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class Intake:
         self._partitions = partitions
         self._metrics = metrics
         self._clock = clock
+        # Each export's name by its number, for the results topic.
+        self._export_names = tuple(export.name for export in admission.router.exports)
         self.held: list[RawRecord] = []  # records waiting for an unreachable Schema Registry
         self._held_until = 0.0
         # Too large a share of the records were invalid: the loop must stop.
@@ -58,10 +60,11 @@ class Intake:
         if self.held:
             self.held.extend(records)
             changes, records = self._retry_held()
+        now_ms = int(self._clock.now() * 1000)  # once per poll: it bounds occurred_at
         for raw in records:
             if self.limit_reached is not None:
                 break
-            changes.extend(self._accept(raw))
+            changes.extend(self._accept(raw, now_ms))
         return changes
 
     def forget(self) -> None:
@@ -69,9 +72,9 @@ class Intake:
         self.held.clear()
         self._admission.forget()
 
-    def _accept(self, raw: RawRecord) -> Changes:
+    def _accept(self, raw: RawRecord, now_ms: int) -> Changes:
         self._fates.admit(raw)
-        changes = self._prepare(raw)
+        changes = self._prepare(raw, now_ms)
         self._fates.judged(raw)
         invalid, limit = self._fates.invalid, self.config.dlq_max_invalid_share
         if invalid.exceeds(limit) and self.limit_reached is None:
@@ -83,9 +86,9 @@ class Intake:
             log.error("dlq_limit_reached", share=round(invalid.share(), 3), window=len(invalid))
         return changes
 
-    def _prepare(self, raw: RawRecord) -> Changes:
+    def _prepare(self, raw: RawRecord, now_ms: int) -> Changes:
         try:
-            return self._validated(raw)
+            return self._validated(raw, now_ms)
         except InvalidRecord as exc:
             self._invalid(raw, exc)
         except Retriable as exc:
@@ -100,21 +103,19 @@ class Intake:
         error_class = type(exc.__cause__ or exc).__name__
         self._fates.dead_letter(raw, exc.reason, exc.stage, exc.detail, error_class)
 
-    def _validated(self, raw: RawRecord) -> Changes:
+    def _validated(self, raw: RawRecord, now_ms: int) -> Changes:
         event = self._admission.decode(raw)
         if isinstance(event, str):
             self._fates.skip(raw.position, event)
             return []
         self._fates.decoded(raw, event)
-        verdict = self._admission.route(event, raw.position, int(self._clock.now() * 1000))
+        verdict = self._admission.route(event, raw.position, now_ms)
         for collision in verdict.collisions:
             self._report_collision(collision)
         if verdict.skipped is not None:  # a duplicate, or no export wants it: no changes
             self._fates.skip(raw.position, verdict.skipped)
             return []
-        exports = self._admission.router.exports
-        names = tuple(exports[c.export].name for _, c in verdict.changes)
-        self._fates.routed(raw, verdict.changes, names)
+        self._fates.routed(raw, verdict.changes, self._export_names)
         return verdict.changes
 
     def _report_collision(self, collision: TagCollision) -> None:
@@ -134,6 +135,7 @@ class Intake:
         if self._clock.now() < self._held_until:
             return [], []
         held, self.held = self.held, []
+        now_ms = int(self._clock.now() * 1000)
         changes: Changes = []
         ready: list[RawRecord] = []
         for index, raw in enumerate(held):
@@ -141,7 +143,7 @@ class Intake:
                 ready.append(raw)
                 continue
             try:
-                changes.extend(self._validated(raw))
+                changes.extend(self._validated(raw, now_ms))
             except InvalidRecord as exc:
                 self._invalid(raw, exc)
                 continue
