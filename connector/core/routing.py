@@ -4,6 +4,7 @@ event to connections, with the tags two segments would share reported once."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from connector.core.events import ContactChange, Position, SegmentChange
@@ -101,8 +102,10 @@ class Router:
             self._reported.add(key)
             self._collisions.append(collision)
 
-    def take_collisions(self) -> list[TagCollision]:
+    def take_collisions(self) -> Sequence[TagCollision]:
         """Tags two segments make, found since the last call (each reported once)."""
+        if not self._collisions:
+            return ()  # asked for every event: no new list each time
         found, self._collisions = self._collisions, []
         return found
 
