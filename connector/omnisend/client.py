@@ -22,12 +22,14 @@ from typing import Any
 import httpx
 import orjson
 
+from connector import __version__
 from connector.core.errors import Fatal, Retriable
 from connector.core.mapping import EMAIL_STATUS_FIELD
 from connector.omnisend import answers
 from connector.omnisend.answers import BatchItems, BatchStatus, ContactsPage, UnexpectedAnswer
 
 API_VERSION = "2026-03-15"
+USER_AGENT = f"omnisend-connector/{__version__}"
 DEFAULT_BASE_URL = "https://api.omnisend.com/api"
 ENDPOINTS = (
     "batches.create",
@@ -144,6 +146,10 @@ class OmnisendClient:
             "Authorization": f"Omnisend-API-Key {api_key}",
             "Omnisend-Version": API_VERSION,
             "Accept": "application/json",
+            # What an httpx.AsyncClient would add on its own: gateways may refuse a request
+            # without a User-Agent, and compressed answers are decoded by httpx.
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "gzip, deflate",
         }
         self._json_headers = self._headers | {"Content-Type": "application/json"}
         self._observe = observe or (lambda endpoint, status, seconds: None)

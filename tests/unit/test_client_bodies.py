@@ -4,6 +4,7 @@ the text (the bodies are encoded with orjson, not the standard library)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from typing import Any
 
@@ -65,6 +66,31 @@ def test_a_read_sends_no_body() -> None:
     request = _sent(lambda client: client.list_batches(20), {"batches": []})
     assert request.content == b""
     assert "content-type" not in request.headers
+
+
+def test_every_request_names_the_connector_and_accepts_compressed_answers() -> None:
+    """The client sends through its transport, not an httpx.AsyncClient: what the client would
+    have added must be there (a gateway may refuse a request without a User-Agent)."""
+    request = _sent(lambda client: client.change_tags(True, "vip", ["a@example.com"]))
+    assert request.headers["user-agent"].startswith("omnisend-connector/")
+    assert "gzip" in request.headers["accept-encoding"]
+    assert request.headers["host"] == "api.omnisend.com"
+
+
+def test_a_compressed_answer_is_read_decoded() -> None:
+    body = {"batchID": "b-7"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            201,
+            content=gzip.compress(json.dumps(body).encode()),
+            headers={"content-encoding": "gzip"},
+        )
+
+    async def run() -> str:
+        return await OmnisendClient(httpx.MockTransport(answer), "key").create_batch([])
+
+    assert asyncio.run(run()) == "b-7"
 
 
 @settings(max_examples=200, deadline=None)
