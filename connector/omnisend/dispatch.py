@@ -160,7 +160,10 @@ class Dispatcher:
             if not self._sender.room(tag_call=True):
                 return  # a call's answer wakes the loop
             if count < size and now - since < linger and not flushing:
-                self.wake_by(since + linger)  # not even the oldest has waited long enough
+                # The group's first intent has not waited long enough. It is usually the
+                # oldest; one readied again (an add released by its upsert, a retry) goes to
+                # the back with its own `since`, and may wait up to one linger more.
+                self.wake_by(since + linger)
                 continue
             # Ask first: taking a call's intents and putting them back costs a millisecond
             # and sends them to the back of their group. Intents settling (an opposite call
