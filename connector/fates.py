@@ -35,6 +35,7 @@ class FatesConfig:
     connection: str
     dlq_window_records: int
     log_dead_letters: bool  # a `dead_lettering` line each (not in a dry run)
+    export_names: tuple[str, ...] = ()  # by export number, for the results topic
 
 
 class Fates:
@@ -84,14 +85,13 @@ class Fates:
         if self._results is not None:
             self._about[raw.position] = About.of(event)
 
-    def routed(
-        self, raw: RawRecord, routed: list[tuple[str, ContactChange]], names: tuple[str, ...]
-    ) -> None:
-        """It goes to the exports of these changes (`names`: every export's, by its number)."""
+    def routed(self, raw: RawRecord, routed: list[tuple[str, ContactChange]]) -> None:
+        """It goes to the exports of these changes."""
         about = self._about.get(raw.position)
         if about is not None and routed:
             if self._email_hash is not None:
                 about.email_hash = self._email_hash(routed[0][1].email)
+            names = self.config.export_names
             about.exports = tuple(names[change.export] for _, change in routed)
         self.ledger.fan_out(raw.position, len(routed))
 

@@ -45,8 +45,6 @@ class Intake:
         self._partitions = partitions
         self._metrics = metrics
         self._clock = clock
-        # Each export's name by its number, for the results topic.
-        self._export_names = tuple(export.name for export in admission.router.exports)
         self.held: list[RawRecord] = []  # records waiting for an unreachable Schema Registry
         self._held_until = 0.0
         # Too large a share of the records were invalid: the loop must stop.
@@ -115,7 +113,7 @@ class Intake:
         if verdict.skipped is not None:  # a duplicate, or no export wants it: no changes
             self._fates.skip(raw.position, verdict.skipped)
             return []
-        self._fates.routed(raw, verdict.changes, self._export_names)
+        self._fates.routed(raw, verdict.changes)
         return verdict.changes
 
     def _report_collision(self, collision: TagCollision) -> None:

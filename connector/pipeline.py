@@ -108,7 +108,12 @@ class Pipeline:
         self._source = source
         self._sink = sinks
         self.fates = Fates(
-            FatesConfig(config.connection, config.dlq_window_records, config.log_dead_letters),
+            FatesConfig(
+                config.connection,
+                config.dlq_window_records,
+                config.log_dead_letters,
+                tuple(export.name for export in router.exports),
+            ),
             dead_letters,
             results,
             metrics,
