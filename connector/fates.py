@@ -61,9 +61,11 @@ class Fates:
         self._email_hash = email_hash
         self.stats = {"consumed": 0, "dead_lettered": 0, "skipped": 0, "done": 0}
         self.invalid = InvalidShare(config.dlq_window_records)  # for DLQ_MAX_INVALID_SHARE
-        # Records consumed per topic since the metric was last told (once per turn of the loop,
-        # not once per record).
+        # Records consumed per topic, and skipped per reason, since the metrics were last told
+        # (once per turn of the loop, not once per record: a label look-up costs more than the
+        # rest of a skip).
         self._consumed: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
         # Told each record's fate (`done`, `skipped`, `dead_lettered`) as it is decided, before
         # its result is sent or its offset released: the tests check one fate per record here.
         self.observe: Callable[[RawRecord, str], None] | None = None
@@ -114,7 +116,7 @@ class Fates:
             self._finish(raw, DONE)
 
     def skip(self, position: Position, why: str) -> None:
-        self._metrics.events_skipped.labels(self.config.connection, why).inc()
+        self._skipped[why] = self._skipped.get(why, 0) + 1
         self.stats["skipped"] += 1
         raw = self.ledger.get(position)
         if raw is not None:
@@ -173,19 +175,24 @@ class Fates:
 
     def poll(self) -> None:
         """Delivery reports of dead letters and results (the one producer serves both); the
-        records consumed since the last call are counted in the metrics."""
-        self._count_consumed()
+        records consumed and skipped since the last call are counted in the metrics."""
+        self._count()
         self._dlq.poll()
         self._take_delivered()  # a dead letter's result is sent by the results' poll below
         if self._results is not None:
             self._results.poll()
             self._take_delivered()
 
-    def _count_consumed(self) -> None:
+    def _count(self) -> None:
         if self._consumed:
             for topic, count in self._consumed.items():
                 self._metrics.events_consumed.labels(topic).inc(count)
             self._consumed.clear()
+        if self._skipped:
+            skipped, connection = self._metrics.events_skipped, self.config.connection
+            for why, count in self._skipped.items():
+                skipped.labels(connection, why).inc(count)
+            self._skipped.clear()
 
     def _take_delivered(self) -> None:
         """Dead letters written are done (their result goes now, if any); records whose
@@ -200,7 +207,7 @@ class Fates:
         """Dead letters and results confirmed, before `deadline` (of the clock): a dead letter's
         result goes once the dead letter is delivered, and a dead letter refused for its size
         goes again."""
-        self._count_consumed()
+        self._count()
         until = time.monotonic() + max(0.0, deadline - self._clock.now())
         while True:
             self._dlq.flush(max(0.0, until - time.monotonic()))

@@ -78,3 +78,48 @@ def test_the_loop_says_it_waits_then_its_share_then_its_progress() -> None:
     assert progress[-1]["lag"] == 0
     assert pipeline.assignment_seen
     assert consumer.failures == 0  # asked again until the broker answered
+
+
+def test_every_skip_is_counted_once_in_the_metric_by_its_reason() -> None:
+    """Skips are told to the metrics once per turn, not per record: none may be lost on the
+    way (the last turn's are told at shutdown) or told twice."""
+    at = 999_000  # ms: a second before the loop's clock
+    duplicate = event("dup@example.com", event_id="same-id", occurred_at=at)
+    events = [
+        duplicate,
+        duplicate,  # the same event again: skipped as a duplicate
+        event("o@example.com", segment_id="seg-2", segment_name="News", occurred_at=at),
+        *(event(f"r{i}@example.com", profile_id=f"p{i}", occurred_at=at) for i in range(5)),
+        event("late@example.com", segment_id="seg-9", segment_name="Other", occurred_at=at),
+    ]
+    records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+        (i % 2, f"k{i}".encode(), encode_plain(e), []) for i, e in enumerate(events)
+    ]
+    registry = CollectorRegistry()
+    pipeline = Pipeline(
+        pipeline_config(TOPIC, shutdown_timeout_s=5),
+        MemorySource.of(TOPIC, records),
+        PlainAvroDecoder(),
+        Router((Export("all", "default", Mapping(), frozenset({"seg-1"})),)),
+        Sinks({"default": fast_sink(Scripted(simulator()))}),
+        DeadLetters(MemoryProducer(1 << 20), f"{TOPIC}.dlq", 1 << 20),
+        Metrics(registry),
+        ManualClock(1_000.0),
+    )
+    fates: dict[str, int] = {}
+    pipeline.fates.observe = lambda raw, outcome: fates.__setitem__(
+        outcome, fates.get(outcome, 0) + 1
+    )
+
+    def until(p: Pipeline) -> bool:
+        return p.stats["consumed"] == len(events) and not len(p.fates.ledger)
+
+    pipeline.run(threading.Event(), until=until)
+
+    def skipped(reason: str) -> float | None:
+        labels = {"connection": "default", "reason": reason}
+        return registry.get_sample_value("omnisend_connector_events_skipped_total", labels)
+
+    assert skipped("duplicate") == 1
+    assert skipped("no_export") == 2
+    assert fates.get("skipped") == 3 == pipeline.stats["skipped"]
