@@ -204,9 +204,7 @@ class Exchanges:
         self._metrics.tags_changed.labels(self._connection, operation).inc(len(intents))
         # From the change to Omnisend's acceptance; clock skew must not make it negative.
         latencies = [max(0.0, now - i.occurred_at_ms / 1000) for i in intents]
-        histogram = self._metrics.end_to_end_latency.labels(self._connection)
-        for latency in latencies:
-            histogram.observe(latency)
+        self._metrics.end_to_end_latency.observe_many(self._connection, latencies)
         self._on_accepted(latencies)
 
     def _tags_refused(self, add: bool, tag: str, intents: list[TagIntent], exc: Rejected) -> None:
