@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,55 @@ RequestObserver = Callable[[str, str, float], None]  # endpoint, status, seconds
 # The largest answer read: a page of 250 contacts or batches is well under a megabyte; a body
 # past this is not Omnisend's, and must not fill the memory.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+# Content encodings read as they come; gzip and deflate (what requests accept) are inflated here,
+# any other is kept as sent (and is then no JSON: an unexpected answer).
+_PLAIN = ("", "identity")
+_INFLATED = ("gzip", "x-gzip", "deflate")
+_INFLATE_STEP = 1 << 20
+
+
+async def _read_bounded(streamed: httpx.Response, encoding: str) -> bytes:
+    """The body, decoded, but never more than `MAX_ANSWER_BYTES` of it: a compressed answer is
+    inflated at most that far (64 kB of gzip can hold 64 MB), so it is limited by what it
+    decodes to, not by what it weighs. A corrupt or cut one is an `httpx.DecodingError`."""
+    if streamed.is_stream_consumed:  # a transport that read it already (a test's MockTransport)
+        if len(streamed.content) > MAX_ANSWER_BYTES:
+            raise _TooLarge(streamed.status_code)
+        return streamed.content
+    body = bytearray()
+    # Auto-detects a zlib or a gzip header. `deflate` is meant with a zlib header, but some
+    # servers send the raw stream: tried once, if the first bytes are no zlib stream.
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in _INFLATED else None
+    headless = encoding == "deflate"
+    try:
+        async for chunk in streamed.aiter_raw():
+            if inflate is None:
+                body += chunk
+            else:
+                data = chunk
+                while True:  # a megabyte at a time, and at most one byte past the limit
+                    room = min(_INFLATE_STEP, MAX_ANSWER_BYTES + 1 - len(body))
+                    try:
+                        out = inflate.decompress(data, room)
+                    except zlib.error:
+                        if not headless or body:
+                            raise
+                        inflate, headless = zlib.decompressobj(-zlib.MAX_WBITS), False
+                        continue
+                    headless = False
+                    body += out
+                    data = inflate.unconsumed_tail
+                    if len(body) > MAX_ANSWER_BYTES or (not data and len(out) < room):
+                        break  # too much, or all of this piece is out
+            if len(body) > MAX_ANSWER_BYTES:
+                raise _TooLarge(streamed.status_code)
+        if inflate is not None and not inflate.eof:
+            raise httpx.DecodingError(f"a {encoding} answer that ends early")
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"a corrupt {encoding} answer: {exc}") from None
+    return bytes(body)
 
 
 class _TooLarge(Exception):
@@ -269,16 +319,13 @@ class OmnisendClient:
         )
         streamed = await self._transport.handle_async_request(request)
         streamed.request = request
+        encoding = streamed.headers.get("content-encoding", "").strip().lower()
         length = streamed.headers.get("content-length", "")
-        if length.isdigit() and int(length) <= MAX_ANSWER_BYTES:
+        if encoding in _PLAIN and length.isdigit() and int(length) <= MAX_ANSWER_BYTES:
             await streamed.aread()  # said how much comes, and it is not too much: read it
             return streamed
         try:
-            body = bytearray()
-            async for chunk in streamed.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_ANSWER_BYTES:
-                    raise _TooLarge(streamed.status_code)
+            body = await _read_bounded(streamed, encoding)
         finally:
             await streamed.aclose()
         # The body is decoded already: the headers must not say otherwise.
@@ -287,9 +334,7 @@ class OmnisendClient:
             for name, value in streamed.headers.multi_items()
             if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
         ]
-        return httpx.Response(
-            streamed.status_code, headers=headers, content=bytes(body), request=request
-        )
+        return httpx.Response(streamed.status_code, headers=headers, content=body, request=request)
 
     def _raise_for(self, endpoint: str, response: httpx.Response) -> None:
         status = response.status_code

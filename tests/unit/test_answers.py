@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -13,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connector.core.errors import Retriable
 from connector.omnisend import answers
 from connector.omnisend.answers import UnexpectedAnswer
 from connector.omnisend.client import MAX_ANSWER_BYTES, OmnisendClient
@@ -101,6 +106,76 @@ def test_huge_numbers_are_not_numbers() -> None:
     later = answers.retry_after(httpx.Response(429, json={"retryAfter": huge}))
     assert later.seconds is None
     assert later.clamped_from is not None
+
+
+class Streamed(httpx.AsyncByteStream):
+    """A body that arrives in pieces, as from the network (not read in advance)."""
+
+    def __init__(self, body: bytes, piece: int = 65_536) -> None:
+        self.pieces = [body[i : i + piece] for i in range(0, len(body), piece)]
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+def _answered(body: bytes, encoding: str) -> httpx.Response:
+    """The answer the client makes of `body`, sent with this content encoding."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Streamed(body), headers={"content-encoding": encoding})
+
+    client = OmnisendClient(httpx.MockTransport(answer), "key", BASE_URL)
+    return asyncio.run(client.call("batches.get", "GET", "/batches/b1"))
+
+
+def test_a_compressed_answer_is_limited_by_what_it_decodes_to_not_by_its_length() -> None:
+    """A proxy's gzip of 64 MB weighs 64 kB: read whole, it would fill the memory the limit
+    protects. It is refused once the decoded bytes pass the limit, never decoded further."""
+    bomb = gzip.compress(b" " * (4 * MAX_ANSWER_BYTES))
+    assert len(bomb) < MAX_ANSWER_BYTES // 64
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnexpectedAnswer, match="over"):
+            _answered(bomb, "gzip")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * MAX_ANSWER_BYTES
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    size=st.sampled_from([0, 1, MAX_ANSWER_BYTES - 1, MAX_ANSWER_BYTES, MAX_ANSWER_BYTES + 1]),
+    encoding=st.sampled_from(["gzip", "deflate", "GZIP", "identity"]),
+)
+def test_a_compressed_answer_up_to_the_limit_is_read_whole_and_past_it_refused(
+    size: int, encoding: str
+) -> None:
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    compress: dict[str, Callable[[bytes], bytes]] = {
+        "gzip": gzip.compress,
+        "deflate": zlib.compress,
+    }
+    sent = compress.get(encoding.lower(), bytes)(body)
+    if size > MAX_ANSWER_BYTES:
+        with pytest.raises(UnexpectedAnswer, match="over"):
+            _answered(sent, encoding)
+    else:
+        assert _answered(sent, encoding).content == body
+
+
+def test_a_deflate_answer_without_its_zlib_header_is_read_too() -> None:
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    body = b'{"batchID": "b1"}' * 1000
+    assert _answered(raw.compress(body) + raw.flush(), "deflate").content == body
+
+
+def test_a_corrupt_compressed_answer_is_a_transient_failure() -> None:
+    """A proxy that cut or mangled the stream: the request may have been carried out."""
+    with pytest.raises(Retriable) as raised:
+        _answered(gzip.compress(b'{"batchID": "b1"}')[:-9] + b"garbage!!", "gzip")
+    assert raised.value.maybe_applied
 
 
 def test_an_answer_larger_than_the_limit_is_unexpected_and_not_kept() -> None:
