@@ -95,11 +95,13 @@ class _Connection(asyncio.Protocol):
     # ---- the caller's side -------------------------------------------------------------------
 
     def reusable(self, now: float, expiry: float) -> bool:
-        """Idle, open, and nothing arrived while idle (a server says nothing unasked)."""
+        """Idle, open, and nothing arrived past the last answer or while idle (a server says
+        nothing unasked): bytes left over would be read as the next request's answer."""
         return (
             not self._closed
             and not self._eof
             and not self._buffer
+            and not self.h11.trailing_data[0]
             and self._transport is not None
             and not self._transport.is_closing()
             and now - self.idle_since < expiry

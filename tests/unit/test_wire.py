@@ -50,8 +50,22 @@ BEHAVIOURS: dict[str, tuple[bytes, bool]] = {
         b"<h1>502</h1>\n",
         False,
     ),
+    # Bytes past the end of the answer: the connection must not serve another request (the
+    # next would read them as its status line, or as its whole answer).
+    "ok-trailing-crlf": (OK + b"\r\n", False),
+    "ok-overlong": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + OK, False),
+    "no-content-with-body": (b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nok", False),
 }
-ANSWERED = {"ok", "ok-then-close", "ok-saying-close", "chunked", "until-close", "early-hints"}
+ANSWERED = {
+    "ok",
+    "ok-then-close",
+    "ok-saying-close",
+    "chunked",
+    "until-close",
+    "early-hints",
+    "ok-trailing-crlf",
+    "ok-overlong",
+}
 
 
 class Server:
@@ -205,12 +219,16 @@ def test_every_request_ends_in_an_answer_or_a_transport_error(
                 assert fate == "200 ok", (behaviour, fate)
             elif behaviour == "gateway-html":
                 assert fate.startswith("502 "), fate
+            elif behaviour == "no-content-with-body":
+                assert fate == "204 ", fate
             else:
                 assert fate.endswith(("Error", "Timeout")), (behaviour, fate)
     else:  # connections race for the script: each fate is still one of the expected kinds
         for fate in fates:
             assert (
-                fate == "200 ok" or fate.startswith("502 ") or fate.endswith(("Error", "Timeout"))
+                fate in ("200 ok", "204 ")
+                or fate.startswith("502 ")
+                or fate.endswith(("Error", "Timeout"))
             )
         assert sum(f == "200 ok" for f in fates) <= sum(b in ANSWERED for b in script) + 1
 
