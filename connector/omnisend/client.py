@@ -80,8 +80,10 @@ async def _read_bounded(streamed: httpx.Response, encoding: str) -> bytes:
     # servers send the raw stream: tried once, if the first bytes are no zlib stream.
     inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in _INFLATED else None
     headless = encoding == "deflate"
+    received = False  # an empty body is empty whatever its encoding says (a 202, a 204)
     try:
         async for chunk in streamed.aiter_raw():
+            received = received or bool(chunk)
             if inflate is None:
                 body += chunk
             else:
@@ -102,7 +104,7 @@ async def _read_bounded(streamed: httpx.Response, encoding: str) -> bytes:
                         break  # too much, or all of this piece is out
             if len(body) > MAX_ANSWER_BYTES:
                 raise _TooLarge(streamed.status_code)
-        if inflate is not None and not inflate.eof:
+        if inflate is not None and received and not inflate.eof:
             raise httpx.DecodingError(f"a {encoding} answer that ends early")
     except zlib.error as exc:
         raise httpx.DecodingError(f"a corrupt {encoding} answer: {exc}") from None
@@ -319,22 +321,30 @@ class OmnisendClient:
         )
         streamed = await self._transport.handle_async_request(request)
         streamed.request = request
-        encoding = streamed.headers.get("content-encoding", "").strip().lower()
-        length = streamed.headers.get("content-length", "")
-        if encoding in _PLAIN and length.isdigit() and int(length) <= MAX_ANSWER_BYTES:
-            await streamed.aread()  # said how much comes, and it is not too much: read it
+        headers = streamed.headers
+        encoding = headers.get("content-encoding", "").strip().lower()
+        length = headers.get("content-length", "")
+        # Said how much comes, it is not too much, and nothing else frames the body (a chunked
+        # body runs past its Content-Length): read it at once. Otherwise count what arrives.
+        if (
+            encoding in _PLAIN
+            and length.isdigit()
+            and int(length) <= MAX_ANSWER_BYTES
+            and "transfer-encoding" not in headers
+        ):
+            await streamed.aread()
             return streamed
         try:
             body = await _read_bounded(streamed, encoding)
         finally:
             await streamed.aclose()
         # The body is decoded already: the headers must not say otherwise.
-        headers = [
+        kept = [
             (name, value)
-            for name, value in streamed.headers.multi_items()
+            for name, value in headers.multi_items()
             if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
         ]
-        return httpx.Response(streamed.status_code, headers=headers, content=body, request=request)
+        return httpx.Response(streamed.status_code, headers=kept, content=body, request=request)
 
     def _raise_for(self, endpoint: str, response: httpx.Response) -> None:
         status = response.status_code

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from connector.core.errors import Retriable
 from connector.omnisend import answers
 from connector.omnisend.answers import UnexpectedAnswer
-from connector.omnisend.client import MAX_ANSWER_BYTES, OmnisendClient
+from connector.omnisend.client import MAX_ANSWER_BYTES, FatalApiError, OmnisendClient, Rejected
 from tests.omnisend_fakes import BASE_URL
 
 KEYS = [
@@ -119,14 +119,47 @@ class Streamed(httpx.AsyncByteStream):
             yield piece
 
 
-def _answered(body: bytes, encoding: str) -> httpx.Response:
+def _answered(
+    body: bytes,
+    encoding: str,
+    status: int = 200,
+    endpoint: str = "batches.get",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     """The answer the client makes of `body`, sent with this content encoding."""
 
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=Streamed(body), headers={"content-encoding": encoding})
+        sent = {"content-encoding": encoding, **(headers or {})}
+        return httpx.Response(status, stream=Streamed(body), headers=sent)
 
     client = OmnisendClient(httpx.MockTransport(answer), "key", BASE_URL)
-    return asyncio.run(client.call("batches.get", "GET", "/batches/b1"))
+    return asyncio.run(client.call(endpoint, "GET", "/batches/b1"))
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "identity", ""])
+@pytest.mark.parametrize("status", [200, 202, 204])
+def test_an_empty_answer_is_empty_whatever_its_encoding_says(encoding: str, status: int) -> None:
+    """A 202 with no body (a tag call accepted) and a `Content-Encoding` header is accepted, not
+    a cut compressed stream that would make every accepted call look lost."""
+    answer = _answered(b"", encoding, status, "tags.add", {"content-length": "0"})
+    assert answer.content == b""
+
+
+def test_an_empty_refusal_whatever_its_encoding_is_still_a_refusal() -> None:
+    with pytest.raises(Rejected):
+        _answered(b"", "gzip", 400, "tags.add")
+    with pytest.raises(FatalApiError):
+        _answered(b"", "gzip", 401, "tags.add")
+
+
+def test_a_small_content_length_does_not_lift_the_limit_on_what_arrives() -> None:
+    """A body framed otherwise (chunked, or up to the close) may run past its Content-Length:
+    what is read is counted, not what was announced."""
+    body = b"x" * (MAX_ANSWER_BYTES + 1)
+    framed = {"content-length": "2", "transfer-encoding": "chunked"}
+    for encoding in ("identity", ""):
+        with pytest.raises(UnexpectedAnswer, match="over"):
+            _answered(body, encoding, headers=framed)
 
 
 def test_a_compressed_answer_is_limited_by_what_it_decodes_to_not_by_its_length() -> None:
