@@ -74,7 +74,9 @@ def _provenance(
         "original.offset": str(position.offset),
         "original.timestamp": str(record.timestamp_ms),
     }
-    return [(HEADER_PREFIX + k, v.encode()) for k, v in ours.items()]
+    # A detail may quote text no UTF-8 holds (an answer's lone surrogate): written as its
+    # escape, never raised.
+    return [(HEADER_PREFIX + k, v.encode("utf-8", "backslashreplace")) for k, v in ours.items()]
 
 
 class Outgoing(TypedDict):

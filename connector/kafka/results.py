@@ -121,8 +121,13 @@ class Results(TopicWriter):
         if self.failure is not None:
             return  # stopping: the record stays unfinished, so uncommitted
         profile_id = value.get("profile_id")
-        key = profile_id.encode() if isinstance(profile_id, str) else None
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        # Text no UTF-8 holds (a lone surrogate an answer escaped) is written as its escape,
+        # never raised: the same record would stop the loop again on every restart.
+        key = (
+            profile_id.encode("utf-8", "backslashreplace") if isinstance(profile_id, str) else None
+        )
+        rendered = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        text = rendered.encode("utf-8", "backslashreplace")
         self.pending += 1
         self._waiting.append((record, key, text))
 

@@ -210,7 +210,19 @@ def describe_problem(body: Any) -> str:
     for error in errors if isinstance(errors, list) else []:
         if isinstance(error, dict):
             parts.append(f"{error.get('field')}: {error.get('message')}")
-    return "; ".join(p for p in parts if p)[:500]
+    return writable("; ".join(p for p in parts if p)[:500])
+
+
+def writable(text: str) -> str:
+    """`text` as UTF-8 can hold it: JSON may escape a lone surrogate (`"\\ud83d"`), which
+    `json.loads` takes and no encoder writes; kept visible as its escape. Text from an answer
+    goes into dead letters, results and logs, and one that cannot be written stops the loop
+    (again on every restart, as the same answer comes back)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def problem_detail(response: httpx.Response) -> str:
@@ -275,7 +287,7 @@ def _item_contact_id(item: dict[str, Any]) -> str | None:
         return None
     contact_id = response.get("id") or response.get("contactID")
     if isinstance(contact_id, str) and 0 < len(contact_id) <= MAX_CONTACT_ID_CHARS:
-        return contact_id
+        return contact_id if writable(contact_id) is contact_id else None
     return None
 
 

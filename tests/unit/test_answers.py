@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gzip
 import json
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -26,7 +27,7 @@ from tests.omnisend_fakes import BASE_URL
 KEYS = [
     "batchID", "status", "errorsCount", "createdAt", "endedAt", "responses", "errors", "request",
     "identifiers", "type", "id", "responseCode", "response", "batches", "contacts", "email",
-    "paging", "cursors", "after", "retryAfter", "title",
+    "paging", "cursors", "after", "retryAfter", "title", "detail", "contactID",
 ]  # fmt: skip
 leaves = (
     st.none()
@@ -35,6 +36,10 @@ leaves = (
     | st.sampled_from([10**400, -(10**400), 2**63, 1e308, -1, 0, "Infinity", "NaN", "1e999"])
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30)
+    # JSON may escape a lone surrogate ("\\ud83d"), which `json.loads` takes: no UTF-8 has it.
+    | st.text(
+        st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.characters(), max_size=8
+    )
 )
 nested = st.recursive(
     leaves,
@@ -57,12 +62,30 @@ PARSERS = [
 ]
 
 
+def strings_in(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from strings_in(getattr(value, field.name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(key)
+            yield from strings_in(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from strings_in(item)
+
+
 @settings(max_examples=500, deadline=None)
 @given(body=json_values, parser=st.sampled_from(PARSERS))
 def test_any_json_body_parses_or_is_an_unexpected_answer(body: Any, parser: Any) -> None:
+    """And whatever text it gives can be written (a dead letter's header, a result, a log
+    line): text that is not UTF-8 would stop the loop on every restart."""
     response = httpx.Response(200, content=json.dumps(body).encode())
     with contextlib.suppress(UnexpectedAnswer):
-        parser(response)
+        for text in strings_in(parser(response)):
+            text.encode()
 
 
 @settings(max_examples=300, deadline=None)
@@ -209,6 +232,26 @@ def test_a_corrupt_compressed_answer_is_a_transient_failure() -> None:
     with pytest.raises(Retriable) as raised:
         _answered(gzip.compress(b'{"batchID": "b1"}')[:-9] + b"garbage!!", "gzip")
     assert raised.value.maybe_applied
+
+
+def test_text_that_no_utf_8_holds_is_made_writable_or_dropped() -> None:
+    """A problem's detail or a contact id with a lone surrogate (valid JSON, `"\\ud83d"`)."""
+    lone = "\ud83d"
+    refused = {"title": f"bad {lone}", "detail": lone, "errors": [{"field": lone, "message": "x"}]}
+    detail = answers.describe_problem(refused)
+    detail.encode()
+    assert "bad" in detail
+    items = [
+        {"request": {"identifiers": [{"type": "email", "id": "a@x.io"}]}, "responseCode": 400,
+         "response": refused},
+        {"request": {"identifiers": [{"type": "email", "id": "b@x.io"}]}, "responseCode": 200,
+         "response": {"id": f"65f0{lone}"}},
+    ]  # fmt: skip
+    body = {"batchID": "b" * 24, "status": "finished", "responses": items, "errors": []}
+    parsed = answers.batch_items("e", httpx.Response(200, content=json.dumps(body).encode()))
+    assert "b@x.io" not in parsed.contact_ids  # not sensible: no id of Omnisend's
+    for text in strings_in(parsed):
+        text.encode()
 
 
 def test_an_answer_larger_than_the_limit_is_unexpected_and_not_kept() -> None:

@@ -104,6 +104,16 @@ def test_a_value_too_large_for_the_producer_is_dropped_and_the_header_says_so() 
     assert letters.failure is None
 
 
+def test_a_detail_no_utf_8_holds_is_written_as_its_escape() -> None:
+    producer = FakeProducer(max_bytes=10_000)
+    letters = DeadLetters(producer, "t.dlq")
+    letters.send(raw(b"v"), "rejected_by_omnisend", "omnisend", "bad \ud83d name", "Rejected")
+    letters.poll()
+    (message,) = producer.delivered
+    assert headers_of(message)["omnisend.dlq.detail"] == b"bad \\ud83d name"
+    assert [reason for _, reason in letters.delivered()] == ["rejected_by_omnisend"]
+
+
 def test_huge_headers_are_dropped_after_the_value() -> None:
     producer = FakeProducer(max_bytes=10_000)
     _, delivered = send_one(producer, raw(b"v" * 100, headers=30))

@@ -91,6 +91,18 @@ def test_huge_values_are_cut_and_the_result_says_so(text: str) -> None:
     assert value["truncated"] == ["profile_id", "segment_name"]
 
 
+def test_text_no_utf_8_holds_is_written_as_its_escape_never_raised() -> None:
+    producer = MemoryProducer(1 << 20)
+    results = Results(producer, RESULTS)
+    value = result_value(raw(), "dead_lettered", "rejected_by_omnisend", None, 0.0)
+    value["profile_id"] = "p-\ud83d"
+    results.send(raw(), value)
+    results.flush(1.0)
+    (message,) = producer.delivered
+    assert message["key"] == b"p-\\ud83d"
+    assert json.loads(message["value"])["profile_id"] == "p-\ud83d"  # the escape reads back
+
+
 def items_answer(items: list[dict[str, Any]]) -> httpx.Response:
     body = {"batchID": "b" * 24, "status": "finished", "responses": items, "errors": []}
     return httpx.Response(200, json=body)
