@@ -25,6 +25,8 @@ RETRY_ITEM_CODES = frozenset({403, 408, 429})
 # answers for all of them instead of one `GET /batches/{id}` each.
 LIST_POLL_MIN_BATCHES = 2
 LIST_POLL_LIMIT = 250
+# List reads failed in a row for a batch before it is read by its id.
+LIST_FAILURES_BEFORE_BY_ID = 2
 
 # A batch is stuck only once it took this many times longer than batches take now.
 DEADLINE_FACTOR = 4.0
@@ -184,12 +186,24 @@ class BatchTracker:
                 out.retry.append(email)
         return out
 
-    def read_failed(self, batch: InFlightBatch, now: float, not_before: float = 0.0) -> None:
+    def read_failed(
+        self,
+        batch: InFlightBatch,
+        now: float,
+        not_before: float = 0.0,
+        listed: bool = False,
+        refused: bool = False,
+    ) -> None:
         """A read about `batch` failed (any error, a 404 too): read it again later, later each
-        time. Its contacts stay with it: the batch may still run."""
+        time. Its contacts stay with it: the batch may still run. A list read that Omnisend
+        refused (`refused`: a 4xx, which will not change), or that failed twice in a row for
+        this batch, leaves it read by its id: a list that keeps failing must not hold every
+        batch until its deadline."""
         config = self.config
         batch.busy = False
         batch.read_failures += 1
+        if listed and (refused or batch.read_failures >= LIST_FAILURES_BEFORE_BY_ID):
+            batch.unlisted = True
         delay = config.retry_base_s * 2 ** min(batch.read_failures - 1, 30)
         cap = config.stuck_poll_s if batch.ghost is not None else config.max_poll_interval_s
         delay = min(delay, cap) * (0.5 + random.random())  # jittered: reads spread out

@@ -119,7 +119,7 @@ class Exchanges:
             limit = min(LIST_POLL_LIMIT, max(20, 2 * len(self._state.batches.live)))
             listed = await self._client.list_batches(limit)
         except (Retriable, Rejected) as exc:
-            self._read_failed(batches, exc)
+            self._read_failed(batches, exc, listed=True)
             return
         now = self._clock.now()
         by_id = {status.batch_id: status for status in listed}
@@ -172,11 +172,13 @@ class Exchanges:
             c.upsert_retry(email)
         self._metrics.contacts_upserted.labels(self._connection).inc(len(accepted))
 
-    def _read_failed(self, batches: list[InFlightBatch], exc: Retriable | Rejected) -> None:
+    def _read_failed(
+        self, batches: list[InFlightBatch], exc: Retriable | Rejected, listed: bool = False
+    ) -> None:
         """A status or items read failed: read that batch again later (its own backoff; a
         failing read holds nothing else back), never send its contacts again while it may
         still run (the deadline decides when it is stuck)."""
-        now = self._clock.now()
+        now, refused = self._clock.now(), isinstance(exc, Rejected)
         if isinstance(exc, RateLimited):
             self._sender.transient(exc, now)  # the brand's budget: everything waits
         elif isinstance(exc, UnexpectedAnswer):
@@ -184,7 +186,7 @@ class Exchanges:
         else:
             log.warning("batch_read_failed", error=str(exc), batches=len(batches))
         for batch in batches:
-            self._state.batches.read_failed(batch, now)
+            self._state.batches.read_failed(batch, now, listed=listed, refused=refused)
 
     async def change_tags(self, add: bool, tag: str, intents: list[TagIntent]) -> None:
         try:

@@ -55,6 +55,22 @@ def test_failed_reads_back_off_per_batch_and_a_stuck_batch_is_read_rarely() -> N
     assert list(t.stuck) == ["b1"]
 
 
+def test_a_failing_list_read_leaves_its_batches_read_by_their_ids() -> None:
+    """At once when Omnisend refused the list (a 4xx), else after the second failure."""
+    t = tracker()
+    a, b, c = (t.add(f"b{i}", intents(f"{i}@x.io"), now=0.0) for i in range(3))
+    listed, _ = t.due_status(now=5.0)
+    assert {x.batch_id for x in listed} == {"b0", "b1", "b2"}
+    t.read_failed(a, now=5.0, listed=True)
+    t.read_failed(b, now=5.0, listed=True, refused=True)
+    t.read_failed(c, now=5.0)  # a read by id: no reason to leave the list
+    assert (a.unlisted, b.unlisted, c.unlisted) == (False, True, False)
+    t.read_failed(a, now=6.0, listed=True)
+    assert a.unlisted
+    _, by_id = t.due_status(now=100.0)
+    assert {x.batch_id for x in by_id} >= {"b0", "b1"}
+
+
 def test_the_deadline_grows_with_batches_that_land_late_but_only_fourfold() -> None:
     """A slow Omnisend must not get every batch sent twice; a wrong answer must not stretch the
     deadline without bound."""

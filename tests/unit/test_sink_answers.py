@@ -111,6 +111,32 @@ def test_an_odd_answer_is_retried_and_every_record_finishes(name: str) -> None:
         sink.stop()
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [instead(500, b"<html>Internal error</html>", "text/html"), instead(404), instead(400)],
+    ids=["a 500", "a 404 (a proxy)", "a 400 (a limit Omnisend caps lower)"],
+)
+def test_a_batch_list_that_always_fails_leaves_each_batch_read_by_its_id(answer: Any) -> None:
+    """Several batches in flight are read with one list call; when that call keeps failing,
+    each batch is read by its id instead of waiting for the deadline (ten minutes by default)
+    and then being sent again into the same failing list."""
+    sim = simulator()
+    rule = Rule("GET", "/batches", answer, times=-1)
+    transport = Scripted(sim, [rule])
+    sink = fast_sink(transport, first_poll_s=0.05)
+    try:
+        emails = [f"c{i}@example.com" for i in range(500)]
+        sink.submit([change(i, email, firstName="Ann") for i, email in enumerate(emails)])
+        outcomes = wait_outcomes(sink, len(emails))
+        assert sink.fatal is None
+        assert sorted(o.position.offset for o in outcomes) == list(range(len(emails)))
+        assert all(o.reason is None for o in outcomes)
+        assert transport.count("POST", "/batches") == 5  # no contact went twice
+        assert transport.count("GET", "/batches") >= 1  # the list was tried
+    finally:
+        sink.stop()
+
+
 def test_odd_answers_are_counted_by_endpoint() -> None:
     sim = simulator()
     rule = Rule("GET", "/batches/[0-9a-f]+/items", forward_then(truncated), times=2)
