@@ -253,4 +253,8 @@ class BatchTracker:
         self.stuck.pop(batch.batch_id, None)
 
     def tracked(self, batch: InFlightBatch) -> bool:
-        return batch.batch_id in self.live or batch.batch_id in self.stuck
+        return self.knows(batch.batch_id)
+
+    def knows(self, batch_id: str) -> bool:
+        """A batch of this id is live or watched."""
+        return batch_id in self.live or batch_id in self.stuck

@@ -72,6 +72,10 @@ class Exchanges:
         items = [contact_request(i.email, i.fields) for i in intents]
         try:
             batch_id = await self._client.create_batch(items)
+            if self._state.batches.knows(batch_id):
+                # Another batch's answer (a cache, a proxy): this one's id is unknown, so it is
+                # as if its answer were lost, though the batch may exist.
+                raise UnexpectedAnswer("batches.create", 201, "the id of a batch in flight")
         except (Retriable, Rejected) as exc:
             self._create_failed(intents, exc)
             return

@@ -262,6 +262,34 @@ def test_a_batch_past_its_deadline_goes_again_and_its_late_landing_is_repaired()
         sink.stop()
 
 
+def test_a_batch_id_already_in_flight_is_an_unexpected_answer_not_a_second_batch() -> None:
+    """A cache or proxy answers a second batch with the first one's answer (the second batch was
+    created all the same): tracked under one id, the first batch's contacts would never finish.
+    The second answer is taken as lost instead: its contacts go again, haunted."""
+    sim = simulator()
+    first: list[bytes] = []
+
+    async def stale(request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        answer = await inner.handle_async_request(request)  # carried out, whatever is said
+        body = await answer.aread()
+        first.append(body)
+        return httpx.Response(answer.status_code, content=first[0], headers=answer.headers)
+
+    transport = Scripted(sim, [Rule("POST", "/batches", stale, times=2)])
+    sink = fast_sink(transport, batch_deadline_s=1.0, first_poll_s=0.2)
+    try:
+        emails = [f"c{i}@example.com" for i in range(150)]  # two batches, both in flight
+        sink.submit([change(i, email, firstName="Ann") for i, email in enumerate(emails)])
+        outcomes = wait_outcomes(sink, len(emails))
+        assert sink.fatal is None
+        assert sorted(o.position.offset for o in outcomes) == list(range(len(emails)))
+        assert all(o.reason is None for o in outcomes)
+        assert all(contacts(sim)[email]["tags"] == ["segment: VIP"] for email in emails)
+        assert transport.count("POST", "/batches") >= 3  # the stale one's contacts went again
+    finally:
+        sink.stop()
+
+
 def refuse_bad(limit: int | None = None) -> Rule:
     """A whole batch refused: 400 when an item has firstName "Bad"; 413 over `limit` items."""
 
