@@ -168,6 +168,12 @@ class BatchTracker:
         self._learn_duration(status, now - batch.sent_at)
         return "landed"
 
+    def items_not_ended(self, batch: InFlightBatch, now: float) -> None:
+        """Its items say the batch still runs, though its status said it ended (a lagging
+        copy): its status is read again, and decides again."""
+        batch.busy, batch.need_items = False, False
+        self._poll_again(batch, now)
+
     def sort_items(self, batch: InFlightBatch, items: BatchItems) -> Sorted:
         """Who was accepted, who is retried (not processed, or a transient code, attempts
         left), who is refused (another 4xx, or retries exhausted)."""

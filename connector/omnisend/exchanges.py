@@ -111,6 +111,8 @@ class Exchanges:
     async def poll(self, batch: InFlightBatch) -> None:
         try:
             status = await self._client.get_batch(batch.batch_id)
+            if status.batch_id != batch.batch_id:
+                raise UnexpectedAnswer("batches.get", 200, "the status of another batch")
         except (Retriable, Rejected) as exc:
             self._read_failed([batch], exc)
             return
@@ -150,6 +152,13 @@ class Exchanges:
             self._read_failed([batch], exc)
             return
         if not self._state.batches.tracked(batch):
+            return
+        if items.status.batch_id != batch.batch_id:
+            why = "the items of another batch"
+            self._read_failed([batch], UnexpectedAnswer("batches.items", 200, why))
+            return
+        if not items.status.ended:  # a lagging copy: its contacts must not go again yet
+            self._state.batches.items_not_ended(batch, self._clock.now())
             return
         verdict = self._state.batches.sort_items(batch, items)
         self._settle_batch(

@@ -290,6 +290,63 @@ def test_a_batch_id_already_in_flight_is_an_unexpected_answer_not_a_second_batch
         sink.stop()
 
 
+def test_items_that_say_their_batch_has_not_ended_are_not_sorted() -> None:
+    """The status said the batch ended with errors, its items (a lagging copy) say it still
+    runs and list none: its contacts must not go again while it may still run."""
+
+    async def running(request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        batch_id = request.url.path.split("/")[-2]
+        body = {"batchID": batch_id, "status": "inProgress", "responses": [], "errors": []}
+        return httpx.Response(200, json=body)
+
+    rule = Rule("GET", "/batches/[0-9a-f]+/items", running, times=2)
+    transport = Scripted(simulator(), [rule])
+    sink = fast_sink(transport)
+    try:
+        good, bad = change(0, "good@example.com"), change(1, "bad@example.com", birthdate=5)
+        sink.submit([good, bad])  # one refused: the batch's items are read
+        outcomes = {o.position.offset: o for o in wait_outcomes(sink, 2)}
+        assert sorted(outcomes) == [0, 1]
+        assert outcomes[0].reason is None
+        assert outcomes[1].reason == "rejected_by_omnisend"
+        assert rule.times == 0  # the odd items were read, and not believed
+        assert transport.count("POST", "/batches") == 1
+    finally:
+        sink.stop()
+
+
+def test_the_status_of_another_batch_is_not_taken_for_this_one() -> None:
+    """Taken, a batch still running would count as finished: its contacts' tags would go before
+    the contacts exist, and Omnisend drops such tags."""
+    sim = simulator()
+    held = HeldBatch()
+    other = {"batchID": "b" * 24, "status": "finished", "errorsCount": 0}
+
+    async def wrong(request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        return httpx.Response(200, json=other)
+
+    lying = Rule("GET", f"/batches/{HeldBatch.FAKE_ID}", wrong, times=3)
+    rules = [
+        Rule("POST", "/batches", held.post),
+        lying,
+        Rule("GET", f"/batches/{HeldBatch.FAKE_ID}", held.status, times=-1),
+    ]
+    sink = fast_sink(Scripted(sim, rules))
+    try:
+        sink.submit([change(0, "a@example.com", firstName="Ann")])
+        deadline = time.monotonic() + 10
+        while lying.times:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert sink.take_outcomes() == []  # not finished on another batch's word
+        held.land(SimulatorTransport(sim))
+        (outcome,) = wait_outcomes(sink, 1)
+        assert outcome.reason is None
+        assert contacts(sim)["a@example.com"]["tags"] == ["segment: VIP"]
+    finally:
+        sink.stop()
+
+
 def refuse_bad(limit: int | None = None) -> Rule:
     """A whole batch refused: 400 when an item has firstName "Bad"; 413 over `limit` items."""
 
