@@ -1,9 +1,9 @@
 """The Schema Registry client: writer schemas by id, for the Confluent wire format.
 
 Every answer is remembered: ids are immutable, so a schema the connector can read is parsed once,
-and one it cannot read (a JSON Schema or Protobuf subject, invalid Avro, a reference the registry
-cannot give) is refused once and then from memory, so a stream of such records costs no
-requests. An id the registry does not know (404) is asked again after `UNKNOWN_ID_RETRY_S`: it
+and one it cannot read (a JSON Schema or Protobuf subject, invalid Avro) is refused once and then
+from memory, so a stream of such records costs no requests. An id the registry does not know
+(404), or one whose reference it does not know, is asked again after `UNKNOWN_ID_RETRY_S`: it
 may be registered late. What says nothing about the schema (the registry unreachable, a 5xx, a
 proxy's HTML page) is `Retriable`: the pipeline holds the records and asks again.
 """
@@ -34,6 +34,10 @@ def _unsupported(schema_id: int, why: str) -> InvalidRecord:
     return InvalidRecord("unsupported_schema", "decode", f"schema id {schema_id}: {why}")
 
 
+class _MissingReference(InvalidRecord):
+    """A reference the registry does not have (yet): believed as long as an unknown id."""
+
+
 class RegistryClient:
     """Fetches writer schemas by id from a Confluent-compatible Schema Registry. Raises
     `InvalidRecord` (unknown id, unsupported schema) or `Retriable` (no usable answer)."""
@@ -51,7 +55,8 @@ class RegistryClient:
         # What was refused: (reason, detail), raised anew each time (an exception raised again
         # would keep every frame it passed through, and their records, alive).
         self._refused: dict[int, tuple[str, str]] = {}
-        self._unknown: dict[int, tuple[float, str]] = {}  # until when, detail
+        # Ids not found, or whose reference was not: until when, reason, detail.
+        self._unknown: dict[int, tuple[float, str, str]] = {}
 
     def writer_schema(self, schema_id: int) -> Any:
         cached = self._schemas.get(schema_id)
@@ -62,14 +67,13 @@ class RegistryClient:
             raise InvalidRecord(refused[0], "decode", refused[1])
         unknown = self._unknown.get(schema_id)
         if unknown is not None and self._clock() < unknown[0]:
-            raise InvalidRecord("unknown_schema_id", "decode", unknown[1])
+            raise InvalidRecord(unknown[1], "decode", unknown[2])
         try:
             parsed = self._parse(schema_id, self._get(f"/schemas/ids/{schema_id}", schema_id))
         except InvalidRecord as exc:
-            if exc.reason == "unknown_schema_id":
-                _remember(
-                    self._unknown, schema_id, (self._clock() + UNKNOWN_ID_RETRY_S, exc.detail)
-                )
+            if exc.reason == "unknown_schema_id" or isinstance(exc, _MissingReference):
+                until = self._clock() + UNKNOWN_ID_RETRY_S
+                _remember(self._unknown, schema_id, (until, exc.reason, exc.detail))
             else:
                 _remember(self._refused, schema_id, (exc.reason, exc.detail))
             raise
@@ -100,9 +104,8 @@ class RegistryClient:
             try:
                 referenced = self._get(path, schema_id)
             except InvalidRecord:
-                raise _unsupported(
-                    schema_id, f"the registry has no {subject!r} version {version}"
-                ) from None
+                why = f"schema id {schema_id}: the registry has no {subject!r} version {version}"
+                raise _MissingReference("unsupported_schema", "decode", why) from None
             self._resolve_references(schema_id, referenced, named, depth + 1)
             _parse_avro(schema_id, referenced, named)
 

@@ -19,7 +19,7 @@ from connector.core.codec import (
     encode_plain,
 )
 from connector.core.errors import InvalidRecord, Retriable
-from connector.kafka.registry import RegistryClient
+from connector.kafka.registry import UNKNOWN_ID_RETRY_S, RegistryClient
 from tests.events import event
 
 
@@ -219,6 +219,36 @@ def test_a_reference_the_registry_cannot_give_is_unsupported() -> None:
     with pytest.raises(InvalidRecord) as info:
         registry(no_references).writer_schema(8)
     assert info.value.reason == "unsupported_schema"
+
+
+def test_a_reference_not_found_is_asked_again_later_as_an_unknown_id_is() -> None:
+    """A reference registered late (or asked of a follower not caught up yet) is believed
+    missing only for `UNKNOWN_ID_RETRY_S`, not for the life of the process."""
+    writer, change_enum = referenced_schemas()
+    reference = {"name": "cdp.segments.v1.MembershipChange", "subject": "change", "version": 2}
+    registered = [False]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/schemas/ids/8":
+            return httpx.Response(
+                200, json={"schema": json.dumps(writer), "references": [reference]}
+            )
+        if request.url.path == "/subjects/change/versions/2" and registered[0]:
+            return httpx.Response(200, json={"schema": json.dumps(change_enum)})
+        return httpx.Response(404, json={"error_code": 40401})
+
+    now = [1_000.0]
+    client = RegistryClient(
+        httpx.Client(transport=httpx.MockTransport(handler)), "http://sr", lambda: now[0]
+    )
+    with pytest.raises(InvalidRecord) as info:
+        client.writer_schema(8)
+    assert info.value.reason == "unsupported_schema"
+    registered[0] = True
+    with pytest.raises(InvalidRecord):
+        client.writer_schema(8)  # from memory, within the minute
+    now[0] += UNKNOWN_ID_RETRY_S + 1
+    assert client.writer_schema(8) is not None
 
 
 def test_a_registry_answer_that_is_not_the_registry_is_retried_not_dead_lettered() -> None:
