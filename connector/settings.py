@@ -13,6 +13,7 @@ from collections.abc import Mapping as AnyMapping
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -59,10 +60,28 @@ PRIVACY_REFUSAL = (
 )
 
 
+HOUR_S = 3600.0
+DAY_S = 86400.0
+
+
+def check_http_url(value: str) -> str:
+    """An http(s) URL with a host, or a `ValueError` saying what it is not."""
+    try:
+        url = httpx.URL(value.strip())
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value.strip()
+
+
 class Settings(BaseSettings):
     """The `run` command's settings (environment variables of the same name, upper case)."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+    # No infinite durations or NaN: a wait of `inf` overflows, a window of `inf` never moves.
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=False, allow_inf_nan=False
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -104,9 +123,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     email_hash_key: SecretStr | None = None
 
-    shutdown_timeout_s: float = Field(30.0, gt=0)
-    revoke_timeout_s: float = Field(15.0, gt=0)
-    commit_interval_s: float = Field(1.0, gt=0)
+    shutdown_timeout_s: float = Field(30.0, gt=0, le=HOUR_S)
+    revoke_timeout_s: float = Field(15.0, gt=0, le=HOUR_S)
+    commit_interval_s: float = Field(1.0, gt=0, le=HOUR_S)
     max_in_flight_records: int = Field(50_000, ge=100)
     max_in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     max_value_bytes: int = Field(1024 * 1024, ge=1024)
@@ -119,12 +138,12 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(400, ge=1)
     tag_rate_limit_per_minute: int = Field(60, ge=1)
     rate_limit_headroom: float = Field(0.9, gt=0, le=1)
-    rate_limit_window_s: float = Field(60.0, ge=1)
-    request_timeout_s: float = Field(10.0, gt=0)
-    upsert_linger_s: float = Field(0.3, ge=0)
-    tag_linger_s: float = Field(0.5, ge=0)
-    tag_settle_s: float = Field(2.0, ge=0)
-    batch_deadline_s: float = Field(600.0, gt=0)
+    rate_limit_window_s: float = Field(60.0, ge=1, le=HOUR_S)
+    request_timeout_s: float = Field(10.0, gt=0, le=HOUR_S)
+    upsert_linger_s: float = Field(0.3, ge=0, le=HOUR_S)
+    tag_linger_s: float = Field(0.5, ge=0, le=HOUR_S)
+    tag_settle_s: float = Field(2.0, ge=0, le=HOUR_S)
+    batch_deadline_s: float = Field(600.0, gt=0, le=DAY_S)
 
     @field_validator("omnisend_privacy_acknowledged", mode="before")
     @classmethod
@@ -147,6 +166,22 @@ class Settings(BaseSettings):
     @classmethod
     def _template(cls, value: str) -> str:
         return check_tag_template(value)
+
+    @field_validator(
+        "kafka_bootstrap_servers", "kafka_group_id", "email_attribute", "connection_name"
+    )
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        # librdkafka aborts the process on an empty group id; an empty email attribute would
+        # dead-letter every record.
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("omnisend_base_url", "schema_registry_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
 
     @property
     def dlq_topic(self) -> str:
@@ -269,6 +304,20 @@ def settings_warnings(settings: Settings) -> tuple[str, ...]:
     return ()
 
 
+def _named_twice(env: AnyMapping[str, str]) -> list[str]:
+    """A setting given under two spellings (`KAFKA_TOPIC` and `kafka_topic`): which one won
+    would depend on the order of the environment."""
+    names: dict[str, list[str]] = {}
+    for key in env:
+        if key.lower() in Settings.model_fields:
+            names.setdefault(key.lower(), []).append(key)
+    return [
+        f"{field.upper()}: set more than once ({' and '.join(sorted(spelt))}); keep one"
+        for field, spelt in names.items()
+        if len(spelt) > 1
+    ]
+
+
 def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
     """Settings and librdkafka overrides, or a `ConfigError` naming every bad setting at once."""
     env = dict(os.environ if environ is None else environ)
@@ -276,6 +325,7 @@ def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings
     settings, problems = settings_problems(
         {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
     )
+    problems.extend(_named_twice(env))
     kafka: dict[str, str] = {}
     try:
         kafka = kafka_overrides(env)

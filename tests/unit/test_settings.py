@@ -64,11 +64,36 @@ def test_kafka_cfg_passes_through_and_owned_settings_are_refused() -> None:
         ({"KAFKA_RESULTS_TOPIC": "segment-membership"}, "KAFKA_RESULTS_TOPIC: must differ"),
         ({"KAFKA_RESULTS_TOPIC": "segment-membership.dlq"}, "KAFKA_RESULTS_TOPIC: must differ"),
         ({"KAFKA_DLQ_TOPIC": "segment-membership"}, "KAFKA_DLQ_TOPIC: must differ"),
+        # librdkafka aborts the process (an assertion in C) on an empty group id.
+        ({"KAFKA_GROUP_ID": ""}, "KAFKA_GROUP_ID"),
+        ({"KAFKA_GROUP_ID": "  "}, "KAFKA_GROUP_ID"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "  "}, "KAFKA_BOOTSTRAP_SERVERS"),
+        ({"EMAIL_ATTRIBUTE": ""}, "EMAIL_ATTRIBUTE"),
+        ({"CONNECTION_NAME": " "}, "CONNECTION_NAME"),
+        # Infinite or astronomical durations: a wait that overflows, a sync that never moves.
+        ({"SHUTDOWN_TIMEOUT_S": "inf"}, "SHUTDOWN_TIMEOUT_S"),
+        ({"REVOKE_TIMEOUT_S": "1e308"}, "REVOKE_TIMEOUT_S"),
+        ({"COMMIT_INTERVAL_S": "inf"}, "COMMIT_INTERVAL_S"),
+        ({"RATE_LIMIT_WINDOW_S": "Infinity"}, "RATE_LIMIT_WINDOW_S"),
+        ({"TAG_SETTLE_S": "inf"}, "TAG_SETTLE_S"),
+        ({"TAG_LINGER_S": "nan"}, "TAG_LINGER_S"),
+        ({"BATCH_DEADLINE_S": "1e300"}, "BATCH_DEADLINE_S"),
+        ({"REQUEST_TIMEOUT_S": "inf"}, "REQUEST_TIMEOUT_S"),
+        # Not a URL the client can call: refused at start, not a pod that is never ready.
+        ({"OMNISEND_BASE_URL": "htps://api.omnisend.com/api"}, "OMNISEND_BASE_URL"),
+        ({"OMNISEND_BASE_URL": "not a url"}, "OMNISEND_BASE_URL"),
+        ({"SCHEMA_REGISTRY_URL": "registry:8081"}, "SCHEMA_REGISTRY_URL"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings({**BASE, **env})
+
+
+def test_one_setting_named_twice_in_different_cases_is_refused() -> None:
+    """Which of `KAFKA_TOPIC` and `kafka_topic` won depended on the environment's order."""
+    with pytest.raises(ConfigError, match="KAFKA_TOPIC.*kafka_topic|kafka_topic.*KAFKA_TOPIC"):
+        load_settings({**BASE, "KAFKA_TOPIC": "a", "kafka_topic": "b"})
 
 
 def test_api_key_from_file(tmp_path: Path) -> None:
