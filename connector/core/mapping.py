@@ -45,11 +45,19 @@ MAX_KNOWN_TAGS = 10_000
 
 
 def check_tag_template(template: str) -> str:
-    """Refuse templates with placeholders other than {segment_name} and {segment_id}."""
+    """Refuse templates with placeholders other than {segment_name} and {segment_id}, or with
+    a format spec or conversion (`{segment_name:d}` raises on the first event, `:.0` makes an
+    empty tag, `:>5000` a huge one)."""
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ConfigError(f"TAG_TEMPLATE {template!r} is not a valid template: {exc}") from exc
+    names = {name for _, name, _, _ in parsed if name is not None}
+    if any(spec or conversion for _, name, spec, conversion in parsed if name is not None):
+        raise ConfigError(
+            f"TAG_TEMPLATE {template!r}: placeholders take no format spec or conversion "
+            "(write {segment_name} or {segment_id} as they are)"
+        )
     unknown = names - _TEMPLATE_FIELDS
     if unknown or not template.strip():
         raise ConfigError(

@@ -74,6 +74,24 @@ def test_exited_carries_no_fields() -> None:
     assert mapped(change="EXITED", first_name="Ann", occurred_at=NOW).fields == {}
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{segment_name:d}",  # formatting raised ValueError on the first event
+        "{segment_name!x}",
+        "{segment_name:{foo}}",  # KeyError
+        "{segment_name:.0}",  # an empty tag
+        "{segment_name:>5000}",  # a tag of 5,000 characters
+        "{segment_id!r}",
+        "x{}",
+        "{0}",
+    ],
+)
+def test_a_tag_template_with_a_format_spec_or_conversion_is_refused_at_load(template: str) -> None:
+    with pytest.raises(ConfigError, match="TAG_TEMPLATE"):
+        Mapping(tag_template=template)
+
+
 def test_tag_template_with_segment_id() -> None:
     c = mapped(Mapping(tag_template="cdp:{segment_id}"), occurred_at=NOW)
     assert c.tag == "cdp:seg-1"

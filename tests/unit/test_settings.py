@@ -92,7 +92,7 @@ def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
 
 def test_one_setting_named_twice_in_different_cases_is_refused() -> None:
     """Which of `KAFKA_TOPIC` and `kafka_topic` won depended on the environment's order."""
-    with pytest.raises(ConfigError, match="KAFKA_TOPIC.*kafka_topic|kafka_topic.*KAFKA_TOPIC"):
+    with pytest.raises(ConfigError, match=r"KAFKA_TOPIC.*kafka_topic|kafka_topic.*KAFKA_TOPIC"):
         load_settings({**BASE, "KAFKA_TOPIC": "a", "kafka_topic": "b"})
 
 
