@@ -16,7 +16,6 @@ with where it is and what to do.
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from connector.config_values import did_you_mean, text_value, unknown_keys
 from connector.core.errors import ConfigError
 from connector.core.mapping import DEFAULT_FIELD_MAP, Mapping
 from connector.core.routing import Export
@@ -36,6 +36,7 @@ from connector.settings import (
     EXPORT_SETTINGS,
     KAFKA_CFG_PREFIX,
     Settings,
+    check_http_url,
     dlq_size_problem,
     kafka_overrides,
     load_settings,
@@ -240,22 +241,6 @@ def unknown_variables(env: AnyMapping[str, str], also_known: Iterable[str] = ())
     return tuple(warnings)
 
 
-def _unknown(where: str, table: dict[str, Any], known: Iterable[str]) -> list[str]:
-    known = sorted(known)
-    return [
-        f"{where}: unknown key {key!r}{did_you_mean(key, known)} (known: {', '.join(known)})"
-        for key in table
-        if key not in known
-    ]
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`; did you mean 'x'?` for a near miss among `known`, else nothing."""
-    by_lower = {k.lower(): k for k in known}
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
-    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
-
-
 def _file_or_env(env: dict[str, str]) -> Callable[[str], str]:
     """A setting's name as the user wrote it: the environment variable when one set it (it
     overrides the file), else the file's key."""
@@ -274,7 +259,7 @@ def _connections(
         if not isinstance(table, dict):
             problems.append(f"{where}: must be a table")
             continue
-        problems.extend(_unknown(where, table, CONNECTION_KEYS | {"api_key"}))
+        problems.extend(unknown_keys(where, table, CONNECTION_KEYS | {"api_key"}))
         if "api_key" in table:
             problems.append(
                 f"{where}: the API key must not be written in the configuration file; "
@@ -299,12 +284,20 @@ def _connections(
         if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
             problems.append(f"{where}.users: must be a list of strings")
             users = []
-        if key is not None and settings is not None:
+        default_url = getattr(settings, "omnisend_base_url", "")
+        base_url = text_value(where, table, "base_url", default_url, problems)
+        display_name = text_value(where, table, "display_name", "", problems, blank=True)
+        try:
+            base_url = base_url if base_url is None else check_http_url(base_url)
+        except ValueError as exc:
+            problems.append(f"{where}.base_url: {exc}")
+            base_url = None
+        if key is not None and settings is not None and None not in (base_url, display_name):
             out[name] = Connection(
                 name=name,
                 api_key=SecretStr(key),
-                base_url=str(table.get("base_url", settings.omnisend_base_url)),
-                display_name=str(table.get("display_name", "")),
+                base_url=str(base_url),
+                display_name=str(display_name),
                 users=tuple(users),
                 **limits,
             )
@@ -350,13 +343,18 @@ def _exports(
         if not isinstance(table, dict):
             problems.append(f"exports[{index}]: must be a table")
             continue
-        name = str(table.get("name", f"export-{index + 1}"))
+        name = text_value(f"exports[{index}]", table, "name", f"export-{index + 1}", problems)
+        if name is None:
+            continue
         where = f"exports[{index}] ({name})"
         if name in names:
             problems.append(f"{where}: another export has the name {name!r}")
         names.add(name)
-        problems.extend(_unknown(where, table, EXPORT_KEYS))
+        problems.extend(unknown_keys(where, table, EXPORT_KEYS))
         connection = table.get("connection")
+        if connection is not None and not isinstance(connection, str):
+            problems.append(f"{where}.connection: must be a connection's name (a string)")
+            continue
         if connection is None and len(connections) == 1:
             connection = next(iter(connections))
         if connection is None:
@@ -413,18 +411,25 @@ def _mapping(
             return None
     if settings is None:
         return None
+    email = text_value(where, table, "email_attribute", settings.email_attribute, problems)
+    template = text_value(where, table, "tag_template", settings.tag_template, problems)
+    status = text_value(
+        where, table, "email_status_attribute", settings.email_status_attribute, problems
+    )
+    preserve = table.get("email_preserve_case", settings.email_preserve_case)
+    if not isinstance(preserve, bool):  # "false" is a string, and would be true
+        problems.append(f"{where}.email_preserve_case: must be true or false")
+        return None
+    if email is None or template is None or (status is None and "email_status_attribute" in table):
+        return None
     try:
         return Mapping(
-            email_attribute=str(table.get("email_attribute", settings.email_attribute)),
+            email_attribute=email,
             fields=dict(fields),
             custom_properties=dict(custom),
-            preserve_email_case=bool(
-                table.get("email_preserve_case", settings.email_preserve_case)
-            ),
-            tag_template=str(table.get("tag_template", settings.tag_template)),
-            email_status_attribute=table.get(
-                "email_status_attribute", settings.email_status_attribute
-            ),
+            preserve_email_case=preserve,
+            tag_template=template,
+            email_status_attribute=status,
         )
     except ConfigError as exc:
         problems.append(f"{where}: {exc}")
