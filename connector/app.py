@@ -41,7 +41,7 @@ from connector.kafka.lag import lag_updater
 from connector.kafka.registry import RegistryClient
 from connector.kafka.results import Results
 from connector.kafka.source import KafkaSource, Producer
-from connector.logs import EmailHasher
+from connector.logs import EmailHasher, shown_url
 from connector.metrics import Metrics, totals
 from connector.mode import LIVE, Mode
 from connector.omnisend.budget import Budget, BudgetConfig
@@ -280,7 +280,7 @@ def _banner(config: Config, group_id: str, dry_run: bool) -> None:
         connections.append(
             {
                 "name": name,
-                "base_url": c.base_url,
+                "base_url": shown_url(c.base_url),
                 "budget": f"{requests} requests, {tag_calls} tag calls "
                 f"per {settings.rate_limit_window_s:g} s before sharing",
             }

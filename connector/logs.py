@@ -1,7 +1,9 @@
-"""structlog configuration (JSON in production, console on a tty) and the keyed email hash.
+"""structlog configuration (JSON in production, console on a tty), the keyed email hash, and
+URLs as logs and messages may show them.
 
 Emails are personal data: logs carry `email_hash`, an HMAC with a per-deployment key, so one
-contact's events can be correlated without the address ever being written.
+contact's events can be correlated without the address ever being written. A URL may carry
+credentials (`https://user:secret@registry`): it is shown without them (`shown_url`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -95,3 +98,17 @@ class EmailHasher:
 
     def __call__(self, email: str) -> str:
         return hmac.new(self._key, email.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def shown_url(url: str) -> str:
+    """`url` as a log line or a message may show it: without the user and password it may
+    carry, nor its query (which may hold a token)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that does not parse)"
+    host = parts.netloc.rpartition("@")[2]
+    if host == parts.netloc and not parts.query:
+        return url
+    query = "…" if parts.query else ""
+    return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))

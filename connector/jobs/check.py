@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Config, Connection
 from connector.kafka.clients import admin_config
+from connector.logs import shown_url
 from connector.omnisend.credentials import verify_credentials
 from connector.settings import Settings
 
@@ -58,13 +59,14 @@ def check_registry(settings: Settings, get: Callable[..., httpx.Response]) -> li
     if settings.schema_registry_user_info is not None:
         user, _, password = settings.schema_registry_user_info.get_secret_value().partition(":")
         auth = (user, password)
+    shown = shown_url(url)
     try:
         response = get(f"{url}/subjects", auth=auth, timeout=TIMEOUT_S)
     except httpx.HTTPError as exc:
-        return [Finding("schema registry", False, f"{url} not reachable: {type(exc).__name__}")]
+        return [Finding("schema registry", False, f"{shown} not reachable: {type(exc).__name__}")]
     if response.status_code != 200:
-        return [Finding("schema registry", False, f"{url} answered {response.status_code}")]
-    return [Finding("schema registry", True, f"{url} reachable")]
+        return [Finding("schema registry", False, f"{shown} answered {response.status_code}")]
+    return [Finding("schema registry", True, f"{shown} reachable")]
 
 
 def check_omnisend(connection: Connection) -> list[Finding]:

@@ -26,6 +26,7 @@ import orjson
 from connector import __version__
 from connector.core.errors import Fatal, Retriable
 from connector.core.mapping import EMAIL_STATUS_FIELD
+from connector.logs import shown_url
 from connector.omnisend import answers
 from connector.omnisend.answers import BatchItems, BatchStatus, ContactsPage, UnexpectedAnswer
 
@@ -144,7 +145,7 @@ class WrongEndpoint(Fatal):
 
     def __init__(self, endpoint: str, status: int, base_url: str) -> None:
         super().__init__(
-            f"Omnisend answered {status} for {endpoint} at {base_url}: check "
+            f"Omnisend answered {status} for {endpoint} at {shown_url(base_url)}: check "
             "OMNISEND_BASE_URL (it ends in /api) and any proxy between the connector and Omnisend"
         )
 

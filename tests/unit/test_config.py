@@ -114,9 +114,15 @@ def test_environment_overrides_single_settings(tmp_path: Path) -> None:
         (('name = "everything-us"', 'name = "vip-eu"'), "another export has the name 'vip-eu'"),
         (('value_format = "avro"', 'value_format = "json"'), "1 problem(?s:.)*value_format: Input"),
         # Wrong types were converted silently ("false" is true) or raised a traceback.
-        (('segments = "all"', 'segments = "all"\nemail_preserve_case = "false"'), "email_preserve_case"),
+        (
+            ('segments = "all"', 'segments = "all"\nemail_preserve_case = "false"'),
+            "email_preserve_case",
+        ),
         (('tag_template = "{segment_id}"', "tag_template = 5"), "tag_template"),
-        (('segments = "all"', 'segments = "all"\nemail_status_attribute = 7'), "email_status_attribute"),
+        (
+            ('segments = "all"', 'segments = "all"\nemail_status_attribute = 7'),
+            "email_status_attribute",
+        ),
         (('segments = "all"', 'segments = "all"\nemail_attribute = ""'), "email_attribute"),
         (('connection = "us"', 'connection = ["us"]'), "connection"),
         (('connection = "us"', "connection = { a = 1 }"), "connection"),

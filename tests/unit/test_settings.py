@@ -5,11 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connector.cli.settings_help import SETTINGS_HELP
 from connector.config import load_config
 from connector.core.errors import ConfigError
+from connector.jobs.check import check_registry
+from connector.logs import shown_url
+from connector.omnisend.client import WrongEndpoint
 from connector.settings import Settings, load_settings, parse_field_map
 
 BASE = {
@@ -247,3 +253,31 @@ def test_the_loop_and_the_sink_take_each_setting_from_the_settings() -> None:
     assert {f: getattr(loop_config, f) for f in loop} == {f: values[s] for f, s in loop.items()}
     assert sink_config.exports == (0, 1)
     assert loop_config.topic == "segments"
+
+
+@given(
+    user=st.text("abcdefghij", min_size=1, max_size=8),
+    password=st.text("ABCDEFGHIJ%:", min_size=4, max_size=12).filter(
+        lambda p: any(c.isalpha() for c in p)
+    ),
+)
+def test_urls_are_shown_without_their_credentials(user: str, password: str) -> None:
+    """`check`'s findings, the starting line and a wrong endpoint's message name a URL: never
+    with the credentials or the token it carries."""
+    url = f"https://{user}:{password}@registry.example:8081/api?token=T0K3N"
+    shown = shown_url(url)
+    assert password not in shown
+    assert "T0K3N" not in shown
+    assert shown.startswith("https://registry.example:8081/api")
+    assert shown_url("https://api.omnisend.com/api") == "https://api.omnisend.com/api"
+    settings, _ = load_settings(
+        {**BASE, "VALUE_FORMAT": "confluent", "SCHEMA_REGISTRY_URL": url.replace("%", "")}
+    )
+
+    def refused(address: str, **_: object) -> httpx.Response:
+        return httpx.Response(401)
+
+    (finding,) = check_registry(settings, refused)
+    assert password.replace("%", "") not in finding.detail
+    assert "401" in finding.detail
+    assert password not in str(WrongEndpoint("tags.add", 404, url))
