@@ -62,6 +62,11 @@ class Intake:
         for raw in records:
             if self.limit_reached is not None:
                 break
+            if self.held:
+                # The registry is away: what follows waits behind the held records, in order
+                # and undecoded (each ask of an unreachable registry waits for its timeout).
+                self.held.append(raw)
+                continue
             changes.extend(self._accept(raw, now_ms))
         return changes
 
@@ -73,6 +78,13 @@ class Intake:
     def _accept(self, raw: RawRecord, now_ms: int) -> Changes:
         self._fates.admit(raw)
         changes = self._prepare(raw, now_ms)
+        if not self.held or self.held[-1] is not raw:  # a held record is judged once decided
+            self._judge(raw)
+        return changes
+
+    def _judge(self, raw: RawRecord) -> None:
+        """The record was decided on: count it in the share of invalid ones, and stop at the
+        limit."""
         self._fates.judged(raw)
         invalid, limit = self._fates.invalid, self.config.dlq_max_invalid_share
         if invalid.exceeds(limit) and self.limit_reached is None:
@@ -82,7 +94,6 @@ class Intake:
                 "into the dead-letter queue; check the producer upstream"
             )
             log.error("dlq_limit_reached", share=round(invalid.share(), 3), window=len(invalid))
-        return changes
 
     def _prepare(self, raw: RawRecord, now_ms: int) -> Changes:
         try:
@@ -140,14 +151,17 @@ class Intake:
             if self._fates.ledger.get(raw.position) is not raw:  # consumed after it went
                 ready.append(raw)
                 continue
+            if self.limit_reached is not None:
+                self.held = held[index:]  # not decided: the loop stops, nothing is committed
+                return changes, ready
             try:
                 changes.extend(self._validated(raw, now_ms))
             except InvalidRecord as exc:
                 self._invalid(raw, exc)
-                continue
             except Retriable:
                 self.held = held[index:]
                 self._held_until = self._clock.now() + self.config.registry_retry_s
                 return changes, ready
+            self._judge(raw)
         log.info("schema_registry_recovered")
         return changes, ready

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from connector.core.clock import SystemClock
 from connector.core.codec import ConfluentDecoder, bundled_schema_json, encode_confluent
+from connector.core.errors import ExitCode
 from connector.core.events import ContactChange, Position, RawRecord
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
@@ -335,3 +336,78 @@ def check_result(result: dict[str, Any], kind: str, reason: str | None, fates: A
         assert result["segment_id"] in {"seg-1", "seg-2"}, kind
     else:
         assert result["profile_id"] is None, kind
+
+
+class Down:
+    """A Schema Registry that is away for its first `outage` asks (each a 503 here; a timeout
+    in life, five seconds each), then knows no schema; counts the asks."""
+
+    def __init__(self, outage: int) -> None:
+        self.outage = outage
+        self.asks = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.asks += 1
+        if self.asks <= self.outage:
+            return httpx.Response(503)
+        return httpx.Response(404, json={"error_code": 40403})
+
+
+def registry_pipeline(
+    registry: Down, count: int, retry_s: float, **config: Any
+) -> tuple[Pipeline, MemoryProducer]:
+    records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+        (0, f"p{i}".encode(), encode_confluent(event(f"r{i}@x.io"), FLAKY_ID), [])
+        for i in range(count)
+    ]
+    producer = MemoryProducer(1 << 20)
+    client = RegistryClient(
+        httpx.Client(transport=httpx.MockTransport(registry.handle)), "http://sr"
+    )
+    pipeline = Pipeline(
+        pipeline_config(TOPIC, registry_retry_s=retry_s, shutdown_timeout_s=2, **config),
+        MemorySource.of(TOPIC, records),
+        ConfluentDecoder(client),
+        Router((Export("all", "default", Mapping()),)),
+        Sinks({"default": fast_sink(Scripted(simulator()))}),
+        DeadLetters(producer, f"{TOPIC}.dlq", 1 << 20),
+        Metrics(CollectorRegistry()),
+        SystemClock(),
+    )
+    return pipeline, producer
+
+
+def test_a_registry_that_is_away_is_asked_once_per_retry_not_once_per_record() -> None:
+    """Each ask of an unreachable registry waits for its timeout: asked for every record of a
+    poll, the loop would stand still for minutes (and the liveness probe restart the pod)."""
+    registry = Down(outage=1_000_000)
+    pipeline, _ = registry_pipeline(registry, count=200, retry_s=3600.0)
+    turns = [0]
+
+    def three_turns(p: Pipeline) -> bool:
+        turns[0] += 1
+        return turns[0] > 3
+
+    pipeline.run(threading.Event(), until=three_turns)
+    assert registry.asks == 1
+    decided = [pipeline.stats[fate] for fate in ("done", "skipped", "dead_lettered")]
+    assert decided == [0, 0, 0]  # all of them held
+    assert pipeline.committed().get((TOPIC, 0), 0) == 0
+
+
+def test_records_held_for_the_registry_count_towards_the_dead_letter_limit_once_decided() -> None:
+    """Held records were counted as valid when held, and their dead letters once decided were
+    not counted at all: a stream of records the registry then refuses passed the limit."""
+    registry = Down(outage=300)  # as many asks as records: every record is held at first
+    pipeline, producer = registry_pipeline(
+        registry, count=300, retry_s=0.01, dlq_max_invalid_share=0.5, dlq_window_records=100
+    )
+    deadline = time.monotonic() + 30
+
+    def stopped(p: Pipeline) -> bool:
+        assert time.monotonic() < deadline, "the limit was never reached"
+        return False
+
+    assert pipeline.run(threading.Event(), until=stopped) == ExitCode.DLQ_LIMIT
+    letters = [m for m in producer.delivered if m["topic"] == f"{TOPIC}.dlq"]
+    assert len(letters) < 300  # it stopped at the limit, not after the whole stream
