@@ -20,6 +20,7 @@ from connector import __version__
 from connector.config import Config, Connection
 from connector.core.clock import Clock, SystemClock
 from connector.core.codec import ConfluentDecoder, Decoder, PlainAvroDecoder
+from connector.core.errors import ExitCode, Fatal
 from connector.core.routing import Router
 from connector.health import HealthServer
 from connector.jobs.dryrun import (
@@ -179,16 +180,8 @@ def running(
         sinks.set_budget_share(job.share)
     counted: list[DryDeadLetters] = []
 
-    def on_error(err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            pipeline.broker_down = True
-            log.warning("kafka_brokers_down", error=err.str())
-        elif err.fatal():
-            log.error("kafka_fatal", error=err.str())
-        else:
-            log.debug("kafka_error", error=err.str())
-
     pipeline: Pipeline
+    on_error = kafka_error_handler(lambda: pipeline)
     source = KafkaSource(
         make_consumer(consumer_config(settings.kafka_bootstrap_servers, group_id, kafka, on_error))
     )
@@ -269,6 +262,26 @@ def _announce(
     pipeline.progress_fields = lambda: _progress_fields(metrics)
     if mode.job is None:
         _banner(config, group_id, mode.dry_run)
+
+
+def kafka_error_handler(loop: Callable[[], Pipeline]) -> Callable[[KafkaError], None]:
+    """The Kafka clients' error callback (served inside their polls, on the Kafka thread): all
+    brokers down marks the loop's broker as down; a fatal error (a static member fenced, an
+    idempotent producer's fatal state) stops the loop with exit 5, since the client never
+    works again; anything else librdkafka retries itself."""
+
+    def on_error(err: KafkaError) -> None:
+        pipeline = loop()
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            pipeline.broker_down = True
+            log.warning("kafka_brokers_down", error=err.str())
+        elif err.fatal():
+            log.error("kafka_fatal", error=err.str())
+            pipeline.stop_for(Fatal(f"Kafka: {err.str()}"), ExitCode.KAFKA_FATAL)
+        else:
+            log.debug("kafka_error", error=err.str())
+
+    return on_error
 
 
 def _banner(config: Config, group_id: str, dry_run: bool) -> None:

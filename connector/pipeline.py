@@ -216,6 +216,12 @@ class Pipeline:
         self._sink.stop()
         log.info("stopped", exit_code=self.exit_code, **self.stats)
 
+    def stop_for(self, fatal: Fatal, exit_code: ExitCode) -> None:
+        """Something outside the loop cannot go on (a Kafka client's fatal error): the loop
+        stops at its next turn, committing only finished work."""
+        if self.fatal is None:
+            self.fatal, self.exit_code = fatal, exit_code
+
     def _check_limit(self) -> None:
         if self._intake.limit_reached is not None and self.fatal is None:
             self.fatal = self._intake.limit_reached

@@ -6,11 +6,13 @@ from __future__ import annotations
 import threading
 
 import structlog.testing
+from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
+from connector.app import kafka_error_handler
 from connector.core.clock import ManualClock
 from connector.core.codec import PlainAvroDecoder, encode_plain
-from connector.core.errors import Retriable
+from connector.core.errors import ExitCode, Retriable
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
 from connector.kafka.dlq import DeadLetters
@@ -123,3 +125,36 @@ def test_every_skip_is_counted_once_in_the_metric_by_its_reason() -> None:
     assert skipped("duplicate") == 1
     assert skipped("no_export") == 2
     assert fates.get("skipped") == 3 == pipeline.stats["skipped"]
+
+
+def test_a_fatal_kafka_error_stops_the_loop_with_exit_5() -> None:
+    """A fatal error of the client (a static member fenced by another with its instance id)
+    leaves a consumer that never consumes again: logging it and going on polling would be a
+    silent stall with green probes."""
+    records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+        (0, b"p0", encode_plain(event("a@example.com", occurred_at=999_000)), [])
+    ]
+    pipeline = Pipeline(
+        pipeline_config(TOPIC, shutdown_timeout_s=2),
+        MemorySource.of(TOPIC, records),
+        PlainAvroDecoder(),
+        Router((Export("all", "default", Mapping()),)),
+        Sinks({"default": fast_sink(Scripted(simulator()))}),
+        DeadLetters(MemoryProducer(1 << 20), f"{TOPIC}.dlq", 1 << 20),
+        Metrics(CollectorRegistry()),
+        ManualClock(1_000.0),
+    )
+    on_error = kafka_error_handler(lambda: pipeline)
+    on_error(KafkaError(KafkaError._TRANSPORT, "a broker went away"))  # not fatal: going on
+    assert pipeline.fatal is None
+    turns = [0]
+
+    def fenced_at_third_turn(p: Pipeline) -> bool:
+        turns[0] += 1
+        if turns[0] == 3:
+            on_error(KafkaError(KafkaError._FATAL, "fenced by another instance", fatal=True))
+        assert turns[0] < 100, "the loop went on after a fatal error"
+        return False
+
+    assert pipeline.run(threading.Event(), until=fenced_at_third_turn) == ExitCode.KAFKA_FATAL
+    assert "fenced" in str(pipeline.fatal)
