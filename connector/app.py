@@ -56,13 +56,10 @@ from connector.readiness import (
     broker_reachable,
     check_at_start,
 )
-from connector.settings import Settings, dlq_message_max_bytes
+from connector.settings import STUCK_AFTER_S, Settings, dlq_message_max_bytes
 from connector.simulator.transport import SimulatorTransport
 
 log = structlog.get_logger("connector")
-
-# The loop is stuck, not merely busy, when a turn has not completed for this long.
-STUCK_AFTER_S = 60.0
 
 
 @dataclass

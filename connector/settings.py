@@ -62,6 +62,11 @@ PRIVACY_REFUSAL = (
 
 HOUR_S = 3600.0
 DAY_S = 86400.0
+# The Kafka loop is stuck, not merely busy (`/healthz` fails), once a turn has not completed
+# for this long.
+STUCK_AFTER_S = 60.0
+# A rebalance's wait for unfinished work happens inside a poll: it must end well before then.
+MAX_REVOKE_TIMEOUT_S = STUCK_AFTER_S - 15.0
 
 
 def check_http_url(value: str) -> str:
@@ -124,7 +129,7 @@ class Settings(BaseSettings):
     email_hash_key: SecretStr | None = None
 
     shutdown_timeout_s: float = Field(30.0, gt=0, le=HOUR_S)
-    revoke_timeout_s: float = Field(15.0, gt=0, le=HOUR_S)
+    revoke_timeout_s: float = Field(15.0, gt=0, le=MAX_REVOKE_TIMEOUT_S)
     commit_interval_s: float = Field(1.0, gt=0, le=HOUR_S)
     max_in_flight_records: int = Field(50_000, ge=100)
     max_in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)

@@ -79,6 +79,8 @@ def test_kafka_cfg_passes_through_and_owned_settings_are_refused() -> None:
         # Infinite or astronomical durations: a wait that overflows, a sync that never moves.
         ({"SHUTDOWN_TIMEOUT_S": "inf"}, "SHUTDOWN_TIMEOUT_S"),
         ({"REVOKE_TIMEOUT_S": "1e308"}, "REVOKE_TIMEOUT_S"),
+        # A revoke waits inside the poll: longer than this, the liveness probe sees a stuck loop.
+        ({"REVOKE_TIMEOUT_S": "60"}, "REVOKE_TIMEOUT_S"),
         ({"COMMIT_INTERVAL_S": "inf"}, "COMMIT_INTERVAL_S"),
         ({"RATE_LIMIT_WINDOW_S": "Infinity"}, "RATE_LIMIT_WINDOW_S"),
         ({"TAG_SETTLE_S": "inf"}, "TAG_SETTLE_S"),
