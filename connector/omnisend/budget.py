@@ -242,10 +242,10 @@ class Budget:
             slot.answered = True
 
     def rate_limited(self, now: float, retry_after_s: float | None) -> None:
-        """A 429: stop until `retryAfter` and slow down."""
-        self._blocked_until = max(
-            self._blocked_until, now + (retry_after_s or self.config.window_s / 10)
-        )
+        """A 429: stop until `retryAfter` (a tenth of the window when it said none; 0 is
+        "now") and slow down."""
+        wait_s = self.config.window_s / 10 if retry_after_s is None else retry_after_s
+        self._blocked_until = max(self._blocked_until, now + wait_s)
         if now - self._last_429 > 1.0:  # one cut per burst of 429s
             self._factor = round(max(MIN_FACTOR, self._factor * BACKOFF_FACTOR), 6)
         self._last_429 = now

@@ -80,6 +80,16 @@ def test_429_blocks_until_retry_after_and_slows_down_then_recovers() -> None:
     assert budget.limits() == (320, 48)
 
 
+def test_a_retry_after_of_zero_is_honoured_and_an_absent_one_waits_a_tenth_of_the_window() -> None:
+    now_ok = Budget(BudgetConfig(headroom=1.0))
+    now_ok.rate_limited(10.0, 0.0)  # "retry now": no wait, the rate is still cut
+    assert now_ok.try_acquire(10.0, tag_call=False) == 0
+    assert now_ok.limits() == (280, 42)
+    absent = Budget(BudgetConfig(headroom=1.0))
+    absent.rate_limited(10.0, None)
+    assert absent.try_acquire(10.0, tag_call=False) == 6.0
+
+
 def test_a_tag_limit_as_large_as_the_shared_one_leaves_room_for_other_requests() -> None:
     budget = Budget(
         BudgetConfig(requests_per_window=1000, tag_requests_per_window=1000, headroom=1.0)
