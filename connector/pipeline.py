@@ -20,7 +20,7 @@ import structlog
 from connector.core.admission import Admission
 from connector.core.clock import Clock
 from connector.core.codec import Decoder
-from connector.core.errors import Crashed, ExitCode, Fatal, Retriable
+from connector.core.errors import Crashed, ExitCode, Fatal, OffsetsWentBack, Retriable
 from connector.core.events import RawRecord
 from connector.core.routing import Router
 from connector.fates import Fates, FatesConfig
@@ -176,7 +176,10 @@ class Pipeline:
         if records:
             self.broker_down = False
         if self.fatal is None:  # else stop at once: what is not processed is not committed
-            self._sink.submit(self._intake.take(records))
+            try:
+                self._sink.submit(self._intake.take(records))
+            except OffsetsWentBack as exc:
+                self.stop_for(exc, ExitCode.FAILED)
             self._check_limit()
         self._collect()
         self.fates.poll()
@@ -221,6 +224,7 @@ class Pipeline:
         stops at its next turn, committing only finished work."""
         if self.fatal is None:
             self.fatal, self.exit_code = fatal, exit_code
+            log.error("fatal", error=str(fatal), exit_code=exit_code)
 
     def _check_limit(self) -> None:
         if self._intake.limit_reached is not None and self.fatal is None:

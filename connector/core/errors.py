@@ -54,6 +54,13 @@ class Fatal(ConnectorError):
     """Nothing will succeed until a human changes something (credentials, version, config)."""
 
 
+class OffsetsWentBack(Fatal):
+    """A partition's offsets went back without a rebalance (log truncation after an unclean
+    leader election, a topic deleted and made again): records in flight can no longer be told
+    apart by offset. Stop (exit 1), committing only finished work; the next start resumes
+    from the committed position."""
+
+
 class Crashed(Fatal):
     """A bug: something failed that no answer or input should make fail. Stop (exit 1) without
     committing unfinished work, rather than leave records unfinished forever."""

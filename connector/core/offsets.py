@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from connector.core.errors import OffsetsWentBack
+
 TopicPartition = tuple[str, int]
 
 
@@ -24,7 +26,11 @@ class PartitionOffsets:
 
     def track(self, offset: int) -> None:
         if self._last is not None and offset <= self._last:
-            raise ValueError(f"offset {offset} tracked after {self._last}: offsets must increase")
+            raise OffsetsWentBack(
+                f"a partition's offsets went back without a rebalance (offset {offset} after "
+                f"{self._last}): log truncation, or the topic made again; stopping, to resume "
+                "from the committed position"
+            )
         self._pending.append(offset)
         self._last = offset
 

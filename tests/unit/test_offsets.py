@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from connector.core.errors import OffsetsWentBack
 from connector.core.offsets import OffsetTracker, PartitionOffsets
 
 TP = ("t", 0)
@@ -28,7 +29,7 @@ def test_position_is_first_unfinished() -> None:
 def test_offsets_must_increase() -> None:
     p = PartitionOffsets()
     p.track(3)
-    with pytest.raises(ValueError, match="must increase"):
+    with pytest.raises(OffsetsWentBack, match="went back"):
         p.track(3)
 
 

@@ -158,3 +158,39 @@ def test_a_fatal_kafka_error_stops_the_loop_with_exit_5() -> None:
 
     assert pipeline.run(threading.Event(), until=fenced_at_third_turn) == ExitCode.KAFKA_FATAL
     assert "fenced" in str(pipeline.fatal)
+
+
+def test_offsets_that_go_back_without_a_rebalance_stop_the_loop_and_say_why() -> None:
+    """Log truncation after an unclean leader election, or a topic deleted and made again,
+    rewinds a partition under the consumer: the records in flight cannot be matched to their
+    offsets any more. The loop stops (exit 1) with what happened, committing only what is
+    finished; the next start resumes from there."""
+    records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+        (0, f"p{i}".encode(), encode_plain(event(f"r{i}@x.io", occurred_at=999_000)), [])
+        for i in range(6)
+    ]
+    source = MemorySource.of(TOPIC, records)
+    pipeline = Pipeline(
+        pipeline_config(TOPIC, shutdown_timeout_s=2),
+        source,
+        PlainAvroDecoder(),
+        Router((Export("all", "default", Mapping()),)),
+        Sinks({"default": fast_sink(Scripted(simulator()))}),
+        DeadLetters(MemoryProducer(1 << 20), f"{TOPIC}.dlq", 1 << 20),
+        Metrics(CollectorRegistry()),
+        ManualClock(1_000.0),
+    )
+    turns = [0]
+
+    def rewound_at_third_turn(p: Pipeline) -> bool:
+        turns[0] += 1
+        if turns[0] == 3:
+            source.positions[(TOPIC, 0)] = 2
+        assert turns[0] < 100, "the loop went on"
+        return False
+
+    with structlog.testing.capture_logs() as lines:
+        code = pipeline.run(threading.Event(), until=rewound_at_third_turn)
+    assert code == ExitCode.FAILED
+    assert "went back" in str(pipeline.fatal)
+    assert any(line["event"] == "fatal" for line in lines)
