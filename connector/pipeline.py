@@ -220,29 +220,22 @@ class Pipeline:
         log.info("stopped", exit_code=self.exit_code, **self.stats)
 
     def stop_for(self, fatal: Fatal, exit_code: ExitCode) -> None:
-        """Something outside the loop cannot go on (a Kafka client's fatal error): the loop
-        stops at its next turn, committing only finished work."""
+        """Something cannot go on (a sink's fatal error, the dead-letter limit, a Kafka
+        client's fatal error): the loop stops, committing only finished work."""
         if self.fatal is None:
             self.fatal, self.exit_code = fatal, exit_code
             log.error("fatal", error=str(fatal), exit_code=exit_code)
 
     def _check_limit(self) -> None:
-        if self._intake.limit_reached is not None and self.fatal is None:
-            self.fatal = self._intake.limit_reached
-            self.exit_code = ExitCode.DLQ_LIMIT
+        if self._intake.limit_reached is not None:
+            self.stop_for(self._intake.limit_reached, ExitCode.DLQ_LIMIT)
 
     def _check_fatal(self) -> None:
         written = self.fates.failure
         fatal = self._sink.fatal or written
-        if fatal is not None and self.fatal is None:
-            self.fatal = fatal
-            if isinstance(fatal, Crashed):
-                self.exit_code = ExitCode.FAILED
-            elif fatal is written:
-                self.exit_code = ExitCode.KAFKA_FATAL
-            else:
-                self.exit_code = ExitCode.OMNISEND_FATAL
-            log.error("fatal", error=str(fatal), exit_code=self.exit_code)
+        if fatal is not None:
+            code = ExitCode.FAILED if isinstance(fatal, Crashed) else ExitCode.OMNISEND_FATAL
+            self.stop_for(fatal, ExitCode.KAFKA_FATAL if fatal is written else code)
 
     # ---- fates and flow control ----------------------------------------------------------------
 

@@ -119,6 +119,10 @@ class Mailbox:
     def empty(self) -> bool:
         return self._inbox.empty()
 
+    def pending(self) -> bool:
+        """Changes wait in the inbox (asked again: the Kafka side may have sent since)."""
+        return not self._inbox.empty()
+
 
 @dataclass(frozen=True)
 class SinkConfig:
@@ -438,3 +442,7 @@ class OmnisendSink:
             self._mail.answer(outcomes)
         if self._state.coalescer.idle and not self._sender.tasks and self._mail.empty:
             self._idle.set()
+            # Work submitted since the inbox was looked at cleared the flag before this set
+            # it: look again, or idle would stay said over that work.
+            if self._mail.pending():
+                self._idle.clear()

@@ -4,7 +4,9 @@ exactly one fate, no task dies, and Omnisend ends in the state the changes descr
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from connector.core.events import ContactChange
 from connector.simulator import Faults
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator, wait_outcomes
+from tests.omnisend_fakes import change as sink_change
 from tests.unit.test_coalesce import change, one_by_one
 
 changes_st = st.lists(
@@ -78,5 +81,40 @@ def test_every_record_has_one_fate_and_omnisend_ends_as_the_changes_say(
             assert got == fields, email
             assert set(state[email]["tags"]) == expected_tags[email], email
         assert sink.take_outcomes() == []  # and no record got a second fate
+    finally:
+        sink.stop()
+
+
+def test_work_submitted_while_the_loop_says_idle_keeps_the_sink_busy() -> None:
+    """The loop finds the inbox empty and is about to say idle when the Kafka thread submits
+    (and clears the flag): idle must not stay said over the waiting work, or a drain on a
+    rebalance or at shutdown returns at once and its records are redelivered."""
+    sink = fast_sink(Scripted(simulator()))
+    real = sink._mail
+    injected = threading.Event()
+
+    class Racing:
+        """The real mailbox, with a submit slipped in just after the loop looked at it."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @property
+        def empty(self) -> bool:
+            found = real.empty
+            if found and not injected.is_set():
+                real.send([sink_change(0, "late@example.com", firstName="Ann")])
+                sink._idle.clear()  # what `submit` does on the Kafka thread
+                sink._call(sink._poke)
+                injected.set()
+            return found
+
+    try:
+        cast(Any, sink)._mail = Racing()
+        sink.poke()
+        assert injected.wait(5)
+        assert sink.wait_idle(5)
+        outcomes = sink.take_outcomes()
+        assert [o.position.offset for o in outcomes] == [0]  # idle only once it was done
     finally:
         sink.stop()
