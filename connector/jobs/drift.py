@@ -97,6 +97,23 @@ class Membership:
         return None if found is None else found[1]
 
 
+def shared_members(
+    membership: Membership, export: Export, exports: Iterable[Export]
+) -> dict[str, list[IntTable]]:
+    """tag → the members other exports of `export`'s connection give each of its tags: two
+    exports of one brand may make the same tag (one segment by two email attributes), and each
+    tags only its own members."""
+    mine = membership.expected(export)
+    shared: dict[str, list[IntTable]] = {}
+    for other in exports:
+        if other.connection != export.connection or other.name == export.name:
+            continue
+        for tag, members in membership.expected(other).items():
+            if tag in mine:
+                shared.setdefault(tag, []).append(members)
+    return shared
+
+
 class Samples:
     """The few smallest of many strings (for a report), in bounded memory."""
 
@@ -128,6 +145,8 @@ class Drift:
     stale_samples: Samples = field(default_factory=Samples)
     missing_samples: Samples = field(default_factory=Samples)
     on_stale: Callable[[str, str], None] | None = None  # (tag, email)
+    # Members other exports of the same connection give the tag: held, they are not stale.
+    others: list[IntTable] = field(default_factory=list)
 
     def hold(self, emails: Iterable[str]) -> None:
         """A page of the contacts Omnisend holds under the tag."""
@@ -136,6 +155,8 @@ class Drift:
             email_fp = fingerprint(email)
             if email_fp in self.expected:
                 self.expected.put(email_fp, (1,))
+                continue
+            if any(email_fp in members for members in self.others):
                 continue
             self.stale += 1
             self.stale_samples.add(email)

@@ -37,7 +37,7 @@ from connector.core.clock import SystemClock
 from connector.core.errors import ConfigError, Fatal, InvalidRecord, Retriable
 from connector.core.events import ContactChange, Position, SegmentChange
 from connector.core.routing import Export
-from connector.jobs.drift import Drift, Finder, Membership
+from connector.jobs.drift import Drift, Finder, Membership, shared_members
 from connector.jobs.runner import Progress, Span, job_consumer, topic_span
 from connector.kafka.source import KafkaSource
 from connector.metrics import Metrics
@@ -229,7 +229,8 @@ def reconcile_export(
     missing again (their samples; with `apply`, their repairs, as the stale are untagged
     while they are listed)."""
     expected = membership.expected(export)
-    drifts = [Drift(tag, expected[tag]) for tag in sorted(expected)]
+    shared = shared_members(membership, export, config.exports)
+    drifts = [Drift(tag, expected[tag], others=shared.get(tag, [])) for tag in sorted(expected)]
 
     def make() -> OmnisendSink:
         sink = make_sink(
@@ -290,7 +291,9 @@ def reconcile(
             f"no export {sorted(unknown)} (known: {', '.join(e.name for e in config.exports)})"
         )
     whole = topic_span(config, config.settings.kafka_topic)
-    membership = Membership(exports)
+    # Every export of the connections reconciled: a tag two of them make is both's.
+    connections = {e.connection for e in exports}
+    membership = Membership(e for e in config.exports if e.connection in connections)
     now_ms = int(time.time() * 1000)
 
     def add(partition: int, offset: int, event: SegmentChange) -> bool:

@@ -14,7 +14,7 @@ from connector.core.events import SegmentChange
 from connector.core.mapping import Mapping
 from connector.core.recent import IntTable, fingerprint
 from connector.core.routing import Export
-from connector.jobs.drift import Finder, Membership, drift
+from connector.jobs.drift import Drift, Finder, Membership, drift, shared_members
 from connector.jobs.runner import Span, _Probe, parse_since
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -174,3 +174,29 @@ def test_a_drift_keeps_counts_and_a_few_samples_not_every_address() -> None:
     samples = found.report()["staleSamples"]
     assert samples == [f"c0***{i}@x.io" for i in range(5)]  # distinguishable, not readable
     assert len(found.stale_samples) == 5
+
+
+def test_a_tag_two_exports_of_one_connection_make_is_stale_for_neither() -> None:
+    """Two exports on one brand, the same segment, one by `email` and one by `billing_email`:
+    the tag is each one's members together. Compared per export, each found the other's
+    members stale, and `--apply` untagged them."""
+    mine = Export("mine", "eu", Mapping(), frozenset({"VIP"}))
+    billing = Export(
+        "billing", "eu", Mapping(email_attribute="billing_email", fields={}), frozenset({"VIP"})
+    )
+    elsewhere = Export("elsewhere", "us", Mapping(), frozenset({"VIP"}))
+    exports = [mine, billing, elsewhere]
+    m = Membership(exports)
+    attributes = {"email": "a@x.io", "billing_email": "bill@x.io", "first_name": "A"}
+    m.add(SegmentChange("e1", 1, "s1", "VIP", True, "p1", attributes), 10_000)
+    for export in (mine, billing):
+        expected = m.expected(export)["segment: VIP"]
+        others = shared_members(m, export, exports).get("segment: VIP", [])
+        found = Drift("segment: VIP", expected, others=others)
+        found.hold(["a@x.io", "bill@x.io", "gone@x.io"])
+        assert (found.stale, found.missing) == (1, 0), export.name  # only gone@x.io
+    # Another brand's members are no excuse: on "us", bill@x.io holds the tag wrongly.
+    others = shared_members(m, elsewhere, exports).get("segment: VIP", [])
+    found = Drift("segment: VIP", m.expected(elsewhere)["segment: VIP"], others=others)
+    found.hold(["a@x.io", "bill@x.io"])
+    assert found.stale == 1
