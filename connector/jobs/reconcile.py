@@ -16,6 +16,10 @@ is missing is found again by a second read of the topic, at the record holding e
 contact's latest entry, and repaired (or sampled for the report) from there: addresses and
 fields are never all in memory at once.
 
+It runs beside the live connector: what comes in after the span it read is the live connector's,
+so while repairing it follows the topic past that span (`Tail`) and repairs no contact with a
+change there.
+
 The pure parts are in `connector.jobs.drift`: `Membership` (events in, expected fingerprints
 out), `Drift` and `Finder`; reading the topic and listing contacts are here, at the edges.
 """
@@ -23,12 +27,14 @@ out), `Drift` and `Finder`; reading the topic and listing contacts are here, at 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 import httpx
 import structlog
+from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from connector.app import make_decoder, make_sink
@@ -36,6 +42,8 @@ from connector.config import Config
 from connector.core.clock import SystemClock
 from connector.core.errors import ConfigError, Fatal, InvalidRecord, Retriable
 from connector.core.events import ContactChange, Position, SegmentChange
+from connector.core.mapping import Mapper
+from connector.core.recent import fingerprint
 from connector.core.routing import Export
 from connector.jobs.drift import Drift, Finder, Membership, shared_members
 from connector.jobs.runner import Progress, Span, job_consumer, topic_span
@@ -49,6 +57,9 @@ from connector.omnisend.sink import OmnisendSink
 log = structlog.get_logger("connector.reconcile")
 
 PAGE = 250
+# How often the topic past the span is read while repairing, and how long it may take.
+TAIL_EVERY_S = 1.0
+TAIL_TIMEOUT_S = 30.0
 # Repairs are handed to the sink this many at a time, when it has room for them.
 _REPAIR_CHUNK = 500
 # Failed list reads in a row after which the job gives up on Omnisend.
@@ -158,12 +169,78 @@ def list_held(config: Config, connection: str, drifts: list[Drift], share: float
     asyncio.run(all_tags())
 
 
+class Tail:
+    """The topic past the span the job read, followed while it repairs: the emails whose
+    changes came in since (kept as fingerprints) are the live connector's. A repair of them,
+    made from the older picture, could undo what it did (untag a contact who entered since,
+    tag one who left)."""
+
+    def __init__(self, config: Config, export: Export, starts: dict[int, int]) -> None:
+        self._consumer = job_consumer(config)
+        self._topic = config.settings.kafka_topic
+        self._decoder = make_decoder(config.settings)
+        self._export, self._mapper = export, Mapper(export.mapping)
+        self._positions = dict(starts)
+        self._consumer.assign([TopicPartition(self._topic, p, o) for p, o in starts.items()])
+        self._changed: set[int] = set()
+        self._caught_up = False
+        self._read_at = -math.inf
+        self.skipped = 0
+
+    def changed(self, email: str) -> bool:
+        """Whether a change of `email` came in after the span (read up to now at most once a
+        second); when the topic cannot be read as far as its end, every email counts as
+        changed: no repair then rather than a wrong one."""
+        now = time.monotonic()
+        if now - self._read_at >= TAIL_EVERY_S:
+            self._read_at = now
+            self._caught_up = self._catch_up()
+        found = not self._caught_up or fingerprint(email) in self._changed
+        self.skipped += found
+        return found
+
+    def _catch_up(self) -> bool:
+        ends = {
+            p: self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, p), timeout=TAIL_TIMEOUT_S
+            )[1]
+            for p in self._positions
+        }
+        deadline = time.monotonic() + TAIL_TIMEOUT_S
+        while any(self._positions[p] < end for p, end in ends.items()):
+            if time.monotonic() >= deadline:
+                return False
+            for message in self._consumer.consume(500, 0.2):
+                partition, offset = message.partition(), message.offset()
+                if message.error() is not None or partition is None or offset is None:
+                    continue
+                self._positions[partition] = offset + 1
+                self._note(message.value())
+        return True
+
+    def _note(self, value: bytes | None) -> None:
+        try:
+            event = self._decoder.decode(value or b"")
+            if self._export.wants(event):
+                email = self._mapper.map(event, event.occurred_at_ms).email
+                self._changed.add(fingerprint(email))
+        except InvalidRecord:
+            return
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 class _Repairs:
     """Changes handed to a sink as it has room for them, and their outcomes counted. The sink
-    starts with the first change."""
+    starts with the first change. A change of a contact the live connector changed since the
+    span was read (`changed`) is dropped as it is handed over."""
 
-    def __init__(self, make: Callable[[], OmnisendSink]) -> None:
+    def __init__(
+        self, make: Callable[[], OmnisendSink], changed: Callable[[str], bool] = lambda e: False
+    ) -> None:
         self._make = make
+        self._changed = changed
         self.sink: OmnisendSink | None = None
         self.waiting: list[ContactChange] = []
         self.pending = 0
@@ -182,6 +259,7 @@ class _Repairs:
             self._hand_over()
 
     def _hand_over(self) -> None:
+        self.waiting = [c for c in self.waiting if not self._changed(c.email)]
         if not self.waiting:
             return
         if self.sink is None:
@@ -242,10 +320,32 @@ def reconcile_export(
         sink.budget.share = share
         return sink
 
-    repairs = _Repairs(make)
+    tail = Tail(config, export, topic_span.ends) if apply else None
+    repairs = _Repairs(make, tail.changed if tail is not None else lambda e: False)
     if apply:
         for found in drifts:
             found.on_stale = repairs.untag
+    try:
+        return _compare_and_repair(
+            config, export, topic_span, membership, drifts, repairs, tail, share, out
+        )
+    finally:
+        if tail is not None:
+            tail.close()
+
+
+def _compare_and_repair(
+    config: Config,
+    export: Export,
+    topic_span: Span,
+    membership: Membership,
+    drifts: list[Drift],
+    repairs: _Repairs,
+    tail: Tail | None,
+    share: float,
+    out: TextIO | None,
+) -> dict[str, Any]:
+    apply = tail is not None
     list_held(config, export.connection, drifts, share)
     finder = Finder(export, membership, drifts)
     if any(d.missing for d in drifts):
@@ -266,6 +366,8 @@ def reconcile_export(
     repaired = repairs.finish() if apply else None
     if repaired is not None:
         entry["repair"] = repaired
+    if tail is not None:
+        entry["changedSince"] = tail.skipped
     return entry
 
 

@@ -11,10 +11,14 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from connector.config import Config, load_config
 from connector.core.codec import encode_plain
 from connector.dev.broker import Broker
+from connector.jobs import reconcile as reconcile_job
+from connector.jobs.runner import Span, topic_span
 from connector.kafka.clients import ensure_topic
 from connector.simulator import SimulatorServer
 from tests.events import event
@@ -182,6 +186,42 @@ def test_reconcile_finds_and_repairs_drift(
     code, report, _ = job(env, "reconcile")
     assert code == 0, report
     assert committed(broker.bootstrap, env["KAFKA_GROUP_ID"], topic) == [-1001] * 3
+
+
+def test_reconcile_does_not_undo_what_the_live_connector_did_after_its_read(
+    broker: Broker, topic: str, sim: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nightly job runs beside the live connector. Changes that come in after the job
+    fixed the span it reads are the live connector's: a contact who entered since is tagged,
+    not stale; one who left since is untagged, not missing. Repairing them from the older
+    picture would undo the live sync."""
+    before = [
+        event("ann@x.io", profile_id="p-ann", occurred_at=T0),  # leaves after the read
+        event("old@x.io", profile_id="p-old", occurred_at=T0 + 1),  # a member, missing
+    ]
+    produce_events(broker.bootstrap, topic, before)
+    after = [
+        event("ann@x.io", profile_id="p-ann", change="EXITED", occurred_at=T0 + 10),
+        event("new@x.io", profile_id="p-new", occurred_at=T0 + 11),
+    ]
+
+    def span_then_live_changes(config: Config, name: str, since_ms: int | None = None) -> Span:
+        found = topic_span(config, name, since_ms)
+        produce_events(broker.bootstrap, topic, after)  # the live connector syncs them:
+        tag(sim, "new@x.io", ["segment: VIP"])  # new@ is tagged, ann@ has no tag
+        return found
+
+    monkeypatch.setattr(reconcile_job, "topic_span", span_then_live_changes)
+    config = load_config(None, connector_env(broker, topic, sim))
+    report = reconcile_job.reconcile(config, [], apply=True, share=1.0)
+    (entry,) = report["exports"]
+    assert entry["repair"]["failed"] == 0
+    assert entry["changedSince"] == 2  # ann@ (missing at the read), new@ (stale at the read)
+    time.sleep(0.3)
+    contacts = sim_contacts(sim)
+    assert contacts["new@x.io"]["tags"] == ["segment: VIP"]  # not untagged
+    assert "ann@x.io" not in contacts or contacts["ann@x.io"]["tags"] == []  # not re-added
+    assert contacts["old@x.io"]["tags"] == ["segment: VIP"]  # the real drift is repaired
 
 
 def test_reconcile_repairs_a_lost_tag_with_the_contact_s_latest_fields(
