@@ -50,7 +50,7 @@ from connector.jobs.runner import Progress, Span, job_consumer, topic_span
 from connector.kafka.source import KafkaSource
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
-from connector.omnisend.client import OmnisendClient, RateLimited
+from connector.omnisend.client import OmnisendClient, RateLimited, Rejected
 from connector.omnisend.http import async_transport
 from connector.omnisend.sink import OmnisendSink
 
@@ -64,6 +64,8 @@ TAIL_TIMEOUT_S = 30.0
 _REPAIR_CHUNK = 500
 # Failed list reads in a row after which the job gives up on Omnisend.
 MAX_LIST_FAILURES = 10
+# Empty pages in a row, each with a cursor to another, after which the listing is not believed.
+MAX_EMPTY_PAGES = 20
 
 Visit = Callable[[int, int, SegmentChange], bool]  # partition, offset, event -> go on?
 
@@ -110,9 +112,12 @@ def read_topic(
 
 
 async def _hold(client: OmnisendClient, budget: Budget, found: Drift) -> None:
-    """The contacts Omnisend holds under the drift's tag, page by page within the budget."""
+    """The contacts Omnisend holds under the drift's tag, page by page within the budget. A
+    listing that comes back to a page it read, pages on with nothing in it, or says there is
+    more without saying where, ends the job (`Fatal`) rather than looping forever."""
     after: str | None = None
-    failures = 0
+    failures = empty = 0
+    seen: set[str] = set()
     while True:
         wait = budget.try_acquire(time.monotonic(), tag_call=False)
         if wait > 0:
@@ -131,14 +136,23 @@ async def _hold(client: OmnisendClient, budget: Budget, found: Drift) -> None:
                 ) from None
             await asyncio.sleep(min(30.0, 2.0**failures))
             continue
+        except Rejected as exc:  # an expired or unknown cursor, a limit refused
+            raise Fatal(f"listing the contacts tagged {found.tag!r}: {exc}") from None
         finally:
             Budget.answered(budget.last_slot, time.monotonic())
         failures = 0
         found.hold(page.emails)
-        if page.after is None:
+        listing = f"listing the contacts tagged {found.tag!r}"
+        if not (page.after is not None if page.has_more is None else page.has_more):
             return
-        if page.after == after:
-            raise Fatal(f"listing the contacts tagged {found.tag!r}: the next page is this one")
+        if page.after is None:
+            raise Fatal(f"{listing}: Omnisend said there is more, with no cursor to it")
+        if page.after in seen or page.after == after:
+            raise Fatal(f"{listing}: the pages came back to one already read")
+        empty = 0 if page.emails else empty + 1
+        if empty >= MAX_EMPTY_PAGES:
+            raise Fatal(f"{listing}: {empty} empty pages in a row, each with a next one")
+        seen.add(page.after)
         after = page.after
 
 

@@ -73,6 +73,7 @@ class ContactsPage:
 
     emails: list[str]
     after: str | None
+    has_more: bool | None = None  # `paging.hasMore`, when it is said
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,12 @@ def contacts_page(endpoint: str, response: httpx.Response) -> ContactsPage:
     paging = body.get("paging")
     cursors = paging.get("cursors") if isinstance(paging, dict) else None
     after = cursors.get("after") if isinstance(cursors, dict) else None
-    return ContactsPage(emails, after if isinstance(after, str) and after else None)
+    more = paging.get("hasMore") if isinstance(paging, dict) else None
+    return ContactsPage(
+        emails,
+        after if isinstance(after, str) and after else None,
+        more if isinstance(more, bool) else None,
+    )
 
 
 def retry_after(response: httpx.Response) -> RetryAfter:
