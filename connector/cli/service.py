@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from connector.cli.common import add_config, load_or_say
 from connector.config import load_config
@@ -60,9 +61,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     install_signal_handlers(stop)
     if args.dry_run:
         from connector.jobs.dryrun import caught_up  # noqa: PLC0415
+        from connector.jobs.runner import topic_span  # noqa: PLC0415
 
+        try:
+            ends = topic_span(config, config.settings.kafka_topic).ends
+        except ConfigError as exc:  # the topic does not exist
+            print(f"omnisend-connector run --dry-run: {exc}", file=sys.stderr)
+            return ExitCode.CONFIG
         with running(config, mode=DRY_RUN) as parts:
-            code = parts.pipeline.run(stop, until=caught_up())
+            code = parts.pipeline.run(stop, until=caught_up(ends))
             report = (
                 parts.dry_run.report(skipped_by_reason(parts.metrics))
                 if parts.dry_run is not None

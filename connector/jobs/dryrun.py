@@ -127,15 +127,22 @@ def mask(email: str) -> str:
     return f"{local[:2]}***{local[-1]}@{domain}"
 
 
-def caught_up(quiet_s: float = 3.0) -> Callable[[Any], bool]:
+def caught_up(ends: dict[int, int] | None = None, quiet_s: float = 3.0) -> Callable[[Any], bool]:
     """For `Pipeline.run(until=…)`: true once partitions are assigned, nothing is in flight and
-    nothing new arrived for `quiet_s`: the topic has been read to its end."""
+    every partition is done up to `ends` (the end it had when the dry run started: a busy topic
+    never falls quiet); without `ends`, once nothing new arrived for `quiet_s`."""
     last: dict[str, float] = {"consumed": -1.0, "since": 0.0}
 
     def check(pipeline: Any) -> bool:
         now = time.monotonic()
+        if pipeline.in_flight or not pipeline.assigned:
+            last["since"] = now
+            return False
+        if ends is not None:
+            done = {partition: end for (_, partition), end in pipeline.done_positions().items()}
+            return all(done.get(partition, 0) >= end for partition, end in ends.items() if end)
         consumed = float(pipeline.stats["consumed"])
-        if consumed != last["consumed"] or pipeline.in_flight or not pipeline.assigned:
+        if consumed != last["consumed"]:
             last["consumed"], last["since"] = consumed, now
             return False
         return now - last["since"] >= quiet_s

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import httpx
 from confluent_kafka.admin import AdminClient
@@ -62,3 +63,37 @@ def test_dry_run_reports_and_writes_nothing(
     assert committed_total(broker.bootstrap, env["KAFKA_GROUP_ID"], topic, 3) == 0
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     assert f"{topic}.dlq" not in admin.list_topics(timeout=10).topics
+
+
+def test_a_dry_run_ends_at_the_end_the_topic_had_when_it_started(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    """A production topic never falls quiet for long: a dry run that waited for three quiet
+    seconds never ended. It reads to the end the topic had when it started."""
+    before = [event(f"was{i}@example.com", profile_id=f"p{i}") for i in range(20)]
+    produce_events(broker.bootstrap, topic, before)
+    stop = threading.Event()
+
+    def busy_producer() -> None:  # an event every half second, for as long as the test runs
+        i = 0
+        while not stop.wait(0.5):
+            produce_events(broker.bootstrap, topic, [event(f"new{i}@example.com")])
+            i += 1
+
+    feeder = threading.Thread(target=busy_producer, daemon=True)
+    feeder.start()
+    try:
+        env = connector_env(broker, topic, sim)
+        result = subprocess.run(
+            [sys.executable, "-m", "connector.cli", "run", "--dry-run"],
+            env={**os.environ, **env, "LOG_FORMAT": "json"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        stop.set()
+        feeder.join()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["consumed"] >= len(before)
