@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
 from connector.core.errors import ConfigError, InvalidRecord
@@ -42,6 +43,37 @@ MAX_EMAIL_LENGTH = 254
 MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
 # Segments whose tag a mapper remembers.
 MAX_KNOWN_TAGS = 10_000
+
+
+def _birthdate(value: str) -> str | None:
+    """`YYYY-MM-DD` of a real day, as Omnisend takes it."""
+    if not _BIRTHDATE_RE.fullmatch(value):
+        return None
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return None
+    return value
+
+
+def _gender(value: str) -> str | None:
+    lowered = value.lower()
+    return lowered if lowered in ("m", "f") else None
+
+
+def _country_code(value: str) -> str | None:
+    """ISO 3166-1 alpha-2 (two ASCII letters), upper case."""
+    return value.upper() if len(value) == 2 and value.isascii() and value.isalpha() else None
+
+
+_BIRTHDATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Fields whose format Omnisend checks: a value it would refuse is left out, since it refuses
+# the whole contact for it (the contact would be neither synced nor tagged).
+_FORMATTED: dict[str, Callable[[str], str | None]] = {
+    "birthdate": _birthdate,
+    "gender": _gender,
+    "countryCode": _country_code,
+}
 
 
 def check_tag_template(template: str) -> str:
@@ -181,6 +213,10 @@ class Mapper:
             value = value.strip()
             if target == "country" and len(value) == 2 and value.isalpha():
                 out["countryCode"] = value.upper()  # a two-letter value is an ISO code
+            elif target in _FORMATTED:
+                sendable = _FORMATTED[target](value)
+                if sendable is not None:  # Omnisend would refuse the whole contact for it
+                    out[target] = sendable
             else:
                 out[target] = value
         custom = {

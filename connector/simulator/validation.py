@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from connector.simulator.problems import FieldError
@@ -35,6 +35,16 @@ def parse_time(value: str) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _is_date(value: str) -> bool:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return False
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 class Errors:
@@ -69,6 +79,12 @@ def validate_contact(body: Any, *, require_identifier: bool) -> list[FieldError]
             errors.add(name, "invalid_type", "Must be a string")
     if "gender" in body and body["gender"] not in ("m", "f"):
         errors.add("gender", "invalid_value", "Must be one of: m, f")
+    birthdate = body.get("birthdate")
+    if isinstance(birthdate, str) and not _is_date(birthdate):
+        errors.add("birthdate", "invalid_format", "Must be a date in YYYY-MM-DD format")
+    code = body.get("countryCode")
+    if isinstance(code, str) and not (len(code) == 2 and code.isascii() and code.isalpha()):
+        errors.add("countryCode", "invalid_format", "Must be an ISO 3166-1 alpha-2 code")
     if "customProperties" in body and not isinstance(body["customProperties"], dict):
         errors.add("customProperties", "invalid_type", "Must be an object")
     errors.string_list(body, "tags", MAX_TAGS_PER_CONTACT, 0)

@@ -57,6 +57,20 @@ def test_invalid_identifiers_list_every_error(sim: Sim) -> None:
     assert {"identifiers[0].id", "identifiers[1].type", "gender"} <= fields
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("birthdate", "01/02/1990"), ("birthdate", "1990-02-30"), ("countryCode", "DEU")],
+)
+def test_a_malformed_birthdate_or_country_code_is_refused(sim: Sim, field: str, value: str) -> None:
+    """The contract: `birthdate` in YYYY-MM-DD, `countryCode` ISO 3166-1 alpha-2. A simulator
+    that stored them would hide the contacts Omnisend refuses."""
+    r = sim.api.post("/contacts", json=contact("b@example.com", **{field: value}))
+    assert r.status_code == 400
+    assert [e["field"] for e in r.json()["errors"]] == [field]
+    ok = {"birthdate": "1990-02-01", "countryCode": "de"}[field]
+    assert sim.api.post("/contacts", json=contact("b@example.com", **{field: ok})).is_success
+
+
 def test_missing_identifiers_is_400(sim: Sim) -> None:
     r = sim.api.post("/contacts", json={"firstName": "Nobody"})
     assert r.status_code == 400

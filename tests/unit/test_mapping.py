@@ -39,6 +39,30 @@ def test_default_mapping_and_two_letter_country() -> None:
     assert c.tag == "segment: VIP"
 
 
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [
+        ({"born": "1990-02-01"}, {"birthdate": "1990-02-01"}),
+        ({"born": "01/02/1990"}, {}),  # Omnisend takes YYYY-MM-DD only
+        ({"born": "1990-02-30"}, {}),  # no such day
+        ({"born": "1990-2-1"}, {}),
+        ({"sex": "f"}, {"gender": "f"}),
+        ({"sex": "female"}, {}),  # m or f only
+        ({"code": "de"}, {"countryCode": "DE"}),
+        ({"code": "DEU"}, {}),  # alpha-2 only
+        ({"code": "D1"}, {}),
+    ],
+)
+def test_a_value_omnisend_would_refuse_is_left_out_not_the_contact(
+    profile: dict[str, str], expected: dict[str, str]
+) -> None:
+    """Omnisend refuses a whole contact for one malformed birthdate, gender or country code:
+    sent, the contact would not be synced nor tagged. The value is left out instead."""
+    fields = {"birthdate": "born", "gender": "sex", "countryCode": "code"}
+    change = mapped(Mapping(fields=fields), occurred_at=NOW, **profile)
+    assert change.fields == expected
+
+
 def test_country_name_stays_a_name() -> None:
     assert mapped(country="Lithuania", occurred_at=NOW).fields == {"country": "Lithuania"}
 
