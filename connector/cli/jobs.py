@@ -124,9 +124,8 @@ def _cmd_replay_dlq(args: argparse.Namespace) -> int:
     report = replay_dlq(config, args.reason, args.share)
     if report["exitCode"]:
         return _report(report, int(report["exitCode"]))
-    return _report(
-        report, ExitCode.FAILED if report["failedAgain"] or not report["complete"] else ExitCode.OK
-    )
+    failed = report["failedAgain"] or report["valueDropped"] or not report["complete"]
+    return _report(report, ExitCode.FAILED if failed else ExitCode.OK)
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:

@@ -244,8 +244,34 @@ def replay_dlq(
     config: Config, reasons: list[str], share: float, out: TextIO | None = None
 ) -> dict[str, Any]:
     job_span = topic_span(config, config.settings.dlq_topic)
-    wanted = set(reasons)
-    select = None if not wanted else (lambda record: reason_of(record) in wanted)
+    select, dropped = replay_selector(reasons)
     report = run_job(config, "replay-dlq", job_span, share, select, out)
-    report["reasons"] = sorted(wanted) or "all"
+    report["reasons"] = sorted(set(reasons)) or "all"
+    report["valueDropped"] = dropped()
     return report
+
+
+def replay_selector(
+    reasons: list[str],
+) -> tuple[Callable[[RawRecord], bool], Callable[[], int]]:
+    """Which dead letters to replay (those of `reasons`, or all), and how many of them cannot
+    be: a dead letter too large for its topic went without its value (`dropped` names it), and
+    replayed it would read as a tombstone, skipped, as if it had been replayed."""
+    wanted, dropped = set(reasons), [0]
+
+    def select(record: RawRecord) -> bool:
+        if wanted and reason_of(record) not in wanted:
+            return False
+        if "value" in _dropped_of(record):
+            dropped[0] += 1
+            return False
+        return True
+
+    return select, lambda: dropped[0]
+
+
+def _dropped_of(record: RawRecord) -> list[str]:
+    for key, value in record.headers:
+        if key == HEADER_PREFIX + "dropped" and value is not None:
+            return value.decode(errors="replace").split(",")
+    return []

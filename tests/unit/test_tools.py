@@ -10,12 +10,13 @@ import pytest
 from confluent_kafka import Consumer
 
 from connector.core.errors import ConfigError
-from connector.core.events import SegmentChange
+from connector.core.events import Position, RawRecord, SegmentChange
 from connector.core.mapping import Mapping
 from connector.core.recent import IntTable, fingerprint
 from connector.core.routing import Export
 from connector.jobs.drift import Drift, Finder, Membership, drift, shared_members
-from connector.jobs.runner import Span, _Probe, parse_since
+from connector.jobs.runner import Span, _Probe, parse_since, replay_selector
+from connector.kafka.dlq import HEADER_PREFIX
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -200,3 +201,26 @@ def test_a_tag_two_exports_of_one_connection_make_is_stale_for_neither() -> None
     found = Drift("segment: VIP", m.expected(elsewhere)["segment: VIP"], others=others)
     found.hold(["a@x.io", "bill@x.io"])
     assert found.stale == 1
+
+
+def test_dead_letters_whose_value_was_dropped_are_counted_not_replayed() -> None:
+    """A dead letter too large for its topic went without its value: replayed, it would read as
+    a tombstone and count as skipped, and the job would say it replayed everything."""
+
+    def letter(reason: str, dropped: str | None) -> RawRecord:
+        headers: list[tuple[str, bytes | None]] = [(HEADER_PREFIX + "reason", reason.encode())]
+        if dropped is not None:
+            headers.append((HEADER_PREFIX + "dropped", dropped.encode()))
+        value = None if dropped and "value" in dropped else b"\x00"
+        return RawRecord(Position("t.dlq", 0, 0), b"k", value, headers, 0)
+
+    select, dropped = replay_selector(["rejected_by_omnisend"])
+    assert select(letter("rejected_by_omnisend", None))
+    assert not select(letter("rejected_by_omnisend", "value,headers"))
+    assert not select(letter("invalid_email", "value"))  # not asked for: not counted
+    assert not select(letter("invalid_email", None))
+    assert dropped() == 1
+    everything, dropped = replay_selector([])
+    assert everything(letter("invalid_email", None))
+    assert not everything(letter("invalid_email", "value"))
+    assert dropped() == 1
