@@ -205,7 +205,7 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
         for table in (raw_connections.values() if isinstance(raw_connections, dict) else ())
         if isinstance(table, dict)
     }
-    warnings = unknown_variables(env, also_known=named)
+    warnings = unknown_variables(env, also_known=named) + _one_key_twice(connections)
     if settings is not None:
         warnings += settings_warnings(settings)
     if problems or settings is None:
@@ -302,6 +302,19 @@ def _connections(
                 **limits,
             )
     return out
+
+
+def _one_key_twice(connections: dict[str, Connection]) -> tuple[str, ...]:
+    """One key is one brand: connections sharing it each take the brand's whole budget."""
+    by_key: dict[str, list[str]] = {}
+    for name, connection in connections.items():
+        by_key.setdefault(connection.api_key.get_secret_value(), []).append(name)
+    return tuple(
+        f"connections {', '.join(sorted(names))} have the same API key, so the same brand: "
+        "each takes the brand's whole budget, and together they exceed it (use one connection)"
+        for names in by_key.values()
+        if len(names) > 1
+    )
 
 
 def _api_key(

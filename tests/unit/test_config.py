@@ -301,3 +301,14 @@ def test_file_mistakes_use_the_files_own_names_with_near_misses_suggested(
     # An environment variable that overrides the file is named as the variable.
     with pytest.raises(ConfigError, match="METRICS_PORT: Input should be"):
         load(tmp_path, GOOD, {**ENV, "METRICS_PORT": "-1"})
+
+
+def test_two_connections_with_one_key_are_warned_about(tmp_path: Path) -> None:
+    """One key is one brand: two connections with it each take the brand's whole budget, so
+    together they send twice what Omnisend allows."""
+    config = load(tmp_path, GOOD, {**ENV, "KEY_EU": "secret-us"})
+    (warning,) = [w for w in config.warnings if "same API key" in w]
+    assert "eu" in warning
+    assert "us" in warning
+    assert "secret" not in warning
+    assert not [w for w in load(tmp_path, GOOD).warnings if "same API key" in w]
