@@ -183,6 +183,12 @@ def list_held(config: Config, connection: str, drifts: list[Drift], share: float
     asyncio.run(all_tags())
 
 
+def shares(share: float, apply: bool) -> tuple[float, float]:
+    """(listing, repairs): with `apply`, the stale are untagged while the tags are listed, each
+    through a budget of its own, so each gets half of `--share`."""
+    return (share / 2, share / 2) if apply else (share, share)
+
+
 class Tail:
     """The topic past the span the job read, followed while it repairs: the emails whose
     changes came in since (kept as fingerprints) are the live connector's. A repair of them,
@@ -331,7 +337,7 @@ def reconcile_export(
             Metrics(CollectorRegistry()),
             SystemClock(),
         )
-        sink.budget.share = share
+        sink.budget.share = shares(share, apply)[1]
         return sink
 
     tail = Tail(config, export, topic_span.ends) if apply else None
@@ -360,7 +366,7 @@ def _compare_and_repair(
     out: TextIO | None,
 ) -> dict[str, Any]:
     apply = tail is not None
-    list_held(config, export.connection, drifts, share)
+    list_held(config, export.connection, drifts, shares(share, apply)[0])
     finder = Finder(export, membership, drifts)
     if any(d.missing for d in drifts):
         if apply:

@@ -12,7 +12,7 @@ import pytest
 from connector.core.errors import Fatal
 from connector.core.recent import IntTable
 from connector.jobs.drift import Drift
-from connector.jobs.reconcile import _hold
+from connector.jobs.reconcile import _hold, shares
 from connector.omnisend.budget import Budget, BudgetConfig
 from connector.omnisend.client import OmnisendClient
 from tests.omnisend_fakes import BASE_URL
@@ -75,3 +75,10 @@ def test_a_refused_cursor_ends_the_listing_with_a_message_not_a_traceback() -> N
     refused = {"title": "Bad Request", "status": 400, "detail": "Unknown cursor"}
     with pytest.raises(Fatal, match="Unknown cursor"):
         listed([(200, page(["a@x.io"], "A")), (400, refused)])
+
+
+def test_listing_and_repairing_at_once_stay_within_the_share_together() -> None:
+    """The listing and the repairs have a budget each and run at once: each a half."""
+    listing, repairs = shares(0.5, apply=True)
+    assert listing + repairs == 0.5
+    assert shares(0.5, apply=False) == (0.5, 0.5)  # only the listing runs
