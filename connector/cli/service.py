@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from confluent_kafka import KafkaException
+
 from connector.cli.common import add_config, load_or_say
 from connector.config import load_config
 from connector.core.errors import ConfigError, ExitCode
@@ -64,12 +66,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from connector.jobs.runner import topic_span  # noqa: PLC0415
 
         try:
-            ends = topic_span(config, config.settings.kafka_topic).ends
+            span = topic_span(config, config.settings.kafka_topic)
         except ConfigError as exc:  # the topic does not exist
             print(f"omnisend-connector run --dry-run: {exc}", file=sys.stderr)
             return ExitCode.CONFIG
+        except KafkaException as exc:  # no broker answered
+            print(f"omnisend-connector run --dry-run: {exc}", file=sys.stderr)
+            return ExitCode.KAFKA_FATAL
         with running(config, mode=DRY_RUN) as parts:
-            code = parts.pipeline.run(stop, until=caught_up(ends))
+            code = parts.pipeline.run(stop, until=caught_up(span.starts, span.ends))
             report = (
                 parts.dry_run.report(skipped_by_reason(parts.metrics))
                 if parts.dry_run is not None

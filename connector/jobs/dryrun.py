@@ -127,10 +127,15 @@ def mask(email: str) -> str:
     return f"{local[:2]}***{local[-1]}@{domain}"
 
 
-def caught_up(ends: dict[int, int] | None = None, quiet_s: float = 3.0) -> Callable[[Any], bool]:
-    """For `Pipeline.run(until=…)`: true once partitions are assigned, nothing is in flight and
-    every partition is done up to `ends` (the end it had when the dry run started: a busy topic
-    never falls quiet); without `ends`, once nothing new arrived for `quiet_s`."""
+def caught_up(
+    starts: dict[int, int] | None = None,
+    ends: dict[int, int] | None = None,
+    quiet_s: float = 3.0,
+) -> Callable[[Any], bool]:
+    """For `Pipeline.run(until=…)`: true once partitions are assigned, nothing is in flight,
+    and every partition is done from `starts` up to `ends` (the span it had when the dry run
+    started: a busy topic never falls quiet), or nothing new arrived for `quiet_s` (a partition
+    whose last offset is a transaction's marker is never done up to its end)."""
     last: dict[str, float] = {"consumed": -1.0, "since": 0.0}
 
     def check(pipeline: Any) -> bool:
@@ -138,9 +143,10 @@ def caught_up(ends: dict[int, int] | None = None, quiet_s: float = 3.0) -> Calla
         if pipeline.in_flight or not pipeline.assigned:
             last["since"] = now
             return False
-        if ends is not None:
+        if starts is not None and ends is not None:
             done = {partition: end for (_, partition), end in pipeline.done_positions().items()}
-            return all(done.get(partition, 0) >= end for partition, end in ends.items() if end)
+            if all(done.get(p, starts.get(p, 0)) >= end for p, end in ends.items()):
+                return True
         consumed = float(pipeline.stats["consumed"])
         if consumed != last["consumed"]:
             last["consumed"], last["since"] = consumed, now

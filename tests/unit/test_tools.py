@@ -3,6 +3,7 @@ time whatever the broker answers, and rebuilding segment membership for `reconci
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ from connector.core.mapping import Mapping
 from connector.core.recent import IntTable, fingerprint
 from connector.core.routing import Export
 from connector.jobs.drift import Drift, Finder, Membership, drift, shared_members
+from connector.jobs.dryrun import caught_up
 from connector.jobs.runner import Span, _Probe, parse_since, replay_selector
 from connector.kafka.dlq import HEADER_PREFIX
 
@@ -224,3 +226,34 @@ def test_dead_letters_whose_value_was_dropped_are_counted_not_replayed() -> None
     assert everything(letter("invalid_email", None))
     assert not everything(letter("invalid_email", "value"))
     assert dropped() == 1
+
+
+class FakeLoop:
+    """What `caught_up` reads of a pipeline."""
+
+    def __init__(self, done: dict[int, int], consumed: int = 0) -> None:
+        self.in_flight = 0
+        self.assigned = [("t", p) for p in range(3)]
+        self.stats = {"consumed": consumed}
+        self._done = done
+
+    def done_positions(self) -> dict[tuple[str, int], int]:
+        return {("t", p): o for p, o in self._done.items()}
+
+
+def test_a_dry_run_is_done_at_the_span_it_started_with_even_where_nothing_came() -> None:
+    """A partition whose records all expired (its start is its end) delivers nothing: it is
+    done all the same, or the dry run would never end."""
+    starts, ends = {0: 0, 1: 50, 2: 7}, {0: 100, 1: 50, 2: 9}
+    check = caught_up(starts, ends, quiet_s=3600)
+    assert not check(FakeLoop({0: 100, 2: 8}))
+    assert check(FakeLoop({0: 100, 2: 9}))  # partition 1 delivered nothing: nothing to do
+
+
+def test_a_dry_run_stops_once_quiet_where_the_end_is_a_marker_never_delivered() -> None:
+    """A transactional topic's last offset is a commit marker: no record reaches it."""
+    check = caught_up({0: 0}, {0: 10}, quiet_s=0.05)
+    loop = FakeLoop({0: 9}, consumed=9)
+    assert not check(loop)
+    time.sleep(0.1)
+    assert check(loop)
