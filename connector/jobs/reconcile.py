@@ -193,59 +193,69 @@ class Tail:
     """The topic past the span the job read, followed while it repairs: the emails whose
     changes came in since (kept as fingerprints) are the live connector's. A repair of them,
     made from the older picture, could undo what it did (untag a contact who entered since,
-    tag one who left)."""
+    tag one who left). Changes of every export of the connection count: two may make one
+    tag."""
 
-    def __init__(self, config: Config, export: Export, starts: dict[int, int]) -> None:
+    def __init__(self, config: Config, exports: list[Export], starts: dict[int, int]) -> None:
         self._consumer = job_consumer(config)
         self._topic = config.settings.kafka_topic
         self._decoder = make_decoder(config.settings)
-        self._export, self._mapper = export, Mapper(export.mapping)
+        self._mappers = [(e, Mapper(e.mapping)) for e in exports]
         self._positions = dict(starts)
         self._consumer.assign([TopicPartition(self._topic, p, o) for p, o in starts.items()])
         self._changed: set[int] = set()
-        self._caught_up = False
+        self._caught_up = self._blind = False
         self._read_at = -math.inf
-        self.skipped = 0
+        self.changed_since = 0  # repairs left out: their contact changed since the span
+        self.unsure = 0  # repairs left out: the topic past the span could not be read
 
     def changed(self, email: str) -> bool:
-        """Whether a change of `email` came in after the span (read up to now at most once a
-        second); when the topic cannot be read as far as its end, every email counts as
-        changed: no repair then rather than a wrong one."""
-        now = time.monotonic()
-        if now - self._read_at >= TAIL_EVERY_S:
-            self._read_at = now
+        """Whether a change of `email` came in after the span (the topic read up to its end at
+        most once a second). When the topic cannot be read as far as its end, or a record of
+        it not decoded, every email counts as changed: no repair rather than a wrong one."""
+        if time.monotonic() - self._read_at >= TAIL_EVERY_S and not self._blind:
             self._caught_up = self._catch_up()
-        found = not self._caught_up or fingerprint(email) in self._changed
-        self.skipped += found
+            self._read_at = time.monotonic()  # from its end: a slow read is not read again
+        if not self._caught_up or self._blind:
+            self.unsure += 1
+            return True
+        found = fingerprint(email) in self._changed
+        self.changed_since += found
         return found
 
     def _catch_up(self) -> bool:
+        tps = [TopicPartition(self._topic, p) for p in self._positions]
         ends = {
-            p: self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, p), timeout=TAIL_TIMEOUT_S
-            )[1]
-            for p in self._positions
+            tp.partition: self._consumer.get_watermark_offsets(tp, timeout=TAIL_TIMEOUT_S)[1]
+            for tp in tps
         }
         deadline = time.monotonic() + TAIL_TIMEOUT_S
         while any(self._positions[p] < end for p, end in ends.items()):
             if time.monotonic() >= deadline:
                 return False
             for message in self._consumer.consume(500, 0.2):
-                partition, offset = message.partition(), message.offset()
-                if message.error() is not None or partition is None or offset is None:
-                    continue
-                self._positions[partition] = offset + 1
-                self._note(message.value())
+                if message.error() is None:
+                    self._note(message.value())
+            # The consumer's own positions: past a transaction's markers, which never arrive.
+            for tp in self._consumer.position(tps):
+                if tp.offset >= 0:
+                    self._positions[tp.partition] = tp.offset
         return True
 
     def _note(self, value: bytes | None) -> None:
         try:
             event = self._decoder.decode(value or b"")
-            if self._export.wants(event):
-                email = self._mapper.map(event, event.occurred_at_ms).email
-                self._changed.add(fingerprint(email))
         except InvalidRecord:
+            return  # the live connector dead-letters it: no change of anyone's
+        except Retriable:
+            self._blind = True  # the registry is away: whose change it was is not known
             return
+        for export, mapper in self._mappers:
+            if export.wants(event):
+                try:
+                    self._changed.add(fingerprint(mapper.map(event, event.occurred_at_ms).email))
+                except InvalidRecord:
+                    continue
 
     def close(self) -> None:
         self._consumer.close()
@@ -340,7 +350,8 @@ def reconcile_export(
         sink.budget.share = shares(share, apply)[1]
         return sink
 
-    tail = Tail(config, export, topic_span.ends) if apply else None
+    siblings = [e for e in config.exports if e.connection == export.connection]
+    tail = Tail(config, siblings, topic_span.ends) if apply else None
     repairs = _Repairs(make, tail.changed if tail is not None else lambda e: False)
     if apply:
         for found in drifts:
@@ -387,7 +398,7 @@ def _compare_and_repair(
     if repaired is not None:
         entry["repair"] = repaired
     if tail is not None:
-        entry["changedSince"] = tail.skipped
+        entry["changedSince"], entry["notRepairedUnsure"] = tail.changed_since, tail.unsure
     return entry
 
 
