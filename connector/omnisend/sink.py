@@ -70,11 +70,22 @@ class Mailbox:
         self._outbox: queue.SimpleQueue[tuple[int, list[Outcome]]] = queue.SimpleQueue()
         self._epoch = 0  # the Kafka side's; the loop's is `_generation`, which follows it
         self._generation = 0
+        # Set while the loop has nothing left. Cleared with every send and set only if the inbox
+        # is empty, both under the lock: the loop cannot find the inbox empty and say idle over
+        # changes sent meanwhile.
+        self._idle = threading.Event()
+        self._idle.set()
+        self._lock = threading.Lock()
 
     # The Kafka side
 
     def send(self, changes: list[ContactChange]) -> None:
-        self._inbox.put((self._epoch, changes))
+        with self._lock:
+            self._inbox.put((self._epoch, changes))
+            self._idle.clear()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        return self._idle.wait(timeout_s)
 
     def new_epoch(self) -> int:
         self._epoch += 1
@@ -115,13 +126,11 @@ class Mailbox:
     def answer(self, outcomes: list[Outcome]) -> None:
         self._outbox.put((self._generation, outcomes))
 
-    @property
-    def empty(self) -> bool:
-        return self._inbox.empty()
-
-    def pending(self) -> bool:
-        """Changes wait in the inbox (asked again: the Kafka side may have sent since)."""
-        return not self._inbox.empty()
+    def say_idle(self) -> None:
+        """The loop has nothing left to do: idle, unless changes were sent meanwhile."""
+        with self._lock:
+            if self._inbox.empty():
+                self._idle.set()
 
 
 @dataclass(frozen=True)
@@ -226,8 +235,6 @@ class OmnisendSink:
         )
         self._loop = self._shared.loop
         self._running: concurrent.futures.Future[None] | None = None
-        self._idle = threading.Event()
-        self._idle.set()
         self._flushing = False
         self._stopping = False
         self.fatal: Fatal | None = None
@@ -258,10 +265,7 @@ class OmnisendSink:
         """Hand changes to the loop; `wake` False when the caller wakes it (one wake-up for
         every sink given work in one turn, not one each)."""
         if changes:
-            # In this order: cleared first, the loop could find the inbox still empty and say
-            # idle while these wait in it.
-            self._mail.send(changes)
-            self._idle.clear()
+            self._mail.send(changes)  # no longer idle
             if wake:
                 self._call(self._poke)
 
@@ -284,7 +288,7 @@ class OmnisendSink:
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Whether everything submitted finished within `timeout_s`."""
-        return self._idle.wait(timeout_s)
+        return self._mail.wait_idle(timeout_s)
 
     def reset(self) -> None:
         """Forget every unfinished change (after a rebalance); requests in flight are
@@ -440,9 +444,5 @@ class OmnisendSink:
         outcomes = self._state.coalescer.drain_outcomes()
         if outcomes:
             self._mail.answer(outcomes)
-        if self._state.coalescer.idle and not self._sender.tasks and self._mail.empty:
-            self._idle.set()
-            # Work submitted since the inbox was looked at cleared the flag before this set
-            # it: look again, or idle would stay said over that work.
-            if self._mail.pending():
-                self._idle.clear()
+        if self._state.coalescer.idle and not self._sender.tasks:
+            self._mail.say_idle()
