@@ -198,6 +198,7 @@ class Exchanges:
             self._sender.count_unexpected(exc)
         else:
             log.warning("batch_read_failed", error=str(exc), batches=len(batches))
+        listed = listed and not isinstance(exc, RateLimited)  # says nothing of the list itself
         for batch in batches:
             self._state.batches.read_failed(batch, now, listed=listed, refused=refused)
 

@@ -137,6 +137,23 @@ def test_a_batch_list_that_always_fails_leaves_each_batch_read_by_its_id(answer:
         sink.stop()
 
 
+def test_a_rate_limited_batch_list_leaves_its_batches_listed() -> None:
+    """A 429 says nothing of the list endpoint: its batches are not read one by one after it
+    (one request each, while the brand is rate limited)."""
+    limited = instead(429, b'{"status": 429, "title": "Too Many Requests", "retryAfter": 0}')
+    transport = Scripted(simulator(), [Rule("GET", "/batches", limited, times=3)])
+    sink = fast_sink(transport, first_poll_s=0.05)
+    try:
+        emails = [f"c{i}@example.com" for i in range(500)]
+        sink.submit([change(i, email, firstName="Ann") for i, email in enumerate(emails)])
+        outcomes = wait_outcomes(sink, len(emails))
+        assert sorted(o.position.offset for o in outcomes) == list(range(len(emails)))
+        assert transport.count("GET", "/batches") >= 4  # listed again after the 429s
+        assert transport.count("GET", "/batches/[0-9a-f]+") == 0
+    finally:
+        sink.stop()
+
+
 def test_odd_answers_are_counted_by_endpoint() -> None:
     sim = simulator()
     rule = Rule("GET", "/batches/[0-9a-f]+/items", forward_then(truncated), times=2)
