@@ -211,8 +211,8 @@ class Mapper:
             if value is None or not value.strip():
                 continue
             value = value.strip()
-            if target == "country" and len(value) == 2 and value.isalpha():
-                out["countryCode"] = value.upper()  # a two-letter value is an ISO code
+            if target == "country" and (code := _country_code(value)) is not None:
+                out["countryCode"] = code  # a two-letter value is an ISO code
             elif target in _FORMATTED:
                 sendable = _FORMATTED[target](value)
                 if sendable is not None:  # Omnisend would refuse the whole contact for it

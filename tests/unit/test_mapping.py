@@ -51,6 +51,8 @@ def test_default_mapping_and_two_letter_country() -> None:
         ({"code": "de"}, {"countryCode": "DE"}),
         ({"code": "DEU"}, {}),  # alpha-2 only
         ({"code": "D1"}, {}),
+        ({"land": "РФ"}, {"country": "РФ"}),  # two letters, not a code: sent as a name
+        ({"land": "lt"}, {"countryCode": "LT"}),
     ],
 )
 def test_a_value_omnisend_would_refuse_is_left_out_not_the_contact(
@@ -58,7 +60,7 @@ def test_a_value_omnisend_would_refuse_is_left_out_not_the_contact(
 ) -> None:
     """Omnisend refuses a whole contact for one malformed birthdate, gender or country code:
     sent, the contact would not be synced nor tagged. The value is left out instead."""
-    fields = {"birthdate": "born", "gender": "sex", "countryCode": "code"}
+    fields = {"birthdate": "born", "gender": "sex", "countryCode": "code", "country": "land"}
     change = mapped(Mapping(fields=fields), occurred_at=NOW, **profile)
     assert change.fields == expected
 
