@@ -280,9 +280,9 @@ class Pipeline:
     def _settle(self, deadline: float) -> None:
         """Finish what can be finished before `deadline`, and commit it."""
         self._sink.drain(max(0.0, deadline - self._clock.now()))
-        self._collect()
-        self.fates.flush(deadline)
-        self._collect()
+        for _ in range(2):  # outcomes that came during the first flush: their letters too
+            self._collect()
+            self.fates.flush(deadline)
         self._commit()
 
     # ---- rebalancing (called from inside poll) -------------------------------------------------
