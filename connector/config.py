@@ -40,6 +40,7 @@ from connector.settings import (
     dlq_size_problem,
     kafka_overrides,
     load_settings,
+    named_twice,
     settings_problems,
     settings_warnings,
 )
@@ -172,7 +173,7 @@ def _from_document(document: dict[str, Any], env: dict[str, str], source: str) -
         and k.lower() not in CONNECTION_SETTINGS | EXPORT_SETTINGS
     }
     settings, found = settings_problems(values, check_connection=False, name=_file_or_env(env))
-    problems.extend(found)
+    problems.extend([*found, *named_twice(env)])
     kafka: dict[str, str] = {}
     properties = document.get("kafka_properties", {})
     if not isinstance(properties, dict):

@@ -309,7 +309,7 @@ def settings_warnings(settings: Settings) -> tuple[str, ...]:
     return ()
 
 
-def _named_twice(env: AnyMapping[str, str]) -> list[str]:
+def named_twice(env: AnyMapping[str, str]) -> list[str]:
     """A setting given under two spellings (`KAFKA_TOPIC` and `kafka_topic`): which one won
     would depend on the order of the environment."""
     names: dict[str, list[str]] = {}
@@ -330,7 +330,7 @@ def load_settings(environ: AnyMapping[str, str] | None = None) -> tuple[Settings
     settings, problems = settings_problems(
         {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
     )
-    problems.extend(_named_twice(env))
+    problems.extend(named_twice(env))
     kafka: dict[str, str] = {}
     try:
         kafka = kafka_overrides(env)

@@ -312,3 +312,10 @@ def test_two_connections_with_one_key_are_warned_about(tmp_path: Path) -> None:
     assert "us" in warning
     assert "secret" not in warning
     assert not [w for w in load(tmp_path, GOOD).warnings if "same API key" in w]
+
+
+def test_one_setting_named_twice_in_the_environment_is_refused_with_a_file_too(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match="set more than once"):
+        load(tmp_path, GOOD, {**ENV, "KAFKA_TOPIC": "a", "kafka_topic": "b"})
