@@ -91,7 +91,9 @@ def test_any_json_body_parses_or_is_an_unexpected_answer(body: Any, parser: Any)
 @settings(max_examples=300, deadline=None)
 @given(value=nested)
 def test_any_retry_after_is_a_bounded_number_or_none(value: Any) -> None:
-    seconds = answers.retry_after(httpx.Response(429, json={"retryAfter": value})).seconds
+    # As JSON on the wire: a lone surrogate travels escaped.
+    body = json.dumps({"retryAfter": value}).encode()
+    seconds = answers.retry_after(httpx.Response(429, content=body)).seconds
     assert seconds is None or 0 <= seconds <= answers.MAX_RETRY_AFTER_S
 
 
