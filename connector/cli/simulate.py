@@ -129,6 +129,13 @@ def add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--tag-reorder", action="store_true", help="apply queued tag operations out of order"
     )
     f.add_argument(
+        "--refuse-email",
+        action="append",
+        default=[],
+        metavar="EMAIL",
+        help="batch items of this email are refused with a 400 (repeatable)",
+    )
+    f.add_argument(
         "--garbage-rate",
         type=float,
         default=0.0,
@@ -167,6 +174,7 @@ def simulator_config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         lost_answer_rate=args.lost_answer_rate,
         drip_rate=args.drip_rate,
         drip_s=args.drip,
+        refused_emails=frozenset(args.refuse_email),
     )
     return SimulatorConfig(
         api_keys=dict(args.api_key or [("test-key", "brand-1")]),

@@ -67,6 +67,9 @@ class BatchesApi:
         errors = validate_contact(item, require_identifier=True)
         if errors:
             return ItemResult(item_id, item, 400, problem_body(validation_error(errors)))
+        if _emails_of(item).intersection(self._sim.config.faults.refused_emails):
+            refused = ProblemError(400, "Contact refused (simulated)")
+            return ItemResult(item_id, item, 400, problem_body(refused))
         try:
             contact, created = brand.contacts.upsert(item, at)
         except ProblemError as exc:
@@ -180,3 +183,7 @@ def _list_batches_errors(query: dict[str, str]) -> list[FieldError]:
     if not limit.isdigit() or not 1 <= int(limit) <= 250:
         errors.append(FieldError("limit", "out_of_range", "Must be between 1 and 250"))
     return errors
+
+
+def _emails_of(item: dict[str, Any]) -> set[str]:
+    return {i["id"] for i in item["identifiers"] if i.get("type") == "email"}

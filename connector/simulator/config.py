@@ -37,6 +37,9 @@ class Faults:
     lost_answer_rate: float = 0.0  # carried out, then the connection is reset: no answer
     drip_rate: float = 0.0  # share of answers sent a byte at a time over `drip_s`
     drip_s: float = 0.0
+    # Batch items of these emails are refused (400), as Omnisend refuses a contact for reasons
+    # the connector cannot see: to rehearse how a refused contact shows up.
+    refused_emails: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         rates = ("error_rate", "item_error_rate", "spike_rate", "drop_rate", "garbage_rate")
@@ -54,6 +57,8 @@ class Faults:
         unknown = set(changes) - known
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
+        if "refused_emails" in changes:  # a JSON list
+            changes = {**changes, "refused_emails": frozenset(changes["refused_emails"])}
         return dataclasses.replace(self, **changes)
 
 

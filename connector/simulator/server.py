@@ -88,7 +88,12 @@ class _Handler(BaseHTTPRequestHandler):
             ("GET", "health"): lambda: {"status": "ok"},
             ("POST", "reset"): reset,
             ("POST", "faults"): lambda: {
-                "faults": vars(sim.set_faults(json.loads(request.body or b"{}")))
+                "faults": {
+                    name: sorted(value) if isinstance(value, frozenset) else value
+                    for name, value in vars(
+                        sim.set_faults(json.loads(request.body or b"{}"))
+                    ).items()
+                }
             },
         }
         view = views.get((request.method, name))

@@ -16,7 +16,7 @@ import pytest
 
 from connector.dev.broker import Broker
 from connector.omnisend.client import API_VERSION
-from connector.simulator import SimulatorConfig, SimulatorServer
+from connector.simulator import Faults, SimulatorConfig, SimulatorServer
 from tests.events import event
 from tests.integration.conftest import connector_env, produce, produce_events, read_all
 from tests.integration.processes import ConnectorProcess, committed_total
@@ -107,11 +107,12 @@ def test_the_api_key_and_emails_stay_out_of_every_output(
 def test_a_contact_omnisend_refused_is_named_in_the_log_by_its_keyed_hash(
     broker: Broker, topic: str, tmp_path: Path
 ) -> None:
-    # The simulator refuses gender "x" (Omnisend takes m or f); the connector lets it through.
-    produce_events(broker.bootstrap, topic, [event("refused@example.com", sex="x")])
+    # Omnisend refuses this contact for a reason the connector cannot see.
+    produce_events(broker.bootstrap, topic, [event("refused@example.com")])
     hash_key = "correlate-me"
-    with SimulatorServer(SimulatorConfig(time_scale=0.1)) as sim:
-        env = connector_env(broker, topic, sim, FIELD_MAP="gender=sex", EMAIL_HASH_KEY=hash_key)
+    faults = Faults(refused_emails=frozenset({"refused@example.com"}))
+    with SimulatorServer(SimulatorConfig(time_scale=0.1, faults=faults)) as sim:
+        env = connector_env(broker, topic, sim, EMAIL_HASH_KEY=hash_key)
         log = tmp_path / "connector.log"
         process = ConnectorProcess(env, log)
         try:

@@ -70,6 +70,8 @@ def test_faults_can_be_switched_at_run_time(sim: Sim) -> None:
     assert _statuses(sim, 1) == [200]
     bad = httpx.post(f"{sim.server.url}/_sim/faults", json={"no_such_fault": 1})
     assert bad.status_code == 400
+    refusing = httpx.post(f"{sim.server.url}/_sim/faults", json={"refused_emails": ["r@x.io"]})
+    assert refusing.json()["faults"]["refused_emails"] == ["r@x.io"]
 
 
 def test_dropped_connections(make_sim: MakeSim) -> None:
