@@ -29,10 +29,16 @@ MAX_SELECTOR_ITEMS = 250
 MAX_TAGS_PER_CALL = 100
 
 
+_RFC_3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
 def parse_time(value: str) -> float | None:
-    """RFC 3339 to epoch seconds, or None when it is not a timestamp."""
+    """RFC 3339 to epoch seconds, or None when it is not a timestamp (a bare date, or a time
+    without its zone, is not one)."""
+    if not _RFC_3339.fullmatch(value):
+        return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(value.upper().replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
 

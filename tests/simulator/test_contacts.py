@@ -96,6 +96,21 @@ def _with_status(email: str, status: str, changed: str) -> dict[str, object]:
     return {"identifiers": [{"type": "email", "id": email, "channels": {"email": channel}}]}
 
 
+@pytest.mark.parametrize(
+    "changed", ["2026-05-02", "2026-05-02T00:00:00", "2026-05-02 00:00:00Z", "yesterday"]
+)
+def test_a_status_change_time_that_is_no_rfc_3339_timestamp_is_refused(
+    sim: Sim, changed: str
+) -> None:
+    """A bare date, or a time without its zone (read in the server's zone), is no RFC 3339
+    timestamp: a simulator that took them would hide a connector that sent them."""
+    r = sim.api.post("/contacts", json=_with_status("z@example.com", "subscribed", changed))
+    assert r.status_code == 400
+    assert [e["field"] for e in r.json()["errors"]] == [
+        "identifiers[0].channels.email.statusChangedAt"
+    ]
+
+
 def test_older_channel_status_is_ignored(sim: Sim) -> None:
     sim.api.post(
         "/contacts", json=_with_status("s@example.com", "unsubscribed", "2026-05-02T00:00:00Z")
