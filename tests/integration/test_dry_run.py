@@ -19,6 +19,17 @@ from tests.integration.conftest import connector_env, produce, produce_events
 from tests.integration.processes import committed_total
 
 
+def dry_run(env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "connector.cli", "run", "--dry-run"],
+        env={**os.environ, **env, "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def test_dry_run_reports_and_writes_nothing(
     broker: Broker, topic: str, sim: SimulatorServer
 ) -> None:
@@ -28,14 +39,7 @@ def test_dry_run_reports_and_writes_nothing(
     produce_events(broker.bootstrap, topic, events)
     produce(broker.bootstrap, topic, [(b"k", b"\x00garbage"), (None, None)])
     env = connector_env(broker, topic, sim)
-    result = subprocess.run(
-        [sys.executable, "-m", "connector.cli", "run", "--dry-run"],
-        env={**os.environ, **env, "LOG_FORMAT": "json"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = dry_run(env, timeout_s=120)
     assert result.returncode == 0, result.stderr[-2000:]
     output = json.loads(result.stdout)
     report = output["dryRun"]
@@ -83,15 +87,7 @@ def test_a_dry_run_ends_at_the_end_the_topic_had_when_it_started(
     feeder = threading.Thread(target=busy_producer, daemon=True)
     feeder.start()
     try:
-        env = connector_env(broker, topic, sim)
-        result = subprocess.run(
-            [sys.executable, "-m", "connector.cli", "run", "--dry-run"],
-            env={**os.environ, **env, "LOG_FORMAT": "json"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = dry_run(connector_env(broker, topic, sim), timeout_s=60)
     finally:
         stop.set()
         feeder.join()

@@ -127,16 +127,21 @@ def test_every_skip_is_counted_once_in_the_metric_by_its_reason() -> None:
     assert fates.get("skipped") == 3 == pipeline.stats["skipped"]
 
 
-def test_a_fatal_kafka_error_stops_the_loop_with_exit_5() -> None:
-    """A fatal error of the client (a static member fenced by another with its instance id)
-    leaves a consumer that never consumes again: logging it and going on polling would be a
-    silent stall with green probes."""
-    records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
-        (0, b"p0", encode_plain(event("a@example.com", occurred_at=999_000)), [])
-    ]
-    pipeline = Pipeline(
+def one_partition(count: int) -> MemorySource:
+    """`count` valid events in partition 0, each of its own contact."""
+    return MemorySource.of(
+        TOPIC,
+        [
+            (0, f"p{i}".encode(), encode_plain(event(f"r{i}@x.io", occurred_at=999_000)), [])
+            for i in range(count)
+        ],
+    )
+
+
+def small_pipeline(source: MemorySource) -> Pipeline:
+    return Pipeline(
         pipeline_config(TOPIC, shutdown_timeout_s=2),
-        MemorySource.of(TOPIC, records),
+        source,
         PlainAvroDecoder(),
         Router((Export("all", "default", Mapping()),)),
         Sinks({"default": fast_sink(Scripted(simulator()))}),
@@ -144,6 +149,13 @@ def test_a_fatal_kafka_error_stops_the_loop_with_exit_5() -> None:
         Metrics(CollectorRegistry()),
         ManualClock(1_000.0),
     )
+
+
+def test_a_fatal_kafka_error_stops_the_loop_with_exit_5() -> None:
+    """A fatal error of the client (a static member fenced by another with its instance id)
+    leaves a consumer that never consumes again: logging it and going on polling would be a
+    silent stall with green probes."""
+    pipeline = small_pipeline(one_partition(1))
     on_error = kafka_error_handler(lambda: pipeline)
     on_error(KafkaError(KafkaError._TRANSPORT, "a broker went away"))  # not fatal: going on
     assert pipeline.fatal is None
@@ -165,21 +177,8 @@ def test_offsets_that_go_back_without_a_rebalance_stop_the_loop_and_say_why() ->
     rewinds a partition under the consumer: the records in flight cannot be matched to their
     offsets any more. The loop stops (exit 1) with what happened, committing only what is
     finished; the next start resumes from there."""
-    records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
-        (0, f"p{i}".encode(), encode_plain(event(f"r{i}@x.io", occurred_at=999_000)), [])
-        for i in range(6)
-    ]
-    source = MemorySource.of(TOPIC, records)
-    pipeline = Pipeline(
-        pipeline_config(TOPIC, shutdown_timeout_s=2),
-        source,
-        PlainAvroDecoder(),
-        Router((Export("all", "default", Mapping()),)),
-        Sinks({"default": fast_sink(Scripted(simulator()))}),
-        DeadLetters(MemoryProducer(1 << 20), f"{TOPIC}.dlq", 1 << 20),
-        Metrics(CollectorRegistry()),
-        ManualClock(1_000.0),
-    )
+    source = one_partition(6)
+    pipeline = small_pipeline(source)
     turns = [0]
 
     def rewound_at_third_turn(p: Pipeline) -> bool:
