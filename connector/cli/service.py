@@ -74,7 +74,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"omnisend-connector run --dry-run: {exc}", file=sys.stderr)
             return ExitCode.KAFKA_FATAL
         with running(config, mode=DRY_RUN) as parts:
-            code = parts.pipeline.run(stop, until=caught_up(span.starts, span.ends))
+            code = parts.pipeline.run(stop, until=caught_up(span))
             report = (
                 parts.dry_run.report(skipped_by_reason(parts.metrics))
                 if parts.dry_run is not None

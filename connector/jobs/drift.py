@@ -98,18 +98,20 @@ class Membership:
 
 
 def shared_members(
-    membership: Membership, export: Export, exports: Iterable[Export]
+    membership: Membership,
+    export: Export,
+    expected: dict[str, IntTable],
+    siblings: Iterable[Export],
 ) -> dict[str, list[IntTable]]:
-    """tag → the members other exports of `export`'s connection give each of its tags: two
-    exports of one brand may make the same tag (one segment by two email attributes), and each
-    tags only its own members."""
-    mine = membership.expected(export)
+    """tag → the members the other exports of `export`'s connection (`siblings`) give each of
+    its tags (`expected`, its own): two exports of one brand may make the same tag (one
+    segment by two email attributes), and each tags only its own members."""
     shared: dict[str, list[IntTable]] = {}
-    for other in exports:
+    for other in siblings:
         if other.connection != export.connection or other.name == export.name:
             continue
         for tag, members in membership.expected(other).items():
-            if tag in mine:
+            if tag in expected:
                 shared.setdefault(tag, []).append(members)
     return shared
 

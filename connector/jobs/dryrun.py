@@ -8,12 +8,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connector.core.clock import Clock
 from connector.core.errors import Fatal
 from connector.core.events import RawRecord
 from connector.simulator import Simulator, SimulatorConfig
+
+if TYPE_CHECKING:  # the jobs' runner imports the app, which imports this module
+    from connector.jobs.runner import Span
 
 DRY_RUN_BASE_URL = "http://omnisend.dry-run.invalid/api"
 SAMPLES = 5
@@ -127,15 +130,11 @@ def mask(email: str) -> str:
     return f"{local[:2]}***{local[-1]}@{domain}"
 
 
-def caught_up(
-    starts: dict[int, int] | None = None,
-    ends: dict[int, int] | None = None,
-    quiet_s: float = 3.0,
-) -> Callable[[Any], bool]:
+def caught_up(span: Span | None = None, quiet_s: float = 3.0) -> Callable[[Any], bool]:
     """For `Pipeline.run(until=…)`: true once partitions are assigned, nothing is in flight,
-    and every partition is done from `starts` up to `ends` (the span it had when the dry run
-    started: a busy topic never falls quiet), or nothing new arrived for `quiet_s` (a partition
-    whose last offset is a transaction's marker is never done up to its end)."""
+    and `span` is done (the span the topic had when the dry run started: a busy topic never
+    falls quiet), or nothing new arrived for `quiet_s` (a partition whose last offset is a
+    transaction's marker is never done up to its end)."""
     last: dict[str, float] = {"consumed": -1.0, "since": 0.0}
 
     def check(pipeline: Any) -> bool:
@@ -143,10 +142,8 @@ def caught_up(
         if pipeline.in_flight or not pipeline.assigned:
             last["since"] = now
             return False
-        if starts is not None and ends is not None:
-            done = {partition: end for (_, partition), end in pipeline.done_positions().items()}
-            if all(done.get(p, starts.get(p, 0)) >= end for p, end in ends.items()):
-                return True
+        if span is not None and span.done(pipeline.done_positions()) >= span.total:
+            return True
         consumed = float(pipeline.stats["consumed"])
         if consumed != last["consumed"]:
             last["consumed"], last["since"] = consumed, now

@@ -30,6 +30,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack, closing
 from typing import Any, TextIO
 
 import httpx
@@ -337,8 +338,10 @@ def reconcile_export(
     missing again (their samples; with `apply`, their repairs, as the stale are untagged
     while they are listed)."""
     expected = membership.expected(export)
-    shared = shared_members(membership, export, config.exports)
+    siblings = [e for e in config.exports if e.connection == export.connection]
+    shared = shared_members(membership, export, expected, siblings)
     drifts = [Drift(tag, expected[tag], others=shared.get(tag, [])) for tag in sorted(expected)]
+    listing_share, repair_share = shares(share, apply)
 
     def make() -> OmnisendSink:
         sink = make_sink(
@@ -347,58 +350,41 @@ def reconcile_export(
             Metrics(CollectorRegistry()),
             SystemClock(),
         )
-        sink.budget.share = shares(share, apply)[1]
+        sink.budget.share = repair_share
         return sink
 
-    siblings = [e for e in config.exports if e.connection == export.connection]
-    tail = Tail(config, siblings, topic_span.ends) if apply else None
-    repairs = _Repairs(make, tail.changed if tail is not None else lambda e: False)
-    if apply:
-        for found in drifts:
-            found.on_stale = repairs.untag
-    try:
-        return _compare_and_repair(
-            config, export, topic_span, membership, drifts, repairs, tail, share, out
+    with ExitStack() as closing_tail:
+        tail = (
+            closing_tail.enter_context(closing(Tail(config, siblings, topic_span.ends)))
+            if apply
+            else None
         )
-    finally:
-        if tail is not None:
-            tail.close()
-
-
-def _compare_and_repair(
-    config: Config,
-    export: Export,
-    topic_span: Span,
-    membership: Membership,
-    drifts: list[Drift],
-    repairs: _Repairs,
-    tail: Tail | None,
-    share: float,
-    out: TextIO | None,
-) -> dict[str, Any]:
-    apply = tail is not None
-    list_held(config, export.connection, drifts, shares(share, apply)[0])
-    finder = Finder(export, membership, drifts)
-    if any(d.missing for d in drifts):
+        repairs = _Repairs(make, tail.changed if tail is not None else lambda e: False)
         if apply:
+            for found in drifts:
+                found.on_stale = repairs.untag
+        list_held(config, export.connection, drifts, listing_share)
+        finder = Finder(export, membership, drifts)
+        if any(d.missing for d in drifts):
+            if apply:
 
-            def visit(partition: int, offset: int, event: SegmentChange) -> bool:
-                repairs.add(finder.visit(partition, offset, event))
-                return repairs.sink is None or repairs.sink.fatal is None
+                def visit(partition: int, offset: int, event: SegmentChange) -> bool:
+                    repairs.add(finder.visit(partition, offset, event))
+                    return repairs.sink is None or repairs.sink.fatal is None
 
-            read_topic(config, topic_span, "reconcile: repairing", visit, out)
-        else:
-            read_topic(config, topic_span, "reconcile: sampling", _sampler(finder), out)
-    entry: dict[str, Any] = {
-        "export": export.name,
-        "connection": export.connection,
-        "tags": [d.report() for d in drifts],
-    }
-    repaired = repairs.finish() if apply else None
-    if repaired is not None:
-        entry["repair"] = repaired
-    if tail is not None:
-        entry["changedSince"], entry["notRepairedUnsure"] = tail.changed_since, tail.unsure
+                read_topic(config, topic_span, "reconcile: repairing", visit, out)
+            else:
+                read_topic(config, topic_span, "reconcile: sampling", _sampler(finder), out)
+        entry: dict[str, Any] = {
+            "export": export.name,
+            "connection": export.connection,
+            "tags": [d.report() for d in drifts],
+        }
+        if tail is not None:
+            repaired = repairs.finish()  # None: nothing needed repair
+            if repaired is not None:
+                entry["repair"] = repaired
+            entry["changedSince"], entry["notRepairedUnsure"] = tail.changed_since, tail.unsure
     return entry
 
 

@@ -233,9 +233,10 @@ def backfill(
     return report
 
 
-def reason_of(record: RawRecord) -> str | None:
+def dlq_header(record: RawRecord, name: str) -> str | None:
+    """A dead letter's `omnisend.dlq.<name>` header (`reason`, `dropped`...), if it has one."""
     for key, value in record.headers:
-        if key == HEADER_PREFIX + "reason" and value is not None:
+        if key == HEADER_PREFIX + name and value is not None:
             return value.decode(errors="replace")
     return None
 
@@ -260,18 +261,11 @@ def replay_selector(
     wanted, dropped = set(reasons), [0]
 
     def select(record: RawRecord) -> bool:
-        if wanted and reason_of(record) not in wanted:
+        if wanted and dlq_header(record, "reason") not in wanted:
             return False
-        if "value" in _dropped_of(record):
+        if "value" in (dlq_header(record, "dropped") or "").split(","):
             dropped[0] += 1
             return False
         return True
 
     return select, lambda: dropped[0]
-
-
-def _dropped_of(record: RawRecord) -> list[str]:
-    for key, value in record.headers:
-        if key == HEADER_PREFIX + "dropped" and value is not None:
-            return value.decode(errors="replace").split(",")
-    return []

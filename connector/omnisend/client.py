@@ -77,39 +77,53 @@ async def _read_bounded(streamed: httpx.Response, encoding: str) -> bytes:
             raise _TooLarge(streamed.status_code)
         return streamed.content
     body = bytearray()
-    # Auto-detects a zlib or a gzip header. `deflate` is meant with a zlib header, but some
-    # servers send the raw stream: tried once, if the first bytes are no zlib stream.
-    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in _INFLATED else None
-    headless = encoding == "deflate"
-    received = False  # an empty body is empty whatever its encoding says (a 202, a 204)
+    inflater = _Inflater(encoding) if encoding in _INFLATED else None
     try:
         async for chunk in streamed.aiter_raw():
-            received = received or bool(chunk)
-            if inflate is None:
+            if inflater is None:
                 body += chunk
             else:
-                data = chunk
-                while True:  # a megabyte at a time, and at most one byte past the limit
-                    room = min(_INFLATE_STEP, MAX_ANSWER_BYTES + 1 - len(body))
-                    try:
-                        out = inflate.decompress(data, room)
-                    except zlib.error:
-                        if not headless or body:
-                            raise
-                        inflate, headless = zlib.decompressobj(-zlib.MAX_WBITS), False
-                        continue
-                    headless = False
-                    body += out
-                    data = inflate.unconsumed_tail
-                    if len(body) > MAX_ANSWER_BYTES or (not data and len(out) < room):
-                        break  # too much, or all of this piece is out
+                inflater.feed(chunk, body)
             if len(body) > MAX_ANSWER_BYTES:
                 raise _TooLarge(streamed.status_code)
-        if inflate is not None and received and not inflate.eof:
+        if inflater is not None and not inflater.whole:
             raise httpx.DecodingError(f"a {encoding} answer that ends early")
     except zlib.error as exc:
         raise httpx.DecodingError(f"a corrupt {encoding} answer: {exc}") from None
     return bytes(body)
+
+
+class _Inflater:
+    """A gzip or deflate body inflated into `body` a megabyte at a time, and never more than
+    one byte past `MAX_ANSWER_BYTES` (enough to know). `deflate` is meant with a zlib header,
+    but some servers send the raw stream: tried once, if the first bytes are no zlib stream."""
+
+    def __init__(self, encoding: str) -> None:
+        self._inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a zlib or a gzip header
+        self._headless = encoding == "deflate"
+        self._received = False
+
+    def feed(self, data: bytes, body: bytearray) -> None:
+        self._received = self._received or bool(data)
+        while True:
+            room = min(_INFLATE_STEP, MAX_ANSWER_BYTES + 1 - len(body))
+            try:
+                out = self._inflate.decompress(data, room)
+            except zlib.error:
+                if not self._headless or body:
+                    raise
+                self._inflate, self._headless = zlib.decompressobj(-zlib.MAX_WBITS), False
+                continue
+            self._headless = False
+            body += out
+            data = self._inflate.unconsumed_tail
+            if len(body) > MAX_ANSWER_BYTES or (not data and len(out) < room):
+                return  # too much (the caller refuses the answer), or all of this piece is out
+
+    @property
+    def whole(self) -> bool:
+        """The stream ended as it should (an empty body is empty whatever its encoding)."""
+        return not self._received or self._inflate.eof
 
 
 class _TooLarge(Exception):

@@ -193,14 +193,15 @@ def test_a_tag_two_exports_of_one_connection_make_is_stale_for_neither() -> None
     attributes = {"email": "a@x.io", "billing_email": "bill@x.io", "first_name": "A"}
     m.add(SegmentChange("e1", 1, "s1", "VIP", True, "p1", attributes), 10_000)
     for export in (mine, billing):
-        expected = m.expected(export)["segment: VIP"]
-        others = shared_members(m, export, exports).get("segment: VIP", [])
-        found = Drift("segment: VIP", expected, others=others)
+        expected = m.expected(export)
+        others = shared_members(m, export, expected, exports).get("segment: VIP", [])
+        found = Drift("segment: VIP", expected["segment: VIP"], others=others)
         found.hold(["a@x.io", "bill@x.io", "gone@x.io"])
         assert (found.stale, found.missing) == (1, 0), export.name  # only gone@x.io
     # Another brand's members are no excuse: on "us", bill@x.io holds the tag wrongly.
-    others = shared_members(m, elsewhere, exports).get("segment: VIP", [])
-    found = Drift("segment: VIP", m.expected(elsewhere)["segment: VIP"], others=others)
+    expected = m.expected(elsewhere)
+    others = shared_members(m, elsewhere, expected, exports).get("segment: VIP", [])
+    found = Drift("segment: VIP", expected["segment: VIP"], others=others)
     found.hold(["a@x.io", "bill@x.io"])
     assert found.stale == 1
 
@@ -245,14 +246,14 @@ def test_a_dry_run_is_done_at_the_span_it_started_with_even_where_nothing_came()
     """A partition whose records all expired (its start is its end) delivers nothing: it is
     done all the same, or the dry run would never end."""
     starts, ends = {0: 0, 1: 50, 2: 7}, {0: 100, 1: 50, 2: 9}
-    check = caught_up(starts, ends, quiet_s=3600)
+    check = caught_up(Span("t", starts, ends), quiet_s=3600)
     assert not check(FakeLoop({0: 100, 2: 8}))
     assert check(FakeLoop({0: 100, 2: 9}))  # partition 1 delivered nothing: nothing to do
 
 
 def test_a_dry_run_stops_once_quiet_where_the_end_is_a_marker_never_delivered() -> None:
     """A transactional topic's last offset is a commit marker: no record reaches it."""
-    check = caught_up({0: 0}, {0: 10}, quiet_s=0.05)
+    check = caught_up(Span("t", {0: 0}, {0: 10}), quiet_s=0.05)
     loop = FakeLoop({0: 9}, consumed=9)
     assert not check(loop)
     time.sleep(0.1)
