@@ -105,7 +105,9 @@ class IntTable:
             if slot == capacity:
                 slot = 0
         width = self.width
-        if width == 2:
+        if width == 1:
+            self.values[slot] = values[0]
+        elif width == 2:
             self.values[2 * slot], self.values[2 * slot + 1] = values
         elif width:
             start = slot * width
@@ -115,14 +117,19 @@ class IntTable:
             self._grow()
 
     def _grow(self) -> None:
-        size = 2 * self.capacity
+        # A bounded table quadruples (its bound caps what that costs): each growth moves every
+        # entry, which was about half of the work while a table filled.
+        size = 2 * self.capacity if self.max_capacity is None else 4 * self.capacity
         if self.max_capacity is not None:
             size = min(size, self.max_capacity)
         if size <= self.capacity:
             raise OverflowError(f"an IntTable of {self.capacity} slots is full")
-        width, old_values = self.width, self.values
+        width, old_keys, old_values = self.width, self.keys, self.values
         keys, values = array("q", bytes(8 * size)), array("q", bytes(8 * size * width))
-        for old_slot, found in enumerate(self.keys):
+        # Element by element: a slice of an array is a new array, a cost per entry that made
+        # growing half of all the time spent in the table while it filled.
+        for old_slot in range(self.capacity):
+            found = old_keys[old_slot]
             if found == _EMPTY:
                 continue
             slot = found % size  # every key is new to the new arrays: no need to compare
@@ -131,10 +138,9 @@ class IntTable:
                 if slot == size:
                     slot = 0
             keys[slot] = found
-            if width:
-                values[slot * width : (slot + 1) * width] = old_values[
-                    old_slot * width : (old_slot + 1) * width
-                ]
+            start, old_start = slot * width, old_slot * width
+            for index in range(width):
+                values[start + index] = old_values[old_start + index]
         self.keys, self.values = keys, values
         self.capacity, self.limit = size, int(size * _MAX_LOAD)
 
@@ -169,20 +175,21 @@ class RecentMap:
         self._full = capacity_for(self._half)  # a generation's slots when it is full
         self._young = IntTable(width, _FIRST_CAPACITY, self._full)
         self._old: IntTable | None = None
-        # The last answer: a change asks about its contact several times in a row.
-        self._last: tuple[int, tuple[int, ...] | None] = (_EMPTY, None)
+        # The last answer: a change asks about its contact several times in a row. Two
+        # attributes, not a pair: a tuple per look-up was a young object for the collector.
+        self._last_fingerprint = _EMPTY
+        self._last: tuple[int, ...] | None = None
 
     def get(self, key: Hashable) -> tuple[int, ...] | None:
         found_fingerprint = hash(key) or 1
-        last_fingerprint, last = self._last
-        if found_fingerprint == last_fingerprint:
-            return last
+        if found_fingerprint == self._last_fingerprint:
+            return self._last
         found = self._young.get(found_fingerprint)
         if found is None and self._old is not None:
             found = self._old.get(found_fingerprint)
             if found is not None:
                 self._put(found_fingerprint, found)  # used again: keep it with the young
-        self._last = (found_fingerprint, found)
+        self._last_fingerprint, self._last = found_fingerprint, found
         return found
 
     def __contains__(self, key: Hashable) -> bool:
@@ -196,7 +203,7 @@ class RecentMap:
     def _put(self, found_fingerprint: int, values: tuple[int, ...]) -> None:
         if self.max_entries == 0:
             return
-        self._last = (found_fingerprint, values)
+        self._last_fingerprint, self._last = found_fingerprint, values
         self._young.put(found_fingerprint, values)
         if self._young.count >= self._half:
             # The oldest goes before the next is made, so three never coexist; the next is

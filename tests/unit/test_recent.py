@@ -70,22 +70,28 @@ def test_nothing_is_remembered_with_a_size_of_zero_and_a_set_has_no_values() -> 
         max_size=300,
     ),
     collide=st.integers(0, 3),
+    width=st.integers(0, 3),
+    bound=st.sampled_from([None, 460, 1024]),
 )
 def test_the_table_holds_what_a_dict_holds_through_growth_and_wrap_around(
-    ops: list[tuple[int, int]], collide: int
+    ops: list[tuple[int, int]], collide: int, width: int, bound: int | None
 ) -> None:
     """From a capacity of 2, so that probing wraps around the end, clusters form and the table
-    grows many times; fingerprints share low bits when `collide` says so."""
-    table = IntTable(1, capacity=2)
-    reference: dict[int, int] = {}
-    for key, value in ops:
+    grows many times (doubling, or quadrupling up to its bound); fingerprints share low bits
+    when `collide` says so; each width copies its values when it grows."""
+    table = IntTable(width, capacity=2, max_capacity=bound)
+    reference: dict[int, tuple[int, ...]] = {}
+    for n, (key, value) in enumerate(ops):
         fp = (key & ~0xFF) | collide if collide else key
         fp = fp or 1  # 0 marks an empty slot: fingerprints never are
-        table.put(fp, (value,))
-        reference[fp] = value
+        values = tuple(value ^ (i * n) for i in range(width))  # distinct, within 64 bits
+        table.put(fp, values)
+        reference[fp] = values
         assert len(table) == len(reference)
-    assert {k: v for k, (v,) in table.items()} == reference
-    for fp, value in reference.items():
-        assert table.get(fp) == (value,)
+    assert dict(table.items()) == reference
+    for fp, values in reference.items():
+        assert table.get(fp) == values
         assert fp in table
     assert len(table) <= table.limit <= table.capacity * 2 / 3
+    if bound is not None:
+        assert table.capacity <= bound
