@@ -11,6 +11,7 @@ immutable for mypy, as `frozen` did at run time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -39,20 +40,22 @@ class Position:
 @dataclass(slots=True, init=False)
 class RawRecord:
     """A consumed Kafka message as the pipeline keeps it until its fate is known: the DLQ needs
-    the original key, value and headers."""
+    the original key, value and headers. `size` (key and value bytes) is counted in and out of
+    the records in flight: computed once."""
 
     position: Position
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes | None]]
+    headers: Sequence[tuple[str, bytes | None]]
     timestamp_ms: int
+    size: int = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
         position: Position,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes | None]],
+        headers: Sequence[tuple[str, bytes | None]],
         timestamp_ms: int,
     ) -> None:
         self.position = position
@@ -60,10 +63,7 @@ class RawRecord:
         self.value = value
         self.headers = headers
         self.timestamp_ms = timestamp_ms
-
-    @property
-    def size(self) -> int:
-        return len(self.value or b"") + len(self.key or b"")
+        self.size = (0 if value is None else len(value)) + (0 if key is None else len(key))
 
 
 @dataclass(slots=True, init=False)

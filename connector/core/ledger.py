@@ -120,6 +120,19 @@ class Ledger:
         if raw is None or position in self._decided:
             return None
         fate = fate_of(outcome)
+        if self._owed:  # empty unless a record went to several exports: no look-ups then
+            owed = self._fanned_out(position, fate)
+            if owed is None:
+                return None
+            fate = owed
+        self._decided.add(position)
+        if isinstance(fate, Failed):
+            self._dead_lettering.add(position)
+        return raw, fate
+
+    def _fanned_out(self, position: Position, fate: Fate) -> Fate | None:
+        """One export's fate of a record that may have gone to several: None while others
+        still owe theirs, else the record's fate (Done with the contact id one of them named)."""
         if isinstance(fate, Done) and position in self._owed:
             self._synced[position] = fate.contact_id or self._synced.get(position)
         if not isinstance(fate, Failed) and position in self._owed:
@@ -131,13 +144,9 @@ class Ledger:
         if position in self._synced:
             synced = self._synced.pop(position)
             if isinstance(fate, Failed):
-                fate = Failed(fate.reason, fate.detail, fate.email, synced)
-            else:
-                fate = Done(synced)
-        self.decided(raw.position)
-        if isinstance(fate, Failed):
-            self._dead_lettering.add(position)
-        return raw, fate
+                return Failed(fate.reason, fate.detail, fate.email, synced)
+            return Done(synced)
+        return fate
 
     def decided(self, position: Position) -> None:
         """The record's fate is known (a skip before any export, or one `settle` returned):
@@ -150,7 +159,7 @@ class Ledger:
         self._dead_lettering.add(position)
 
     def is_dead_lettering(self, position: Position) -> bool:
-        return position in self._dead_lettering
+        return bool(self._dead_lettering) and position in self._dead_lettering
 
     def dead_lettered(self, raw: RawRecord) -> bool:
         """Its dead letter is delivered; False if the record was forgotten meanwhile."""
@@ -171,7 +180,8 @@ class Ledger:
             return False
         del self._records[position]
         self._decided.discard(position)
-        self._dead_lettering.discard(position)
+        if self._dead_lettering:
+            self._dead_lettering.discard(position)
         self._bytes -= raw.size
         self.offsets.done((position.topic, position.partition), position.offset)
         return True

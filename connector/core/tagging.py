@@ -42,10 +42,13 @@ class TagQueue:
         """The occurred_at of the newest change of `key` applied, waiting or in flight."""
         applied = self.applied.get(key)
         latest = -1 if applied is None else applied[0]
-        for intents in (self.tags, self.in_flight):
-            intent = intents.get(key)
-            if intent is not None:
-                latest = max(latest, intent.occurred_at_ms)
+        waiting = self.tags.get(key)
+        if waiting is not None and waiting.occurred_at_ms > latest:
+            latest = waiting.occurred_at_ms
+        if self.in_flight:
+            sent = self.in_flight.get(key)
+            if sent is not None and sent.occurred_at_ms > latest:
+                latest = sent.occurred_at_ms
         return latest
 
     def want(self, change: ContactChange, ticket: Ticket, now: float) -> None:

@@ -101,13 +101,13 @@ def record_of(message: Message) -> RawRecord | None:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     if topic is None or partition is None or offset is None:
         return None  # only error events lack them
-    headers = message.headers()
     return RawRecord(
         Position(topic, partition, offset),
         message.key(),
         message.value(),
-        # A consumed message's headers are a list of (name, bytes | None).
-        list(headers) if isinstance(headers, list) else [],  # type: ignore[arg-type]
+        # A consumed message's headers: a new list of (name, bytes | None), or None (most
+        # records: then the shared empty tuple, not an empty list per record).
+        message.headers() or (),  # type: ignore[arg-type]
         message.timestamp()[1],
     )
 
