@@ -28,6 +28,8 @@ UNKNOWN_ID_RETRY_S = 60.0
 MAX_REFERENCE_DEPTH = 16
 # Refused and unknown ids remembered at most (a stream of random ids must not grow memory).
 MAX_REMEMBERED_REFUSALS = 10_000
+# The registry's own error codes for what is not there: a subject, a version, a schema id.
+_NOT_FOUND = frozenset({40401, 40402, 40403})
 
 
 def _unsupported(schema_id: int, why: str) -> InvalidRecord:
@@ -114,8 +116,14 @@ class RegistryClient:
             response = self._http.get(self._base + path)
         except httpx.HTTPError as exc:
             raise Retriable(f"Schema Registry unreachable: {type(exc).__name__}") from exc
-        if response.status_code == 404:
+        if response.status_code == 404 and _registry_code(response) in _NOT_FOUND:
             raise InvalidRecord("unknown_schema_id", "decode", f"schema id {schema_id} not found")
+        if response.status_code == 404:
+            # A proxy's page, or a URL that misses the registry's path: nothing about the id.
+            raise Retriable(
+                "Schema Registry answered 404 without saying the schema is unknown "
+                "(check SCHEMA_REGISTRY_URL, including any path before /schemas)"
+            )
         if response.status_code != 200:
             raise Retriable(f"Schema Registry answered {response.status_code}")
         try:
@@ -126,6 +134,14 @@ class RegistryClient:
             kind = response.headers.get("content-type", "no content type")
             raise Retriable(f"Schema Registry answered 200 without a schema ({kind})")
         return body
+
+
+def _registry_code(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return None
+    return body.get("error_code") if isinstance(body, dict) else None
 
 
 def _remember(cache: dict[int, Any], schema_id: int, value: Any) -> None:
@@ -143,8 +159,52 @@ def _parse_avro(schema_id: int, answer: dict[str, Any], named: dict[str, Any]) -
     except (ValueError, RecursionError):
         raise _unsupported(schema_id, "the schema is not JSON, so not Avro") from None
     try:
-        return fastavro.parse_schema(strip_logical_types(schema), named_schemas=named)
+        parsed = fastavro.parse_schema(strip_logical_types(schema), named_schemas=named)
     # fastavro raises its own SchemaParseException and UnknownType, and plain errors on odd
     # shapes; whatever it raises, this schema cannot be read.
     except Exception as exc:  # noqa: BLE001
         raise _unsupported(schema_id, f"not a usable Avro schema ({type(exc).__name__})") from None
+    try:
+        recursive = _recursive(parsed, named, (), set())
+    except RecursionError:
+        raise _unsupported(schema_id, "types nested too deeply") from None
+    if recursive:
+        # fastavro's reader recurses natively, without a limit: a record nesting such a type
+        # deeply enough (20,000 levels, 20 kB) crashes the process. Segment events need none.
+        raise _unsupported(schema_id, "a recursive type (a record that contains itself)")
+    return parsed
+
+
+def _recursive(
+    schema: Any, named: dict[str, Any], within: tuple[str, ...], clean: set[str]
+) -> bool:
+    """Whether a parsed schema reaches a record from inside itself (directly, or through
+    the named types of its references). `clean`: named types already walked and found free
+    of it, walked once however often they are used."""
+    if isinstance(schema, str):
+        found = named.get(schema)
+        if schema in within:
+            return True
+        return schema not in clean and _recursive(found, named, within, clean)
+    if isinstance(schema, dict) and schema.get("type") in ("record", "error"):
+        name = str(schema.get("name"))
+        inside = (*within, name)
+        if any(_recursive(f.get("type"), named, inside, clean) for f in schema["fields"]):
+            return True
+        clean.add(name)
+        return False
+    return any(_recursive(inner, named, within, clean) for inner in _inner(schema))
+
+
+def _inner(schema: Any) -> list[Any]:
+    """The schemas directly inside a union, an array, a map or a wrapped type."""
+    if isinstance(schema, list):
+        return schema
+    if not isinstance(schema, dict):
+        return []
+    kind = schema.get("type")
+    if kind == "array":
+        return [schema.get("items")]
+    if kind == "map":
+        return [schema.get("values")]
+    return [kind] if isinstance(kind, dict | list) else []

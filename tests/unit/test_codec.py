@@ -278,3 +278,54 @@ def test_a_remembered_refusal_is_raised_anew_so_it_keeps_no_record_alive() -> No
         raised.append(info.value)
     assert len({id(e) for e in raised}) == 3
     assert all(e.reason == "unsupported_schema" for e in raised)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(404, text="<html><body>404 page not found</body></html>"),
+        httpx.Response(404, json={"error_code": 404, "message": "HTTP 404 Not Found"}),
+        httpx.Response(404),
+    ],
+    ids=["a gateway's page", "a path the registry does not have", "no body"],
+)
+def test_a_404_that_is_not_the_registrys_answer_about_the_id_is_retriable(
+    answer: httpx.Response,
+) -> None:
+    """Only the registry's own codes (40403 for an id, 40401/40402 for a reference) say the
+    schema is unknown; a 404 from a proxy, or from a URL that misses the registry's path, says
+    nothing about it. Dead-lettering on it would move valid records out of the stream."""
+    with pytest.raises(Retriable, match="404"):
+        registry(lambda request: answer).writer_schema(1)
+
+
+def test_a_recursive_writer_schema_is_refused_before_any_record_is_decoded() -> None:
+    """fastavro's reader recurses natively: a record nesting a recursive type 20,000 deep
+    crashed the process (a segmentation fault, then the same record again on every restart).
+    The events have no use for recursion, so such a schema is `unsupported_schema`."""
+    node = {
+        "type": "record",
+        "name": "Node",
+        "fields": [{"name": "next", "type": ["null", "Node"], "default": None}],
+    }
+    recursive = copy.deepcopy(bundled_schema_json())
+    recursive["fields"].append({"name": "extra", "type": ["null", node], "default": None})
+    answer = {"schema": json.dumps(recursive)}
+    client = registry(lambda request: httpx.Response(200, json=answer))
+    with pytest.raises(InvalidRecord, match="unsupported_schema") as refused:
+        client.writer_schema(7)
+    assert "recursive" in str(refused.value.detail)
+    # Through a reference too: the referenced type names itself.
+    referenced = {"schema": json.dumps(node), "subject": "node", "version": 1}
+    with_reference = copy.deepcopy(bundled_schema_json())
+    with_reference["fields"].append({"name": "extra", "type": ["null", "Node"], "default": None})
+    answers = {
+        "/schemas/ids/8": {
+            "schema": json.dumps(with_reference),
+            "references": [{"name": "Node", "subject": "node", "version": 1}],
+        },
+        "/subjects/node/versions/1": referenced,
+    }
+    client = registry(lambda request: httpx.Response(200, json=answers[request.url.path]))
+    with pytest.raises(InvalidRecord, match="unsupported_schema"):
+        client.writer_schema(8)
