@@ -14,9 +14,17 @@ from connector.core.errors import ConfigError
 
 Check = Callable[[], tuple[bool, dict[str, Any]]]
 
+# A client that connects and sends nothing (or half a request) is let go after this long: each
+# holds a thread and a socket until then. Probes and scrapes send their request at once.
+CLIENT_TIMEOUT_S = 5.0
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.client_timeout)  # every read and write
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -45,18 +53,30 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(
-        self, address: tuple[str, int], registry: CollectorRegistry, health: Check, ready: Check
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        health: Check,
+        ready: Check,
+        client_timeout: float,
     ) -> None:
         super().__init__(address, _Handler)
         self.registry, self.health, self.ready = registry, health, ready
+        self.client_timeout = client_timeout
 
 
 class HealthServer:
     def __init__(
-        self, registry: CollectorRegistry, health: Check, ready: Check, host: str, port: int
+        self,
+        registry: CollectorRegistry,
+        health: Check,
+        ready: Check,
+        host: str,
+        port: int,
+        client_timeout_s: float = CLIENT_TIMEOUT_S,
     ) -> None:
         try:
-            self._server = _Server((host, port), registry, health, ready)
+            self._server = _Server((host, port), registry, health, ready, client_timeout_s)
         except OSError as exc:
             raise ConfigError(
                 f"METRICS_PORT {port} on {host or '*'}: {exc.strerror or exc} "
