@@ -1,7 +1,7 @@
 """Benchmark 2, CPU per event: the connector's CPU time per event beside a bare consumer's that
 only consumes and decodes the same topic, each in a process of its own, in one run.
 
-    python -m bench.cpu [--count 100000] [--reconcile-count 1000000 | --no-reconcile]
+    python -m bench.cpu [--count 100000] [--reconcile-count 1000000 | --no-reconcile] [--pin]
 
 CPU time is user + system of the measured process (every thread), from its first consumed
 record to its last commit (the bare consumer: to its last decoded record), divided by the
@@ -18,6 +18,10 @@ into a temporary copy by `connector.dev.compiled`). Targets, for the image's bui
 duplicate-heavy at most 3 x the bare consumer's CPU per event, fresh at most 6 x.
 Then the jobs' read rate: `reconcile` without `--apply` over a topic of `--reconcile-count`
 fresh events (events/s and CPU per event of its process).
+
+`--pin` runs the broker and the simulator on the first CPU and each measured process on the
+second, so that they do not take turns on the same core: identical runs then vary by about
+±6 % instead of ±15 % on a 2-core machine, which makes a change of a few per cent visible.
 """
 
 from __future__ import annotations
@@ -140,6 +144,8 @@ def _loaded_compiled() -> bool:
 def worker(argv: list[str]) -> None:
     """`python -m bench.cpu --worker KIND JSON`: one measured process; prints its figures."""
     kind, spec = argv[0], json.loads(argv[1])
+    if spec.get("cpus"):
+        os.sched_setaffinity(0, set(spec["cpus"]))
     quiet()
     if kind == "bare":
         result = bare(spec["bootstrap"], spec["topic"], spec["count"])
@@ -191,10 +197,13 @@ class Row:
         return self.compiled_us / self.bare_us
 
 
-def run_stream(broker: Broker, sim: str, name: str, options: GenerateOptions, build: Path) -> Row:
+def run_stream(
+    broker: Broker, sim: str, name: str, options: GenerateOptions, build: Path, cpus: list[int]
+) -> Row:
     topic, ends = new_topic(broker, options)
     count = sum(ends.values())
-    base = measure("bare", {"bootstrap": broker.bootstrap, "topic": topic, "count": count})
+    bare_spec = {"bootstrap": broker.bootstrap, "topic": topic, "count": count, "cpus": cpus}
+    base = measure("bare", bare_spec)
     env = connector_env(
         broker,
         topic,
@@ -203,12 +212,12 @@ def run_stream(broker: Broker, sim: str, name: str, options: GenerateOptions, bu
         TAG_RATE_LIMIT_PER_MINUTE="100000000",
     )
     httpx.post(f"{sim}/_sim/reset").raise_for_status()  # each run syncs into an empty brand
-    pure = measure("connector", {"env": env, "topic": topic, "ends": ends})
+    pure = measure("connector", {"env": env, "topic": topic, "ends": ends, "cpus": cpus})
     assert not pure["compiled"], "the pure run loaded a compiled core"
     # The same topic again from the start, in a consumer group of its own.
     env = env | {"KAFKA_GROUP_ID": f"{env['KAFKA_GROUP_ID']}-compiled"}
     httpx.post(f"{sim}/_sim/reset").raise_for_status()
-    fast = measure("connector", {"env": env, "topic": topic, "ends": ends}, build)
+    fast = measure("connector", {"env": env, "topic": topic, "ends": ends, "cpus": cpus}, build)
     assert fast["compiled"], "the compiled run loaded the pure core"
     return Row(
         stream=name,
@@ -220,14 +229,15 @@ def run_stream(broker: Broker, sim: str, name: str, options: GenerateOptions, bu
     )
 
 
-def reconcile_rate(broker: Broker, sim: str, count: int) -> tuple[float, float]:
+def reconcile_rate(broker: Broker, sim: str, count: int, cpus: list[int]) -> tuple[float, float]:
     """(events/s, µs of CPU per event) of `reconcile` without --apply over `count` events."""
     topic, ends = new_topic(broker, GenerateOptions(count=count, segments=1, seed=5))
     env = connector_env(broker, topic, sim)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "connector.cli", "reconcile"],
+    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+    subprocess.run(  # noqa: S603 - this interpreter, the connector's own command
+        [*pin, sys.executable, "-m", "connector.cli", "reconcile"],
         env=env | {"PATH": "/usr/bin:/bin"},
         capture_output=True,
         timeout=3600,
@@ -248,8 +258,18 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--reconcile-count", type=int, default=1_000_000)
     parser.add_argument("--no-reconcile", action="store_true")
+    parser.add_argument(
+        "--pin", action="store_true", help="broker and simulator on CPU 0, the measured on 1"
+    )
     args = parser.parse_args()
     quiet()
+    cpus: list[int] = []
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            parser.error("--pin needs two CPUs")
+        first, second = sorted(os.sched_getaffinity(0))[:2]
+        os.sched_setaffinity(0, {first})  # the broker and the simulator start from here
+        cpus = [second]
     with (
         Broker() as broker,
         simulator(
@@ -257,8 +277,10 @@ def main() -> None:
         ) as sim,
     ):
         build = compiled.build(Path(tempfile.mkdtemp(prefix="compiled-")))
-        rows = [run_stream(broker, sim, n, o, build) for n, o in streams(args.count).items()]
-        read = None if args.no_reconcile else reconcile_rate(broker, sim, args.reconcile_count)
+        rows = [run_stream(broker, sim, n, o, build, cpus) for n, o in streams(args.count).items()]
+        read = (
+            None if args.no_reconcile else reconcile_rate(broker, sim, args.reconcile_count, cpus)
+        )
     print(
         f"{'stream':<17}{'events':>9}{'bare µs/ev':>12}{'pure µs/ev':>12}{'ratio':>7}"
         f"{'compiled µs/ev':>16}{'ratio':>7}{'target':>8}{'ev/s':>9}"
