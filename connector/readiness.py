@@ -88,23 +88,29 @@ class Readiness:
         next_credentials = time.monotonic() + self._credential_interval if checked else 0.0
         silent = 0  # checks in a row without a verdict
         while not self._stop.is_set():
-            self.broker_ok = self._broker_check()
-            if self.broker_ok:
-                self._on_broker_ok()
-                self._on_tick()
-            if time.monotonic() >= next_credentials:
-                verdict = self._credential_check()
-                if verdict is not None:  # None: Omnisend did not answer; keep the last verdict
-                    self.credentials_ok = verdict
-                # Without any verdict yet, ask again soon (10 s, 20, 40, then every 60 s), not
-                # in ten minutes, and not at every turn: Omnisend may be answering 429.
-                if self.credentials_ok is None:
-                    waited = min(NO_VERDICT_MAX_S, self._broker_interval * 2**silent)
-                    silent += 1
-                else:
-                    waited, silent = self._credential_interval, 0
-                next_credentials = time.monotonic() + waited
+            try:
+                self.broker_ok = self._broker_check()
+                if self.broker_ok:
+                    self._on_broker_ok()
+                    self._on_tick()
+                if time.monotonic() >= next_credentials:
+                    next_credentials, silent = self._check_credentials(silent)
+            except Exception:  # one turn failing must not end the checks
+                # Else `/readyz` would keep its last answer for ever. Asked again next turn.
+                log.exception("readiness_check_failed")
             self._stop.wait(self._broker_interval)
+
+    def _check_credentials(self, silent: int) -> tuple[float, int]:
+        """Ask for a verdict; when to ask next, and the checks in a row without one."""
+        verdict = self._credential_check()
+        if verdict is not None:  # None: Omnisend did not answer; keep the last verdict
+            self.credentials_ok = verdict
+        # Without any verdict yet, ask again soon (10 s, 20, 40, then every 60 s), not in ten
+        # minutes, and not at every turn: Omnisend may be answering 429.
+        if self.credentials_ok is None:
+            waited = min(NO_VERDICT_MAX_S, self._broker_interval * 2**silent)
+            return time.monotonic() + waited, silent + 1
+        return time.monotonic() + self._credential_interval, 0
 
 
 def broker_reachable(admin: object, topic: str) -> Callable[[], bool]:

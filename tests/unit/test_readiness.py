@@ -61,3 +61,28 @@ def test_without_a_verdict_it_is_not_ready_and_asks_again_soon() -> None:
 
 def test_a_dry_run_needs_no_verdict() -> None:
     assert Readiness(lambda: True, lambda: None).credentials_ready
+
+
+def test_a_check_that_raises_does_not_end_the_checks() -> None:
+    """An unexpected error in one turn (a CA bundle gone, no thread for the resolver) must not
+    end the thread: `/readyz` would keep its last answer for ever."""
+    broker_checks: list[float] = []
+    fail_once = iter([RuntimeError("the CA bundle is gone")])
+
+    def credentials() -> bool | None:
+        error = next(fail_once, None)
+        if error is not None:
+            raise error
+        return False  # the next turn's verdict
+
+    def broker() -> bool:
+        broker_checks.append(time.monotonic())
+        return True
+
+    readiness = Readiness(
+        broker, credentials, broker_interval_s=0.01, credential_interval_s=0.01
+    ).start()
+    try:
+        assert until(lambda: readiness.credentials_ok is False and len(broker_checks) > 5)
+    finally:
+        readiness.stop()
