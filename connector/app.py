@@ -373,13 +373,19 @@ def _health(
         ok = readiness.broker_ok is not False and readiness.credentials_ready
         ok = ok and not pipeline.broker_down and pipeline.fatal is None
         ok = ok and pipeline.assignment_seen  # the group has answered (an empty answer counts)
-        return ok, {
+        registry_error = pipeline.registry_error  # records wait for the Schema Registry
+        ok = ok and registry_error is None
+        detail: dict[str, Any] = {
             "assignment_received": pipeline.assignment_seen,
             "broker_reachable": readiness.broker_ok,
             "credentials_valid": readiness.credentials_ok,
             "broker_down": pipeline.broker_down,
+            "schema_registry_available": registry_error is None,
             "assigned_partitions": len(pipeline.assigned),
         }
+        if registry_error is not None:
+            detail["schema_registry_error"] = registry_error
+        return ok, detail
 
     metrics.ready.set_function(lambda: float(ready()[0]))
     metrics.loop_age.set_function(lambda: time.monotonic() - pipeline.last_step_at)

@@ -47,6 +47,8 @@ class Intake:
         self._clock = clock
         self.held: list[RawRecord] = []  # records waiting for an unreachable Schema Registry
         self._held_until = 0.0
+        # What the registry answered last while records wait for it (for `/readyz`).
+        self.registry_error: str | None = None
         # Too large a share of the records were invalid: the loop must stop.
         self.limit_reached: Fatal | None = None
 
@@ -73,6 +75,7 @@ class Intake:
     def forget(self) -> None:
         """A rebalance: held records are no longer ours; redelivered ones are not duplicates."""
         self.held.clear()
+        self.registry_error = None
         self._admission.forget()
 
     def _accept(self, raw: RawRecord, now_ms: int) -> Changes:
@@ -101,11 +104,21 @@ class Intake:
         except InvalidRecord as exc:
             self._invalid(raw, exc)
         except Retriable as exc:
-            log.warning("schema_registry_unavailable", error=str(exc))
             self.held.append(raw)
-            self._held_until = self._clock.now() + self.config.registry_retry_s
+            self._hold(exc)
             self._partitions.pause(True)
         return []
+
+    def _hold(self, exc: Retriable) -> None:
+        """The registry gave no usable answer: the held records wait `registry_retry_s`."""
+        self.registry_error = str(exc)
+        self._held_until = self._clock.now() + self.config.registry_retry_s
+        log.warning(
+            "schema_registry_unavailable",
+            error=self.registry_error,
+            records_held=len(self.held),
+            retry_in_s=self.config.registry_retry_s,
+        )
 
     def _invalid(self, raw: RawRecord, exc: InvalidRecord) -> None:
         self._metrics.invalid_records.labels(exc.stage, exc.reason).inc()
@@ -158,10 +171,11 @@ class Intake:
                 changes.extend(self._validated(raw, now_ms))
             except InvalidRecord as exc:
                 self._invalid(raw, exc)
-            except Retriable:
+            except Retriable as exc:
                 self.held = held[index:]
-                self._held_until = self._clock.now() + self.config.registry_retry_s
+                self._hold(exc)
                 return changes, ready
             self._judge(raw)
+        self.registry_error = None
         log.info("schema_registry_recovered")
         return changes, ready

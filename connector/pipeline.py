@@ -318,6 +318,11 @@ class Pipeline:
         return list(self._partitions.assigned)
 
     @property
+    def registry_error(self) -> str | None:
+        """What the Schema Registry answered while records wait for it; None when none do."""
+        return self._intake.registry_error if self._intake.held else None
+
+    @property
     def assignment_seen(self) -> bool:
         """The first assignment callback ran (an empty assignment counts: a standby is ready)."""
         return self._partitions.seen

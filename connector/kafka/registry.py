@@ -124,6 +124,16 @@ class RegistryClient:
                 "Schema Registry answered 404 without saying the schema is unknown "
                 "(check SCHEMA_REGISTRY_URL, including any path before /schemas)"
             )
+        if response.status_code in (401, 403):
+            raise Retriable(
+                f"Schema Registry refused the credentials ({response.status_code}): "
+                "check SCHEMA_REGISTRY_USER_INFO"
+            )
+        if response.is_redirect:
+            raise Retriable(
+                f"Schema Registry answered a redirect ({response.status_code}): "
+                "set SCHEMA_REGISTRY_URL to where it points"
+            )
         if response.status_code != 200:
             raise Retriable(f"Schema Registry answered {response.status_code}")
         try:

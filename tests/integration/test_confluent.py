@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
-import time
 from typing import Any
 
 import fastavro
+import httpx
 
 from connector.core.codec import bundled_schema_json, encode_confluent
-from connector.dev.broker import Broker
+from connector.dev.broker import Broker, free_port
+from connector.pipeline import Pipeline
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import (
@@ -82,15 +82,36 @@ def test_unreachable_registry_is_retried_not_dead_lettered(
         for i in range(10)
     ]
     produce(broker.bootstrap, topic, records)
-    threading.Timer(3.0, lambda: setattr(registry, "available", True)).start()
+    port = free_port()
     env = connector_env(
-        broker, topic, sim, VALUE_FORMAT="confluent", SCHEMA_REGISTRY_URL=registry.url
+        broker,
+        topic,
+        sim,
+        VALUE_FORMAT="confluent",
+        SCHEMA_REGISTRY_URL=registry.url,
+        METRICS_PORT=str(port),
     )
-    started = time.monotonic()
-    run = run_connector(env, caught_up(topic, 10))
-    assert time.monotonic() - started >= 2.5  # it waited for the registry
+    probes: list[tuple[int, dict[str, Any]]] = []
+    done = caught_up(topic, 10)
+
+    def probed(pipeline: Pipeline) -> bool:
+        # While records wait for the registry, /readyz says so and what it answered; the
+        # registry comes back after three turns of that (not on a timer: joining the group
+        # may take longer than any outage).
+        answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        probes.append((answer.status_code, answer.json()))
+        waited = sum(1 for _, body in probes if body["schema_registry_available"] is False)
+        registry.available = registry.available or waited >= 3
+        return done(pipeline)
+
+    run = run_connector(env, probed)
     assert run.pipeline.stats["dead_lettered"] == 0
     assert len(sim_contacts(sim)) == 10
+    waiting = [(s, body) for s, body in probes if body["schema_registry_available"] is False]
+    assert len(waiting) >= 3  # the records waited for the registry
+    assert all(status == 503 for status, _ in waiting)
+    assert "answered 503" in waiting[0][1]["schema_registry_error"]
+    assert probes[-1][1]["schema_registry_available"] is True
 
 
 def test_schemas_the_connector_cannot_read_are_dead_lettered_and_asked_for_once(

@@ -329,3 +329,25 @@ def test_a_recursive_writer_schema_is_refused_before_any_record_is_decoded() -> 
     client = registry(lambda request: httpx.Response(200, json=answers[request.url.path]))
     with pytest.raises(InvalidRecord, match="unsupported_schema"):
         client.writer_schema(8)
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (httpx.Response(401), "refused the credentials (401): check SCHEMA_REGISTRY_USER_INFO"),
+        (httpx.Response(403), "refused the credentials (403): check SCHEMA_REGISTRY_USER_INFO"),
+        (
+            httpx.Response(301, headers={"Location": "https://sr.example/schemas/ids/1"}),
+            "redirect (301): set SCHEMA_REGISTRY_URL to where it points",
+        ),
+    ],
+    ids=["401", "403", "a redirect"],
+)
+def test_answers_a_human_must_act_on_are_retried_and_say_what_to_do(
+    answer: httpx.Response, says: str
+) -> None:
+    """Retried (the records wait, `/readyz` says why), with the remedy in the message: a
+    credential rotation or a registry moved to https is not fixed by waiting alone."""
+    with pytest.raises(Retriable) as refused:
+        registry(lambda request: answer).writer_schema(1)
+    assert says in str(refused.value)

@@ -17,6 +17,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from connector.core.clock import SystemClock
 from connector.core.codec import ConfluentDecoder, bundled_schema_json, encode_confluent
@@ -393,6 +394,32 @@ def test_a_registry_that_is_away_is_asked_once_per_retry_not_once_per_record() -
     decided = [pipeline.stats[fate] for fate in ("done", "skipped", "dead_lettered")]
     assert decided == [0, 0, 0]  # all of them held
     assert pipeline.committed().get((TOPIC, 0), 0) == 0
+
+
+def test_while_records_wait_for_the_registry_the_pipeline_says_why_and_every_retry_is_logged() -> (
+    None
+):
+    """A registry that keeps refusing (a 401 after a credential rotation, a redirect, an
+    outage) held the records in silence after one log line: no retry logged, nothing for
+    `/readyz` to show. Now each failed retry is logged and the pipeline names what the
+    registry answered until the records decode."""
+    registry = Down(outage=3)
+    pipeline, _ = registry_pipeline(registry, count=5, retry_s=0.01)
+    seen: list[str | None] = []
+
+    def watch(p: Pipeline) -> bool:
+        seen.append(p.registry_error)
+        return p.stats["dead_lettered"] == 5  # the registry knows no schema once it is back
+
+    with capture_logs() as logs:
+        pipeline.run(threading.Event(), until=watch)
+    waiting = [error for error in seen if error is not None]
+    assert waiting
+    assert all("503" in error for error in waiting)
+    assert seen[-1] is None
+    retries = [e for e in logs if e["event"] == "schema_registry_unavailable"]
+    assert len(retries) == 3  # the first ask and both failed retries
+    assert [e["event"] for e in logs].count("schema_registry_recovered") == 1
 
 
 def test_records_held_for_the_registry_count_towards_the_dead_letter_limit_once_decided() -> None:
