@@ -28,6 +28,10 @@ UNKNOWN_ID_RETRY_S = 60.0
 MAX_REFERENCE_DEPTH = 16
 # Refused and unknown ids remembered at most (a stream of random ids must not grow memory).
 MAX_REMEMBERED_REFUSALS = 10_000
+# One answer of the registry, read whole within this (each read has its own 5 s timeout) and
+# at most this large; beyond either it is no usable answer (`Retriable`).
+REGISTRY_DEADLINE_S = 15.0
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # The registry's own error codes for what is not there: a subject, a version, a schema id.
 _NOT_FOUND = frozenset({40401, 40402, 40403})
 
@@ -113,45 +117,60 @@ class RegistryClient:
 
     def _get(self, path: str, schema_id: int) -> dict[str, Any]:
         try:
-            response = self._http.get(self._base + path)
+            with self._http.stream("GET", self._base + path) as response:
+                content = self._read_bounded(response)
         except httpx.HTTPError as exc:
             raise Retriable(f"Schema Registry unreachable: {type(exc).__name__}") from exc
-        if response.status_code == 404 and _registry_code(response) in _NOT_FOUND:
+        status, body = response.status_code, _json(content)
+        code = body.get("error_code") if isinstance(body, dict) else None
+        if status == 404 and code in _NOT_FOUND:
             raise InvalidRecord("unknown_schema_id", "decode", f"schema id {schema_id} not found")
-        if response.status_code == 404:
+        if status == 404:
             # A proxy's page, or a URL that misses the registry's path: nothing about the id.
             raise Retriable(
                 "Schema Registry answered 404 without saying the schema is unknown "
                 "(check SCHEMA_REGISTRY_URL, including any path before /schemas)"
             )
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             raise Retriable(
-                f"Schema Registry refused the credentials ({response.status_code}): "
+                f"Schema Registry refused the credentials ({status}): "
                 "check SCHEMA_REGISTRY_USER_INFO"
             )
         if response.is_redirect:
             raise Retriable(
-                f"Schema Registry answered a redirect ({response.status_code}): "
+                f"Schema Registry answered a redirect ({status}): "
                 "set SCHEMA_REGISTRY_URL to where it points"
             )
-        if response.status_code != 200:
-            raise Retriable(f"Schema Registry answered {response.status_code}")
-        try:
-            body = response.json()
-        except (ValueError, RecursionError):
-            body = None
+        if status != 200:
+            raise Retriable(f"Schema Registry answered {status}")
         if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
             kind = response.headers.get("content-type", "no content type")
             raise Retriable(f"Schema Registry answered 200 without a schema ({kind})")
         return body
 
+    def _read_bounded(self, response: httpx.Response) -> bytes:
+        """The answer's body, read within `REGISTRY_DEADLINE_S` and `MAX_ANSWER_BYTES`: the
+        client's timeout bounds each read, not the answer, and the ask runs on the loop's
+        thread."""
+        deadline = self._clock() + REGISTRY_DEADLINE_S
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise Retriable(f"Schema Registry answer larger than {MAX_ANSWER_BYTES} bytes")
+            if self._clock() > deadline:
+                raise Retriable(f"Schema Registry answer took longer than {REGISTRY_DEADLINE_S} s")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-def _registry_code(response: httpx.Response) -> Any:
+
+def _json(content: bytes) -> Any:
+    """The body as JSON; None if it is not JSON (a proxy's page, a cut answer)."""
     try:
-        body = response.json()
+        return json.loads(content)
     except (ValueError, RecursionError):
         return None
-    return body.get("error_code") if isinstance(body, dict) else None
 
 
 def _remember(cache: dict[int, Any], schema_id: int, value: Any) -> None:

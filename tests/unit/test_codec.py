@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import fastavro
@@ -19,7 +20,7 @@ from connector.core.codec import (
     encode_plain,
 )
 from connector.core.errors import InvalidRecord, Retriable
-from connector.kafka.registry import UNKNOWN_ID_RETRY_S, RegistryClient
+from connector.kafka.registry import REGISTRY_DEADLINE_S, UNKNOWN_ID_RETRY_S, RegistryClient
 from tests.events import event
 
 
@@ -351,3 +352,39 @@ def test_answers_a_human_must_act_on_are_retried_and_say_what_to_do(
     with pytest.raises(Retriable) as refused:
         registry(lambda request: answer).writer_schema(1)
     assert says in str(refused.value)
+
+
+class Dripping(httpx.SyncByteStream):
+    """An answer that never ends: a chunk at a time, the clock moving on by `step_s` each."""
+
+    def __init__(self, now: list[float], step_s: float, chunk: bytes) -> None:
+        self.now, self.step_s, self.chunk = now, step_s, chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            self.now[0] += self.step_s
+            yield self.chunk
+
+
+@pytest.mark.parametrize(
+    ("step_s", "chunk", "says"),
+    [(4.0, b" ", "took longer than"), (0.0, b" " * 65536, "larger than")],
+    ids=["a byte every 4 s (each read within its timeout)", "a body without end"],
+)
+def test_an_answer_that_never_ends_is_retriable_within_a_deadline(
+    step_s: float, chunk: bytes, says: str
+) -> None:
+    """The read timeout bounds each read, not the answer: a registry (or a proxy) dripping a
+    byte every few seconds held the loop thread for ever, and `/healthz` restarted the pod at
+    the same record; an endless body filled the memory."""
+    now = [0.0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Dripping(now, step_s, chunk))
+
+    client = RegistryClient(
+        httpx.Client(transport=httpx.MockTransport(handler)), "http://sr", clock=lambda: now[0]
+    )
+    with pytest.raises(Retriable, match=says):
+        client.writer_schema(1)
+    assert now[0] <= REGISTRY_DEADLINE_S + 4.0
