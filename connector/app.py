@@ -351,7 +351,10 @@ def _readiness(
         all_credentials(config) if check_credentials else (lambda: None),
         on_broker_ok=lambda: setattr(pipeline, "broker_down", False),
         on_tick=lag_updater(
-            admin, lambda: (pipeline.assigned, pipeline.committed()), metrics.consumer_lag
+            admin,
+            settings.kafka_group_id,
+            lambda: (pipeline.assigned, pipeline.committed()),
+            metrics.consumer_lag,
         ),
         credentials_ok=credentials,
         credentials_required=check_credentials,

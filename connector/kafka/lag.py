@@ -9,21 +9,26 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
-from confluent_kafka import TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from prometheus_client import Gauge
 
 log = structlog.get_logger("connector.lag")
 
-Positions = Callable[[], tuple[list[tuple[str, int]], dict[tuple[str, int], int]]]
+TP = tuple[str, int]
+Positions = Callable[[], tuple[list[TP], dict[TP, int]]]
 
 
 def lag_updater(
-    admin: AdminClient, positions: Positions, gauge: Gauge, timeout_s: float = 5.0
+    admin: AdminClient, group_id: str, positions: Positions, gauge: Gauge, timeout_s: float = 5.0
 ) -> Callable[[], None]:
     """A function that sets `gauge{topic, partition}` to end offset minus committed position for
-    every assigned partition, and drops the partitions no longer assigned."""
-    shown: set[tuple[str, int]] = set()
+    every assigned partition, and drops the partitions no longer assigned. Until this process
+    commits a partition, its committed position is the group's, asked of the broker once (after
+    a restart a caught-up partition has no lag, not its end offset); a group without a commit
+    there reads it from the start (0)."""
+    shown: set[TP] = set()
+    group: dict[TP, int] = {}  # the group's committed offsets, for partitions not committed here
 
     def update() -> None:
         assigned, committed = positions()
@@ -36,11 +41,34 @@ def lag_updater(
             except Exception as exc:  # noqa: BLE001 - no answer: keep the last figures
                 log.debug("lag_unavailable", error=str(exc))
                 return
+            unknown = [tp for tp in assigned if tp not in committed and tp not in group]
+            if unknown:
+                group.update(_group_offsets(admin, group_id, unknown, timeout_s))
             for tp, end in ends.items():
-                gauge.labels(tp[0], str(tp[1])).set(max(0, end - committed.get(tp, 0)))
+                start = committed.get(tp, group.get(tp))
+                if start is not None:  # else no figure rather than a wrong one: asked next turn
+                    gauge.labels(tp[0], str(tp[1])).set(max(0, end - start))
         for tp in shown - set(assigned):
             gauge.remove(tp[0], str(tp[1]))
+            group.pop(tp, None)  # assigned again later, another member may have committed
         shown.clear()
         shown.update(assigned)
 
     return update
+
+
+def _group_offsets(
+    admin: AdminClient, group_id: str, partitions: list[TP], timeout_s: float
+) -> dict[TP, int]:
+    """The group's committed offset of each partition (0 where it has none); empty if the
+    broker did not answer."""
+    request = [
+        ConsumerGroupTopicPartitions(group_id, [TopicPartition(t, p) for t, p in partitions])
+    ]
+    try:
+        futures = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)
+        answered = futures[group_id].result().topic_partitions or []
+    except Exception as exc:  # noqa: BLE001 - no answer: no figure this turn
+        log.debug("group_offsets_unavailable", error=str(exc))
+        return {}
+    return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in answered if tp.error is None}
