@@ -36,6 +36,8 @@ DLQ_HEADER_ROOM = 64 * 1024
 _DROP_ORDER = ("value", "headers", "key")
 # How long `send` waits for a full producer queue to drain, per attempt.
 _QUEUE_FULL_WAIT_S = 0.1
+# How long a letter waits for room in a full queue before the topic counts as unwritable.
+QUEUE_FULL_TIMEOUT_S = 30.0
 # How long a record sent again on its own may take to be confirmed before the next goes.
 _ALONE_FLUSH_S = 10.0
 
@@ -157,9 +159,14 @@ class DeadLetters(TopicWriter):
     WHAT = "dead-letter topic"
 
     def __init__(
-        self, producer: Producer, topic: str, max_message_bytes: int | None = None
+        self,
+        producer: Producer,
+        topic: str,
+        max_message_bytes: int | None = None,
+        queue_full_timeout_s: float = QUEUE_FULL_TIMEOUT_S,
     ) -> None:
         super().__init__(producer, topic)
+        self._queue_full_timeout_s = queue_full_timeout_s
         self._delivered: list[tuple[RawRecord, str]] = []
         # Known ahead, a record too large is sent without its value at once; either way the
         # producer's and the broker's refusals are handled.
@@ -176,6 +183,7 @@ class DeadLetters(TopicWriter):
         self._produce(letter)
 
     def _produce(self, letter: _Letter) -> None:
+        give_up_at = time.monotonic() + self._queue_full_timeout_s
         while True:
             message = letter.message()
             fits = self._max_bytes is None or (
@@ -188,6 +196,14 @@ class DeadLetters(TopicWriter):
             except BufferError:
                 # The producer's queue is full: what it holds must reach the broker first.
                 self._producer.poll(_QUEUE_FULL_WAIT_S)
+                if self.failure is not None or time.monotonic() > give_up_at:
+                    # A refused letter, or a broker that takes nothing: the loop must not wait
+                    # here until the messages time out (minutes; /healthz fails after one).
+                    waited = (
+                        f"the producer's queue stayed full for {self._queue_full_timeout_s:g} s"
+                    )
+                    self._fail(KafkaError(KafkaError._QUEUE_FULL, waited))
+                    return
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or not letter.smaller():
                     self._fail(exc.args[0])

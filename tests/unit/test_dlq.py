@@ -4,6 +4,7 @@ with a header that says so. A producer that is merely full waits; any other fail
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -187,3 +188,35 @@ def test_every_record_reaches_the_dead_letter_topic_exactly_once(
     assert delivered == ["oversized_value"]
     (message,) = producer.delivered
     assert headers_of(message)["omnisend.dlq.reason"] == b"oversized_value"
+
+
+class Unwritable:
+    """A producer whose queue stays full: the broker takes nothing (the topic unreachable), so
+    nothing leaves the queue until librdkafka's message timeout, minutes later."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def produce(self, topic: str, **message: Any) -> None:
+        raise BufferError("Local: Queue full")
+
+    def poll(self, timeout: float = 0) -> int:
+        self.polls += 1
+        time.sleep(min(timeout, 0.01))
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 1
+
+
+def test_a_queue_that_stays_full_is_a_failure_not_a_loop_that_blocks_the_pipeline() -> None:
+    """The loop thread waited in `produce` for as long as the queue stayed full (up to
+    `message.timeout.ms`, five minutes): `/healthz` failed after one and the pod was killed
+    instead of stopping with exit 5 and a message."""
+    letters = DeadLetters(Unwritable(), "t.dlq", queue_full_timeout_s=0.2)
+    started = time.monotonic()
+    letters.send(raw(b"v"), "malformed_avro", "decode", "bad", "ValueError")
+    assert time.monotonic() - started < 5
+    assert letters.failure is not None
+    assert "queue" in str(letters.failure)
+    assert letters.pending == 0
