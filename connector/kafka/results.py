@@ -123,9 +123,15 @@ class Results(TopicWriter):
         profile_id = value.get("profile_id")
         # Text no UTF-8 holds (a lone surrogate an answer escaped) is written as its escape,
         # never raised: the same record would stop the loop again on every restart.
-        key = (
-            profile_id.encode("utf-8", "backslashreplace") if isinstance(profile_id, str) else None
-        )
+        # Never null (a compacted topic refuses it): the profile, else the record's own key (a
+        # record never decoded), else its position.
+        if isinstance(profile_id, str):
+            key = profile_id.encode("utf-8", "backslashreplace")
+        elif record.key is not None:
+            key = record.key
+        else:
+            position = record.position
+            key = f"{position.topic}/{position.partition}/{position.offset}".encode()
         rendered = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         text = rendered.encode("utf-8", "backslashreplace")
         self.pending += 1

@@ -240,3 +240,16 @@ def test_a_record_some_export_synced_is_done_whatever_fate_comes_last() -> None:
     assert [(r["outcome"], r["exports"], r["contact_id"]) for r in results] == [
         ("done", ["a", "b"], "65f0")
     ] * 3
+
+
+def test_a_result_always_has_a_key_so_a_compacted_results_topic_takes_it() -> None:
+    """Keyed by the profile; a record never decoded has none, so its own key, else its
+    position. A null key is refused by a compacted topic (INVALID_RECORD): exit 5, and the
+    same record again after every restart."""
+    producer = MemoryProducer(1 << 20)
+    results = Results(producer, RESULTS)
+    keyless = RawRecord(Position(TOPIC, 2, 9), None, b"\x00garbage", [], 0)
+    for record in (raw(), keyless):
+        results.send(record, result_value(record, "dead_lettered", "malformed_avro", None, 0.0))
+    results.flush(1.0)
+    assert [m["key"] for m in producer.delivered] == [b"p-1", f"{TOPIC}/2/9".encode()]
