@@ -17,6 +17,9 @@ Check = Callable[[], tuple[bool, dict[str, Any]]]
 # A client that connects and sends nothing (or half a request) is let go after this long: each
 # holds a thread and a socket until then. Probes and scrapes send their request at once.
 CLIENT_TIMEOUT_S = 5.0
+# Clients served at once; more are closed at once (each holds a thread and a descriptor, which
+# the pod also needs for its connections to Kafka and Omnisend).
+MAX_CLIENTS = 32
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -51,6 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64  # the listen backlog: past it a connecting probe waits a SYN retry
 
     def __init__(
         self,
@@ -59,10 +63,28 @@ class _Server(ThreadingHTTPServer):
         health: Check,
         ready: Check,
         client_timeout: float,
+        max_clients: int,
     ) -> None:
         super().__init__(address, _Handler)
         self.registry, self.health, self.ready = registry, health, ready
         self.client_timeout = client_timeout
+        self._slots = threading.BoundedSemaphore(max_clients)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: closed, no thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class HealthServer:
@@ -74,9 +96,12 @@ class HealthServer:
         host: str,
         port: int,
         client_timeout_s: float = CLIENT_TIMEOUT_S,
+        max_clients: int = MAX_CLIENTS,
     ) -> None:
         try:
-            self._server = _Server((host, port), registry, health, ready, client_timeout_s)
+            self._server = _Server(
+                (host, port), registry, health, ready, client_timeout_s, max_clients
+            )
         except OSError as exc:
             raise ConfigError(
                 f"METRICS_PORT {port} on {host or '*'}: {exc.strerror or exc} "

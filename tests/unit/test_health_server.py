@@ -4,6 +4,7 @@ and with them the connections to Kafka and Omnisend)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -30,6 +31,41 @@ def test_a_client_that_never_sends_is_disconnected_and_its_thread_ends() -> None
             time.sleep(0.05)
         assert threading.active_count() <= before
         # And it still answers.
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.0 200")
+    finally:
+        server.close()
+
+
+def test_connections_beyond_the_cap_are_closed_at_once_and_the_port_answers_after() -> None:
+    """However many clients connect, at most `max_clients` hold a thread; the rest are closed
+    at once (each would hold a thread and a descriptor: enough of them and the pod cannot
+    open sockets to Kafka or Omnisend)."""
+    ok: tuple[bool, dict[str, object]] = (True, {})
+    server = HealthServer(
+        CollectorRegistry(),
+        lambda: ok,
+        lambda: ok,
+        "127.0.0.1",
+        0,
+        client_timeout_s=1.0,
+        max_clients=4,
+    ).start()
+    try:
+        before = threading.active_count()
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]
+        time.sleep(0.3)
+        assert threading.active_count() <= before + 4
+        closed_at_once = 0
+        for client in silent:
+            client.settimeout(0.05)
+            with contextlib.suppress(TimeoutError):  # one of the four held, until its timeout
+                closed_at_once += client.recv(1) == b""
+        assert closed_at_once >= 26
+        for client in silent:
+            client.close()
+        time.sleep(1.5)  # the held ones time out
         with socket.create_connection(("127.0.0.1", server.port)) as client:
             client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
             assert client.recv(100).startswith(b"HTTP/1.0 200")
