@@ -66,6 +66,33 @@ class RawRecord:
         self.size = (0 if value is None else len(value)) + (0 if key is None else len(key))
 
 
+def records_of(messages: list[Any]) -> tuple[list[RawRecord], list[Any]]:
+    """The records of a batch of consumed messages (confluent-kafka's `Message`), and the
+    messages that are error events. Here rather than beside the consumer: it runs for every
+    record, and this module is compiled in the image's build."""
+    records: list[RawRecord] = []
+    errors: list[Any] = []
+    for message in messages:
+        if message.error() is not None:
+            errors.append(message)
+            continue
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
+            continue  # only error events lack them
+        records.append(
+            RawRecord(
+                Position(topic, partition, offset),
+                message.key(),
+                message.value(),
+                # A new list of (name, bytes | None), or None (most records: then the shared
+                # empty tuple, not an empty list per record).
+                message.headers() or (),
+                message.timestamp()[1],
+            )
+        )
+    return records, errors
+
+
 @dataclass(slots=True, init=False)
 class SegmentChange:
     """A decoded `SegmentMembershipChange` event."""

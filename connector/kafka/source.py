@@ -17,7 +17,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from connector.core.errors import Retriable
-from connector.core.events import Position, RawRecord
+from connector.core.events import RawRecord, records_of
 
 log = structlog.get_logger("connector.kafka")
 
@@ -90,26 +90,11 @@ def _pairs(partitions: list[TopicPartition]) -> list[TP]:
     return [(p.topic, p.partition) for p in partitions]
 
 
-def record_of(message: Message) -> RawRecord | None:
-    """The record of a consumed message; None for an error event (logged, except the end of a
-    partition, which is not an error)."""
+def _log_error(message: Message) -> None:
+    """An error event of the consumer: logged, except the end of a partition (not an error)."""
     error = message.error()
-    if error is not None:
-        if error.code() != KafkaError._PARTITION_EOF:
-            log.warning("consume_error", error=error.str())
-        return None
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    if topic is None or partition is None or offset is None:
-        return None  # only error events lack them
-    return RawRecord(
-        Position(topic, partition, offset),
-        message.key(),
-        message.value(),
-        # A consumed message's headers: a new list of (name, bytes | None), or None (most
-        # records: then the shared empty tuple, not an empty list per record).
-        message.headers() or (),  # type: ignore[arg-type]
-        message.timestamp()[1],
-    )
+    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+        log.warning("consume_error", error=error.str())
 
 
 class KafkaSource:
@@ -136,11 +121,9 @@ class KafkaSource:
         self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
-        records = []
-        for message in self._consumer.consume(max_records, timeout_s):
-            record = record_of(message)
-            if record is not None:
-                records.append(record)
+        records, errors = records_of(self._consumer.consume(max_records, timeout_s))
+        for message in errors:
+            _log_error(message)
         return records
 
     def pause(self, partitions: Sequence[TP]) -> None:

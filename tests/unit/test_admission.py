@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from connector.core.admission import Admission, Verdict
 from connector.core.codec import PlainAvroDecoder, encode_plain
 from connector.core.errors import InvalidRecord
-from connector.core.events import Position, RawRecord
+from connector.core.events import Position, RawRecord, records_of
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
 from tests.events import event
@@ -95,3 +95,60 @@ def test_a_duplicate_is_an_event_admitted_before_and_a_rebalance_forgets(
         else:
             assert verdict.skipped is None
             admitted.add(email)
+
+
+class Message:
+    """A consumed message as confluent-kafka gives it: accessors, an error for error events."""
+
+    def __init__(
+        self,
+        offset: int | None,
+        error: object = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+        key: bytes | None = b"k",
+    ) -> None:
+        self._offset, self._error, self._headers, self._key = offset, error, headers, key
+
+    def error(self) -> object:
+        return self._error
+
+    def topic(self) -> str | None:
+        return None if self._offset is None else "t"
+
+    def partition(self) -> int | None:
+        return None if self._offset is None else 3
+
+    def offset(self) -> int | None:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return None if self._offset is None else b"v%d" % self._offset
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_790_000_000_000)
+
+
+def test_consumed_messages_become_records_and_error_events_are_set_apart() -> None:
+    eof, broken = Message(None, error="partition EOF"), Message(None, error="broker down")
+    messages = [
+        Message(5, headers=[("trace", b"abc"), ("empty", None)]),
+        eof,
+        Message(6, key=None),
+        Message(None),  # no position and no error: nothing to keep
+        broken,
+    ]
+    records, errors = records_of(messages)
+    assert errors == [eof, broken]
+    assert [r.position for r in records] == [Position("t", 3, 5), Position("t", 3, 6)]
+    assert [r.key for r in records] == [b"k", None]
+    assert [r.value for r in records] == [b"v5", b"v6"]
+    assert list(records[0].headers) == [("trace", b"abc"), ("empty", None)]
+    assert list(records[1].headers) == []  # none: the shared empty tuple
+    assert [r.timestamp_ms for r in records] == [1_790_000_000_000] * 2
+    assert [r.size for r in records] == [3, 2]
