@@ -319,8 +319,10 @@ class Pipeline:
 
     @property
     def registry_error(self) -> str | None:
-        """What the Schema Registry answered while records wait for it; None when none do."""
-        return self._intake.registry_error if self._intake.held else None
+        """What the Schema Registry answered while records wait for it; None when none do.
+        Not read from `held`: that is empty while the held records are asked for again, which
+        against an unreachable registry is most of the time."""
+        return self._intake.registry_error
 
     @property
     def assignment_seen(self) -> bool:

@@ -404,6 +404,14 @@ def test_while_records_wait_for_the_registry_the_pipeline_says_why_and_every_ret
     `/readyz` to show. Now each failed retry is logged and the pipeline names what the
     registry answered until the records decode."""
     registry = Down(outage=3)
+    during_asks: list[str | None] = []  # what /readyz would read while the registry is asked
+    handle = registry.handle
+
+    def asked(request: httpx.Request) -> httpx.Response:
+        during_asks.append(pipeline.registry_error)
+        return handle(request)
+
+    registry.handle = asked  # type: ignore[method-assign]
     pipeline, _ = registry_pipeline(registry, count=5, retry_s=0.01)
     seen: list[str | None] = []
 
@@ -420,6 +428,9 @@ def test_while_records_wait_for_the_registry_the_pipeline_says_why_and_every_ret
     retries = [e for e in logs if e["event"] == "schema_registry_unavailable"]
     assert len(retries) == 3  # the first ask and both failed retries
     assert [e["event"] for e in logs].count("schema_registry_recovered") == 1
+    # Asked again (the held records are out of their list meanwhile), still not ready.
+    assert during_asks[0] is None
+    assert all(error is not None for error in during_asks[1:4])
 
 
 def test_records_held_for_the_registry_count_towards_the_dead_letter_limit_once_decided() -> None:
