@@ -6,6 +6,7 @@ when lag matters, so the end offsets are asked of the broker (ListOffsets) inste
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import structlog
@@ -16,22 +17,36 @@ from prometheus_client import Gauge
 log = structlog.get_logger("connector.lag")
 
 TP = tuple[str, int]
+# The group's committed offsets of partitions not committed here are asked again after this.
+GROUP_OFFSETS_MAX_AGE_S = 60.0
 Positions = Callable[[], tuple[list[TP], dict[TP, int]]]
 
 
 def lag_updater(
-    admin: AdminClient, group_id: str, positions: Positions, gauge: Gauge, timeout_s: float = 5.0
+    admin: AdminClient,
+    group_id: str,
+    positions: Positions,
+    gauge: Gauge,
+    timeout_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[], None]:
     """A function that sets `gauge{topic, partition}` to end offset minus committed position for
     every assigned partition, and drops the partitions no longer assigned. Until this process
-    commits a partition, its committed position is the group's, asked of the broker once (after
-    a restart a caught-up partition has no lag, not its end offset); a group without a commit
-    there reads it from the start (0)."""
-    shown: set[TP] = set()
+    commits a partition, its committed position is the group's, asked of the broker (after a
+    restart a caught-up partition has no lag, not its end offset; asked again after a minute,
+    and after this process's own commits were forgotten in a rebalance); a group without a
+    commit there reads it from the start (0)."""
+    shown: set[TP] = set()  # partitions with a figure
     group: dict[TP, int] = {}  # the group's committed offsets, for partitions not committed here
+    asked_at = [0.0]
 
     def update() -> None:
         assigned, committed = positions()
+        for tp in committed:
+            group.pop(tp, None)  # this process's own figure wins; once forgotten, ask again
+        if clock() - asked_at[0] > GROUP_OFFSETS_MAX_AGE_S:
+            group.clear()  # another member may have committed meanwhile
+        figures: set[TP] = set()
         if assigned:
             latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
             specs = {TopicPartition(t, p): latest for t, p in assigned}
@@ -44,15 +59,16 @@ def lag_updater(
             unknown = [tp for tp in assigned if tp not in committed and tp not in group]
             if unknown:
                 group.update(_group_offsets(admin, group_id, unknown, timeout_s))
+                asked_at[0] = clock()
             for tp, end in ends.items():
                 start = committed.get(tp, group.get(tp))
                 if start is not None:  # else no figure rather than a wrong one: asked next turn
                     gauge.labels(tp[0], str(tp[1])).set(max(0, end - start))
-        for tp in shown - set(assigned):
+                    figures.add(tp)
+        for tp in shown - figures - set(assigned):
             gauge.remove(tp[0], str(tp[1]))
-            group.pop(tp, None)  # assigned again later, another member may have committed
-        shown.clear()
-        shown.update(assigned)
+        shown.difference_update(shown - set(assigned))
+        shown.update(figures)
 
     return update
 

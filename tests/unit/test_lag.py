@@ -80,3 +80,45 @@ def test_without_the_groups_offsets_a_partition_keeps_no_figure_rather_than_a_wr
     admin.fail = False
     update()
     assert lags(gauge) == {0: 0}
+
+
+def test_after_a_rebalance_the_groups_offsets_are_asked_again() -> None:
+    """A partition revoked and assigned again (within one tick, as an eager rebalance does)
+    forgets this process's commits; the group's offset read at start-up is stale by then."""
+    gauge = Gauge("lag", "lag", ["topic", "partition"], registry=CollectorRegistry())
+    admin = Admin(ends={0: 1_000}, group={})
+    mine: dict[tuple[str, int], int] = {}
+    assigned = [(TOPIC, 0)]
+    update = lag_updater(admin, "connector", lambda: (assigned, mine), gauge)  # type: ignore[arg-type]
+    update()
+    assert lags(gauge) == {0: 1_000}  # a new group, nothing committed: from the start
+    mine[(TOPIC, 0)] = 1_000  # caught up, committed here (and so in the group)
+    admin.group[0] = 1_000
+    update()
+    assert lags(gauge) == {0: 0}
+    mine.clear()  # revoked and assigned again between two ticks: the commits are forgotten
+    update()
+    assert lags(gauge) == {0: 0}  # not 1,000 of phantom lag
+
+
+def test_the_groups_offsets_are_asked_again_after_a_minute() -> None:
+    """A partition this process never commits (idle) keeps the group's offset only a minute:
+    another member may have committed it meanwhile (a rebalance there and back)."""
+    gauge = Gauge("lag", "lag", ["topic", "partition"], registry=CollectorRegistry())
+    admin = Admin(ends={0: 100}, group={0: 40})
+    now = [1_000.0]
+    update = lag_updater(
+        admin,  # type: ignore[arg-type]
+        "connector",
+        lambda: ([(TOPIC, 0)], {}),
+        gauge,
+        clock=lambda: now[0],
+    )
+    update()
+    admin.group[0] = 100
+    now[0] += 30
+    update()
+    assert (lags(gauge), admin.group_asks) == ({0: 60}, 1)
+    now[0] += 31
+    update()
+    assert (lags(gauge), admin.group_asks) == ({0: 0}, 2)
