@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 import structlog
 
@@ -17,6 +19,8 @@ from connector.core.errors import Fatal
 from connector.omnisend.credentials import verify_all
 
 log = structlog.get_logger("connector.readiness")
+
+T = TypeVar("T")
 
 # Without a credential verdict yet, the longest wait before asking again.
 NO_VERDICT_MAX_S = 60.0
@@ -88,16 +92,18 @@ class Readiness:
         next_credentials = time.monotonic() + self._credential_interval if checked else 0.0
         silent = 0  # checks in a row without a verdict
         while not self._stop.is_set():
-            try:
-                self.broker_ok = self._broker_check()
-                if self.broker_ok:
-                    self._on_broker_ok()
-                    self._on_tick()
-                if time.monotonic() >= next_credentials:
-                    next_credentials, silent = self._check_credentials(silent)
-            except Exception:  # one turn failing must not end the checks
-                # Else `/readyz` would keep its last answer for ever. Asked again next turn.
-                log.exception("readiness_check_failed")
+            # Each check on its own: one that raises (a CA bundle gone, no thread for the
+            # resolver) must neither end the thread nor keep the others from running.
+            self.broker_ok = _guarded("broker", self._broker_check)
+            if self.broker_ok:
+                _guarded("broker_ok", self._on_broker_ok)
+                _guarded("tick", self._on_tick)
+            if time.monotonic() >= next_credentials:
+                asked = _guarded("credentials", partial(self._check_credentials, silent))
+                if asked is None:  # raised: ask again next turn
+                    next_credentials = time.monotonic() + self._broker_interval
+                else:
+                    next_credentials, silent = asked
             self._stop.wait(self._broker_interval)
 
     def _check_credentials(self, silent: int) -> tuple[float, int]:
@@ -111,6 +117,15 @@ class Readiness:
             waited = min(NO_VERDICT_MAX_S, self._broker_interval * 2**silent)
             return time.monotonic() + waited, silent + 1
         return time.monotonic() + self._credential_interval, 0
+
+
+def _guarded(check: str, run: Callable[[], T]) -> T | None:
+    """`run()`, or None (logged) if it raised."""
+    try:
+        return run()
+    except Exception:
+        log.exception("readiness_check_failed", check=check)
+        return None
 
 
 def broker_reachable(admin: object, topic: str) -> Callable[[], bool]:

@@ -86,3 +86,31 @@ def test_a_check_that_raises_does_not_end_the_checks() -> None:
         assert until(lambda: readiness.credentials_ok is False and len(broker_checks) > 5)
     finally:
         readiness.stop()
+
+
+def test_each_check_is_guarded_on_its_own() -> None:
+    """The lag update failing on every turn must not keep the credentials from being checked;
+    a broker check that raises says nothing of the broker (None), not its last answer."""
+    broker_answers = iter([True])
+
+    def broker() -> bool:
+        answer = next(broker_answers, None)
+        if answer is None:
+            raise RuntimeError("no thread for the resolver")
+        return answer
+
+    def lag() -> None:
+        raise KeyError("a label never set")
+
+    readiness = Readiness(
+        broker,
+        lambda: True,
+        broker_interval_s=0.01,
+        credential_interval_s=0.01,
+        on_tick=lag,
+        credentials_required=True,
+    ).start()
+    try:
+        assert until(lambda: readiness.credentials_ok is True and readiness.broker_ok is None)
+    finally:
+        readiness.stop()
