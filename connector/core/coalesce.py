@@ -32,6 +32,7 @@ from connector.core.events import ContactChange
 from connector.core.ghosts import Ghosts
 from connector.core.intents import (
     Group,
+    Key,
     Outcome,
     Part,
     TagIntent,
@@ -241,6 +242,16 @@ class Coalescer:
 
     def tags_accepted(self, intents: list[TagIntent], now: float) -> None:
         self.tagging.accepted(intents, now)
+
+    def holds(self, now: float) -> dict[Key, tuple[bool, float]]:
+        """What a coalescer that replaces this one must still wait for (see `carry_holds`)."""
+        return self.tagging.holds(now)
+
+    def carry_holds(self, holds: dict[Key, tuple[bool, float]]) -> None:
+        """Replacing a coalescer (a rebalance) forgets what it knew of Omnisend's contacts, but
+        not the waits it owed: an opposite tag call still waits `settle_s` after an earlier call
+        that was accepted, or in flight when it was cancelled."""
+        self.tagging.carry_holds(holds)
 
     def tags_retry(self, intents: list[TagIntent], now: float, maybe_applied: bool = False) -> None:
         self.tagging.retry(intents, now, maybe_applied)

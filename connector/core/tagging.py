@@ -181,6 +181,23 @@ class TagQueue:
             self._accepted.pop(intent.key, None)
             self._accepted[intent.key] = (intent.add, now)
 
+    def holds(self, now: float) -> dict[Key, tuple[bool, float]]:
+        """The waits an opposite call owes, to carry into a new queue (a rebalance): each call
+        accepted within `settle_s`, and each in flight, as if accepted `now` (its request is
+        cancelled, but Omnisend may have taken it). Oldest first."""
+        if self.settle_s <= 0:
+            return {}
+        held = {k: v for k, v in self._accepted.items() if v[1] + self.settle_s > now}
+        for key, intent in self.in_flight.items():
+            held.pop(key, None)
+            held[key] = (intent.add, now)
+        return held
+
+    def carry_holds(self, holds: dict[Key, tuple[bool, float]]) -> None:
+        """Owe the waits of an earlier queue (`holds`), before any call of this one."""
+        for key, hold in holds.items():
+            self._accepted[key] = hold
+
     def retry(self, intents: list[TagIntent], now: float, maybe_applied: bool = False) -> None:
         """A tag call failed transiently: its intents wait again (a newer one absorbs them).
         `maybe_applied`: its answer was lost, so Omnisend may have accepted it; counted as

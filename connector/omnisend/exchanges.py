@@ -34,10 +34,14 @@ class SyncState:
     def __init__(self, new_coalescer: Callable[[], Coalescer], tracker: TrackerConfig) -> None:
         self._new_coalescer = new_coalescer
         self._tracker = tracker
-        self.reset()
+        self.coalescer = new_coalescer()
+        self.reset(0.0)
 
-    def reset(self) -> None:
+    def reset(self, now: float) -> None:
+        """Start afresh at `now`, owing only the waits of opposite tag calls."""
+        holds = self.coalescer.holds(now)
         self.coalescer = self._new_coalescer()
+        self.coalescer.carry_holds(holds)
         self.batches = BatchTracker(self._tracker)
         self.splits: deque[list[UpsertIntent]] = deque()
         self.tag_splits: deque[tuple[bool, str, list[TagIntent]]] = deque()

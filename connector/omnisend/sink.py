@@ -304,7 +304,7 @@ class OmnisendSink:
         # What this process knows of Omnisend's contacts goes too: while the partitions are
         # elsewhere, another member may write the same contacts, and a stale "already has
         # these fields" would skip a needed upsert (found by the rebalance test).
-        self._state.reset()
+        self._state.reset(self.clock.now())  # the tag calls' waits are carried over
         self.metrics.batches_in_flight.labels(self.connection).set(0)
         # Requests in flight belong to the old epoch: their answers must not reach the new
         # coalescer and tracker. Cancelled, they never do (an answer already in hand too: a

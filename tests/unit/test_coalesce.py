@@ -464,3 +464,27 @@ def test_ready_counts_say_what_a_take_would_take_now() -> None:
     assert c.tags_sendable((True, "t"), 250, now=15) == (2, 10)
     assert c.tags_sendable((True, "t"), 1, now=15) == (1, 15)  # c0 first, in arrival order
     assert len(c.take_tags((True, "t"), 250, now=14)) == 1
+
+
+def test_a_rebalance_keeps_the_wait_of_opposite_calls() -> None:
+    """A rebalance starts a new coalescer (what this process knew of Omnisend's contacts may
+    be stale), but an add accepted just before, or in flight when its request was cancelled,
+    may still be queued in Omnisend: a removal of the same key right after the rebalance
+    must wait `settle_s` as it would have without one, or the add may land last."""
+    old = Coalescer(settle_s=5.0)
+    old.add(change(0, "a@x.io", "s", True, 1), 0)
+    old.add(change(1, "b@x.io", "s", True, 1), 0)
+    for intent in old.take_upserts(100):
+        old.upsert_accepted(intent.email, 0)
+    accepted, cancelled = old.take_tags((True, "s"), 1, 0), old.take_tags((True, "s"), 1, 0)
+    old.tags_accepted(accepted, now=10)
+    assert [i.email for i in cancelled] == ["b@x.io"]  # still in flight at the rebalance
+    new = Coalescer(settle_s=5.0)
+    new.carry_holds(old.holds(now=11))
+    new.add(change(2, "a@x.io", "s", False, 2), now=12)
+    new.add(change(3, "b@x.io", "s", False, 2), now=12)
+    assert new.take_tags((False, "s"), 250, now=14.9) == []
+    assert [i.email for i in new.take_tags((False, "s"), 250, now=15)] == ["a@x.io"]
+    assert [i.email for i in new.take_tags((False, "s"), 250, now=16)] == ["b@x.io"]
+    # A settled call is not carried; one in flight is, as if accepted at the rebalance.
+    assert set(old.holds(now=100)) == {("b@x.io", "s")}

@@ -594,3 +594,23 @@ def test_a_tag_call_refused_as_a_whole_costs_only_its_guilty_email() -> None:
         assert metric(sink, "omnisend_tag_calls_split_total") >= 1
     finally:
         sink.stop()
+
+
+def test_after_a_reset_an_opposite_tag_call_still_waits_for_the_earlier_to_settle() -> None:
+    """A rebalance between an accepted add and the removal of the same tag: Omnisend applies
+    tag calls asynchronously, so the removal must still wait `settle_s` after the add."""
+    sim = simulator()
+    scripted = Scripted(sim)
+    sink = fast_sink(scripted, settle_s=1.0)
+    try:
+        sink.submit([change(0, "a@example.com", at=1_000)])
+        assert len(wait_outcomes(sink, 1)) == 1
+        sink.reset()
+        sink.submit([change(1, "a@example.com", entered=False, at=2_000)])
+        assert len(wait_outcomes(sink, 1)) == 1
+        calls = [(t, m) for t, m, p, _ in scripted.log if p == "/contacts/tags"]
+        (added, _), (removed, _) = calls
+        assert [m for _, m in calls] == ["POST", "DELETE"]
+        assert removed - added >= 0.9
+    finally:
+        sink.stop()
