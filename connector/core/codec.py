@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any, Protocol
 
 import fastavro
+from fastavro import _read_py  # the Python reader: see `_read`
 from fastavro.read import SchemaResolutionError
 
 from connector.core.errors import InvalidRecord
@@ -62,11 +63,21 @@ class Decoder(Protocol):
         """Decode one value; raises `InvalidRecord` (to the DLQ) or `Retriable`."""
 
 
-def _read(value: bytes, offset: int, writer: Any, reader: Any | None) -> dict[str, Any]:
+def _read(
+    value: bytes, offset: int, writer: Any, reader: Any | None, recursive: bool = False
+) -> dict[str, Any]:
     buf = io.BytesIO(value)
     buf.seek(offset)
+    # fastavro's compiled reader recurses natively without a limit: with a recursive writer,
+    # a 20 kB record nested 20,000 deep crashed the process. Its Python reader stops at the
+    # interpreter's recursion limit instead (RecursionError); slower, so only for those.
+    read = _read_py.schemaless_reader if recursive else fastavro.schemaless_reader
     try:
-        record = fastavro.schemaless_reader(buf, writer, reader, return_record_name=False)
+        record = read(buf, writer, reader, return_record_name=False)
+    except RecursionError:
+        raise InvalidRecord(
+            "malformed_avro", "decode", "a recursive type nested deeper than can be decoded"
+        ) from None
     except SchemaResolutionError as exc:
         raise InvalidRecord("schema_incompatible", "decode", str(exc)) from exc
     except _DECODE_ERRORS as exc:
@@ -109,6 +120,7 @@ class ConfluentDecoder:
     def __init__(self, schemas: SchemaSource) -> None:
         self._schemas = schemas
         self._reader = _raw_reader()
+        self._recursive: dict[int, bool] = {}  # schema id -> its writer has a recursive type
 
     def decode(self, value: bytes) -> SegmentChange:
         if len(value) < 5 or value[0] != 0:
@@ -119,7 +131,53 @@ class ConfluentDecoder:
             )
         (schema_id,) = struct.unpack_from(">I", value, 1)
         writer = self._schemas.writer_schema(schema_id)
-        return _to_change(_read(value, 5, writer, self._reader))
+        recursive = self._recursive.get(schema_id)
+        if recursive is None:
+            recursive = self._recursive[schema_id] = is_recursive(writer)
+        return _to_change(_read(value, 5, writer, self._reader, recursive))
+
+
+def is_recursive(parsed: Any) -> bool:
+    """Whether a parsed schema has a record that contains itself (directly, or through named
+    types, its references' included)."""
+    named = parsed.get("__named_schemas") if isinstance(parsed, dict) else None
+    try:
+        return _recursive(parsed, named if isinstance(named, dict) else {}, (), set())
+    except RecursionError:
+        return True  # too deep to walk: read it the careful way
+
+
+def _recursive(
+    schema: Any, named: dict[str, Any], within: tuple[str, ...], clean: set[str]
+) -> bool:
+    """`clean`: named types already walked and found free of it, walked once however often
+    they are used."""
+    if isinstance(schema, str):
+        if schema in within:
+            return True
+        return schema not in clean and _recursive(named.get(schema), named, within, clean)
+    if isinstance(schema, dict) and schema.get("type") in ("record", "error"):
+        name = str(schema.get("name"))
+        inside = (*within, name)
+        if any(_recursive(f.get("type"), named, inside, clean) for f in schema["fields"]):
+            return True
+        clean.add(name)
+        return False
+    return any(_recursive(inner, named, within, clean) for inner in _inner(schema))
+
+
+def _inner(schema: Any) -> list[Any]:
+    """The schemas directly inside a union, an array, a map or a wrapped type."""
+    if isinstance(schema, list):
+        return schema
+    if not isinstance(schema, dict):
+        return []
+    kind = schema.get("type")
+    if kind == "array":
+        return [schema.get("items")]
+    if kind == "map":
+        return [schema.get("values")]
+    return [kind] if isinstance(kind, dict | list) else []
 
 
 def encode_plain(record: dict[str, Any]) -> bytes:

@@ -193,47 +193,4 @@ def _parse_avro(schema_id: int, answer: dict[str, Any], named: dict[str, Any]) -
     # shapes; whatever it raises, this schema cannot be read.
     except Exception as exc:  # noqa: BLE001
         raise _unsupported(schema_id, f"not a usable Avro schema ({type(exc).__name__})") from None
-    try:
-        recursive = _recursive(parsed, named, (), set())
-    except RecursionError:
-        raise _unsupported(schema_id, "types nested too deeply") from None
-    if recursive:
-        # fastavro's reader recurses natively, without a limit: a record nesting such a type
-        # deeply enough (20,000 levels, 20 kB) crashes the process. Segment events need none.
-        raise _unsupported(schema_id, "a recursive type (a record that contains itself)")
     return parsed
-
-
-def _recursive(
-    schema: Any, named: dict[str, Any], within: tuple[str, ...], clean: set[str]
-) -> bool:
-    """Whether a parsed schema reaches a record from inside itself (directly, or through
-    the named types of its references). `clean`: named types already walked and found free
-    of it, walked once however often they are used."""
-    if isinstance(schema, str):
-        found = named.get(schema)
-        if schema in within:
-            return True
-        return schema not in clean and _recursive(found, named, within, clean)
-    if isinstance(schema, dict) and schema.get("type") in ("record", "error"):
-        name = str(schema.get("name"))
-        inside = (*within, name)
-        if any(_recursive(f.get("type"), named, inside, clean) for f in schema["fields"]):
-            return True
-        clean.add(name)
-        return False
-    return any(_recursive(inner, named, within, clean) for inner in _inner(schema))
-
-
-def _inner(schema: Any) -> list[Any]:
-    """The schemas directly inside a union, an array, a map or a wrapped type."""
-    if isinstance(schema, list):
-        return schema
-    if not isinstance(schema, dict):
-        return []
-    kind = schema.get("type")
-    if kind == "array":
-        return [schema.get("items")]
-    if kind == "map":
-        return [schema.get("values")]
-    return [kind] if isinstance(kind, dict | list) else []

@@ -300,36 +300,51 @@ def test_a_404_that_is_not_the_registrys_answer_about_the_id_is_retriable(
         registry(lambda request: answer).writer_schema(1)
 
 
-def test_a_recursive_writer_schema_is_refused_before_any_record_is_decoded() -> None:
-    """fastavro's reader recurses natively: a record nesting a recursive type 20,000 deep
-    crashed the process (a segmentation fault, then the same record again on every restart).
-    The events have no use for recursion, so such a schema is `unsupported_schema`."""
-    node = {
-        "type": "record",
-        "name": "Node",
-        "fields": [{"name": "next", "type": ["null", "Node"], "default": None}],
-    }
-    recursive = copy.deepcopy(bundled_schema_json())
-    recursive["fields"].append({"name": "extra", "type": ["null", node], "default": None})
-    answer = {"schema": json.dumps(recursive)}
-    client = registry(lambda request: httpx.Response(200, json=answer))
-    with pytest.raises(InvalidRecord, match="unsupported_schema") as refused:
-        client.writer_schema(7)
-    assert "recursive" in str(refused.value.detail)
-    # Through a reference too: the referenced type names itself.
-    referenced = {"schema": json.dumps(node), "subject": "node", "version": 1}
-    with_reference = copy.deepcopy(bundled_schema_json())
-    with_reference["fields"].append({"name": "extra", "type": ["null", "Node"], "default": None})
-    answers = {
-        "/schemas/ids/8": {
-            "schema": json.dumps(with_reference),
-            "references": [{"name": "Node", "subject": "node", "version": 1}],
-        },
-        "/subjects/node/versions/1": referenced,
-    }
+NODE: dict[str, Any] = {
+    "type": "record",
+    "name": "Node",
+    "namespace": "common",
+    "fields": [{"name": "next", "type": ["null", "Node"], "default": None}],
+}
+
+
+def nested(depth: int) -> dict[str, Any] | None:
+    node: dict[str, Any] | None = None
+    for _ in range(depth):
+        node = {"next": node}
+    return node
+
+
+@pytest.mark.parametrize("through_a_reference", [False, True], ids=["inline", "a reference"])
+def test_a_recursive_writer_decodes_and_a_record_nested_too_deep_is_dead_lettered(
+    through_a_reference: bool,
+) -> None:
+    """fastavro's compiled reader recurses natively without a limit: a record nesting a
+    recursive type 20,000 deep (20 kB) crashed the process with a segmentation fault, then
+    again on every restart. Writers with a recursive type are read by its Python reader,
+    which stops at Python's recursion limit: that record alone is dead-lettered."""
+    writer = copy.deepcopy(bundled_schema_json())
+    extra = "common.Node" if through_a_reference else NODE
+    writer["fields"].append({"name": "extra", "type": ["null", extra], "default": None})
+    answers: dict[str, dict[str, Any]] = {"/schemas/ids/7": {"schema": json.dumps(writer)}}
+    if through_a_reference:
+        reference = {"name": "common.Node", "subject": "n", "version": 1}
+        answers["/schemas/ids/7"]["references"] = [reference]
+        answers["/subjects/n/versions/1"] = {"schema": json.dumps(NODE)}
     client = registry(lambda request: httpx.Response(200, json=answers[request.url.path]))
-    with pytest.raises(InvalidRecord, match="unsupported_schema"):
-        client.writer_schema(8)
+    decoder = ConfluentDecoder(client)
+    named: dict[str, Any] = {}
+    fastavro.parse_schema(NODE, named_schemas=named)
+    parsed = fastavro.parse_schema(writer, named_schemas=named)
+    one = event("a@x.io")
+    shallow = encode_confluent({**one, "extra": nested(3)}, 7, parsed)
+    assert decoder.decode(shallow).event_id == one["event_id"]
+    deep = encode_confluent({**one, "extra": None}, 7, parsed)
+    # The same record with `extra` nested 20,000 deep: a union branch and a `next` per level.
+    deep = deep[:-1] + b"\x02" + b"\x02" * 20_000 + b"\x00"
+    with pytest.raises(InvalidRecord, match="malformed_avro") as refused:
+        decoder.decode(deep)
+    assert "nested" in str(refused.value.detail)
 
 
 @pytest.mark.parametrize(
