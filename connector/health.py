@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,12 +25,34 @@ CLIENT_TIMEOUT_S = 5.0
 MAX_CLIENTS = 32
 
 
+class _Deadline(io.RawIOBase):
+    """A socket read only until `deadline` (monotonic): each read waits at most what is left."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock, self._deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.client_timeout)  # every read and write
+        # The whole request within the timeout, not each read: a client dripping a byte at a
+        # time would pass any per-read timeout. One request per connection (HTTP/1.0).
+        deadline = time.monotonic() + self.server.client_timeout
+        self.connection.settimeout(self.server.client_timeout)  # the answer's writes too
+        self.rfile = io.BufferedReader(_Deadline(self.connection, deadline))
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -55,6 +80,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64  # the listen backlog: past it a connecting probe waits a SYN retry
+    block_on_close = False  # closing never waits for a client (each ends at its deadline)
 
     def __init__(
         self,

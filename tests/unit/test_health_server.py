@@ -71,3 +71,32 @@ def test_connections_beyond_the_cap_are_closed_at_once_and_the_port_answers_afte
             assert client.recv(100).startswith(b"HTTP/1.0 200")
     finally:
         server.close()
+
+
+def test_a_client_that_drips_its_request_is_let_go_at_the_deadline() -> None:
+    """The timeout bounds the whole request, not each read: a byte every 0.2 s would pass
+    any per-read timeout and, with 32 such clients, hold every slot for ever."""
+    ok: tuple[bool, dict[str, object]] = (True, {})
+    server = HealthServer(
+        CollectorRegistry(), lambda: ok, lambda: ok, "127.0.0.1", 0, client_timeout_s=1.0
+    ).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            started = time.monotonic()
+            closed = False
+            for byte in b"GET /healthz HTTP/1.0\r\nX-Slow: " + b"a" * 100:
+                try:
+                    client.sendall(bytes([byte]))
+                except OSError:  # reset: the server closed it
+                    closed = True
+                    break
+                time.sleep(0.2)
+                client.settimeout(0.001)
+                with contextlib.suppress(TimeoutError):
+                    if client.recv(1) == b"":
+                        closed = True
+                        break
+            assert closed
+            assert time.monotonic() - started < 2.5
+    finally:
+        server.close()
