@@ -376,7 +376,9 @@ def _health(
         ok = readiness.broker_ok is not False and readiness.credentials_ready
         ok = ok and not pipeline.broker_down and pipeline.fatal is None
         ok = ok and pipeline.assignment_seen  # the group has answered (an empty answer counts)
-        registry_error = pipeline.registry_error  # records wait for the Schema Registry
+        # What the registry answered while records wait for it (not whether the held list
+        # is empty: it is while they are asked for again, most of an outage).
+        registry_error = pipeline.intake.registry_error
         ok = ok and registry_error is None
         detail: dict[str, Any] = {
             "assignment_received": pipeline.assignment_seen,

@@ -122,7 +122,7 @@ class Pipeline:
         )
         self._ledger = self.fates.ledger
         self._partitions = Partitions(source, config.topic, metrics, clock)
-        self._intake = Intake(
+        self.intake = Intake(
             IntakeConfig(config.registry_retry_s, config.dlq_max_invalid_share),
             Admission(
                 decoder, router, config.max_value_bytes, config.dedupe_cache_size, config.select
@@ -177,7 +177,7 @@ class Pipeline:
             self.broker_down = False
         if self.fatal is None:  # else stop at once: what is not processed is not committed
             try:
-                self._sink.submit(self._intake.take(records))
+                self._sink.submit(self.intake.take(records))
             except OffsetsWentBack as exc:
                 self.stop_for(exc, ExitCode.FAILED)
             self._check_limit()
@@ -227,8 +227,8 @@ class Pipeline:
             log.error("fatal", error=str(fatal), exit_code=exit_code)
 
     def _check_limit(self) -> None:
-        if self._intake.limit_reached is not None:
-            self.stop_for(self._intake.limit_reached, ExitCode.DLQ_LIMIT)
+        if self.intake.limit_reached is not None:
+            self.stop_for(self.intake.limit_reached, ExitCode.DLQ_LIMIT)
 
     def _check_fatal(self) -> None:
         written = self.fates.failure
@@ -256,7 +256,7 @@ class Pipeline:
         if (full or self._sink.saturated()) and not paused:
             self._partitions.pause(True)
             log.debug("backpressure_on", in_flight_records=records, in_flight_bytes=size)
-        elif paused and drained and not self._intake.held and not self._sink.saturated(RESUME_AT):
+        elif paused and drained and not self.intake.held and not self._sink.saturated(RESUME_AT):
             self._partitions.pause(False)
             log.debug("backpressure_off", in_flight_records=records, in_flight_bytes=size)
         self._metrics.in_flight_records.set(records)
@@ -304,7 +304,7 @@ class Pipeline:
     def _forget(self) -> None:
         self._sink.reset()
         self.fates.forget()
-        self._intake.forget()
+        self.intake.forget()
         self._partitions.forget()
 
     # ---- what the app, probes and tests read ---------------------------------------------------
@@ -316,13 +316,6 @@ class Pipeline:
     @property
     def assigned(self) -> list[tuple[str, int]]:
         return list(self._partitions.assigned)
-
-    @property
-    def registry_error(self) -> str | None:
-        """What the Schema Registry answered while records wait for it; None when none do.
-        Not read from `held`: that is empty while the held records are asked for again, which
-        against an unreachable registry is most of the time."""
-        return self._intake.registry_error
 
     @property
     def assignment_seen(self) -> bool:

@@ -408,7 +408,7 @@ def test_while_records_wait_for_the_registry_the_pipeline_says_why_and_every_ret
     handle = registry.handle
 
     def asked(request: httpx.Request) -> httpx.Response:
-        during_asks.append(pipeline.registry_error)
+        during_asks.append(pipeline.intake.registry_error)
         return handle(request)
 
     registry.handle = asked  # type: ignore[method-assign]
@@ -416,7 +416,7 @@ def test_while_records_wait_for_the_registry_the_pipeline_says_why_and_every_ret
     seen: list[str | None] = []
 
     def watch(p: Pipeline) -> bool:
-        seen.append(p.registry_error)
+        seen.append(p.intake.registry_error)
         return p.stats["dead_lettered"] == 5  # the registry knows no schema once it is back
 
     with capture_logs() as logs:
