@@ -51,10 +51,10 @@ class _Handler(BaseHTTPRequestHandler):
         # The whole request within the timeout, not each read: a client dripping a byte at a
         # time would pass any per-read timeout. One request per connection (HTTP/1.0).
         deadline = time.monotonic() + self.server.client_timeout
-        self.connection.settimeout(self.server.client_timeout)  # the answer's writes too
         self.rfile = io.BufferedReader(_Deadline(self.connection, deadline))
 
     def do_GET(self) -> None:
+        self.connection.settimeout(self.server.client_timeout)  # the answer's, after the reads
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)

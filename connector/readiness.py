@@ -94,7 +94,7 @@ class Readiness:
         while not self._stop.is_set():
             # Each check on its own: one that raises (a CA bundle gone, no thread for the
             # resolver) must neither end the thread nor keep the others from running.
-            self.broker_ok = _guarded("broker", self._broker_check)
+            self.broker_ok = _guarded("broker", self._broker_check) is True  # raised: unconfirmed
             if self.broker_ok:
                 _guarded("broker_ok", self._on_broker_ok)
                 _guarded("tick", self._on_tick)

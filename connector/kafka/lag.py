@@ -42,8 +42,10 @@ def lag_updater(
 
     def update() -> None:
         assigned, committed = positions()
-        for tp in committed:
-            group.pop(tp, None)  # this process's own figure wins; once forgotten, ask again
+        for tp in [*committed, *(set(group) - set(assigned))]:
+            # This process's own figure wins (once forgotten, ask again); a partition that went
+            # elsewhere may be committed there before it comes back.
+            group.pop(tp, None)
         if clock() - asked_at[0] > GROUP_OFFSETS_MAX_AGE_S:
             group.clear()  # another member may have committed meanwhile
         figures: set[TP] = set()

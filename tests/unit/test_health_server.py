@@ -97,6 +97,6 @@ def test_a_client_that_drips_its_request_is_let_go_at_the_deadline() -> None:
                         closed = True
                         break
             assert closed
-            assert time.monotonic() - started < 2.5
+            assert time.monotonic() - started < 5  # sending it all would take 25 s
     finally:
         server.close()

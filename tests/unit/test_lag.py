@@ -122,3 +122,17 @@ def test_the_groups_offsets_are_asked_again_after_a_minute() -> None:
     now[0] += 31
     update()
     assert (lags(gauge), admin.group_asks) == ({0: 0}, 2)
+
+
+def test_a_partition_that_went_elsewhere_is_asked_again_when_it_comes_back() -> None:
+    gauge = Gauge("lag", "lag", ["topic", "partition"], registry=CollectorRegistry())
+    admin = Admin(ends={0: 100}, group={0: 40})
+    assigned = [(TOPIC, 0)]
+    update = lag_updater(admin, "connector", lambda: (assigned, {}), gauge)  # type: ignore[arg-type]
+    update()
+    assigned.clear()  # to another member, which commits it
+    update()
+    admin.group[0] = 100
+    assigned.append((TOPIC, 0))  # back, within the minute
+    update()
+    assert lags(gauge) == {0: 0}
