@@ -126,6 +126,9 @@ def test_probes_ports_and_secret_match_the_connector(base: list[Doc]) -> None:
     assert volumes[name]["secret"]["items"] == [{"key": "api-key", "path": key_file.name}]
     service = find(base, "Service")
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    # Scraped while not ready too (a broker or registry outage, refused credentials): the
+    # metrics that say why, and the alerts on them, are needed most then.
+    assert service["spec"]["publishNotReadyAddresses"] is True
     monitor = find(base, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
 
