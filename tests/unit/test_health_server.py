@@ -14,6 +14,13 @@ from prometheus_client import CollectorRegistry
 from connector.health import HealthServer
 
 
+def healthz(port: int) -> bytes:
+    """The start of the answer to a well-behaved probe."""
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        return client.recv(100)
+
+
 def test_a_client_that_never_sends_is_disconnected_and_its_thread_ends() -> None:
     ok: tuple[bool, dict[str, object]] = (True, {})
     server = HealthServer(
@@ -30,10 +37,7 @@ def test_a_client_that_never_sends_is_disconnected_and_its_thread_ends() -> None
         while threading.active_count() > before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert threading.active_count() <= before
-        # And it still answers.
-        with socket.create_connection(("127.0.0.1", server.port)) as client:
-            client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            assert client.recv(100).startswith(b"HTTP/1.0 200")
+        assert healthz(server.port).startswith(b"HTTP/1.0 200")  # and it still answers
     finally:
         server.close()
 
@@ -66,9 +70,7 @@ def test_connections_beyond_the_cap_are_closed_at_once_and_the_port_answers_afte
         for client in silent:
             client.close()
         time.sleep(1.5)  # the held ones time out
-        with socket.create_connection(("127.0.0.1", server.port)) as client:
-            client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            assert client.recv(100).startswith(b"HTTP/1.0 200")
+        assert healthz(server.port).startswith(b"HTTP/1.0 200")
     finally:
         server.close()
 
