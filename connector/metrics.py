@@ -37,7 +37,7 @@ class Metrics:
         )
         self.events_skipped = Counter(
             "events_skipped",
-            "Records that needed no Omnisend call: duplicate, superseded, tombstone.",
+            "Records that needed no Omnisend call: " + ", ".join(SKIP_REASONS) + ".",
             ["connection", "reason"],
             namespace=ns,
             registry=r,

@@ -289,11 +289,19 @@ patches:
       - op: add
         path: /metadata/labels/release
         value: kube-prometheus-stack
+  - target:
+      kind: PrometheusRule
+      name: omnisend-connector
+    patch: |-
+      - op: add
+        path: /metadata/labels/release
+        value: kube-prometheus-stack
 """
 
 
 def test_an_overlay_can_label_the_service_monitor_for_its_prometheus(tmp_path: Path) -> None:
-    """The README's snippet: kube-prometheus-stack selects ServiceMonitors by `release`."""
+    """The README's snippet: kube-prometheus-stack selects ServiceMonitors and
+    PrometheusRules by `release`."""
     readme = (ROOT / "README.md").read_text()
     snippet = SERVICE_MONITOR_OVERLAY.format(base="../../base")
     assert snippet in readme
@@ -303,6 +311,8 @@ def test_an_overlay_can_label_the_service_monitor_for_its_prometheus(tmp_path: P
     (overlay / "kustomization.yaml").write_text(SERVICE_MONITOR_OVERLAY.format(base=base))
     docs = build(overlay)
     assert find(docs, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # Its rule selector needs the same label, or no alert is loaded.
+    assert find(docs, "PrometheusRule")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert "release" not in find(docs, "Deployment")["metadata"]["labels"]
 
 
