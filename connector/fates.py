@@ -65,7 +65,10 @@ class Fates:
         # (once per turn of the loop, not once per record: a label look-up costs more than the
         # rest of a skip).
         self._consumed: dict[str, int] = {}
-        self._skipped: dict[str, int] = {}
+        self._skipped: dict[tuple[str, str], int] = {}  # (connection, reason) -> records
+        # The connection of each dead letter on its way, where a sink decided it (else the
+        # metrics' default: decided before routing, it belongs to none).
+        self._letter_connection: dict[Position, str] = {}
         # Told each record's fate (`done`, `skipped`, `dead_lettered`) as it is decided, before
         # its result is sent or its offset released: the tests check one fate per record here.
         self.observe: Callable[[RawRecord, str], None] | None = None
@@ -108,15 +111,18 @@ class Fates:
         if about is not None and not isinstance(fate, Skipped):
             about.contact_id = fate.contact_id
         if isinstance(fate, Failed):
+            if outcome.connection:
+                self._letter_connection[raw.position] = outcome.connection
             self.dead_letter(raw, fate.reason, "omnisend", fate.detail, "Rejected", fate.email)
         elif isinstance(fate, Skipped):
-            self.skip(raw.position, fate.reason)
+            self.skip(raw.position, fate.reason, outcome.connection)
         else:
             self.stats["done"] += 1
             self._finish(raw, DONE)
 
-    def skip(self, position: Position, why: str) -> None:
-        self._skipped[why] = self._skipped.get(why, 0) + 1
+    def skip(self, position: Position, why: str, connection: str = "") -> None:
+        key = (connection or self.config.connection, why)
+        self._skipped[key] = self._skipped.get(key, 0) + 1
         self.stats["skipped"] += 1
         raw = self.ledger.get(position)
         if raw is not None:
@@ -148,9 +154,10 @@ class Fates:
         self._dlq.send(raw, reason, stage, detail, error_class)
 
     def _dead_lettered(self, raw: RawRecord, reason: str) -> None:
+        connection = self._letter_connection.pop(raw.position, self.config.connection)
         if not self.ledger.dead_lettered(raw):
             return  # revoked meanwhile (and perhaps consumed again since)
-        self._metrics.dlq_records.labels(self.config.connection, reason).inc()
+        self._metrics.dlq_records.labels(connection, reason).inc()
         self.stats["dead_lettered"] += 1
         self._finish(raw, DEAD_LETTERED, reason)
 
@@ -189,8 +196,8 @@ class Fates:
                 self._metrics.events_consumed.labels(topic).inc(count)
             self._consumed.clear()
         if self._skipped:
-            skipped, connection = self._metrics.events_skipped, self.config.connection
-            for why, count in self._skipped.items():
+            skipped = self._metrics.events_skipped
+            for (connection, why), count in self._skipped.items():
                 skipped.labels(connection, why).inc(count)
             self._skipped.clear()
 
@@ -230,3 +237,4 @@ class Fates:
         """A rebalance: nothing in flight is ours any more."""
         self.ledger.forget()
         self._about.clear()
+        self._letter_connection.clear()

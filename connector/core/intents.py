@@ -44,6 +44,8 @@ class Outcome:
     skipped: Final[str | None]  # why it needed no call: "superseded"
     email: Final[str]  # of a failed record, for its log line's keyed hash
     contact_id: Final[str | None]  # Omnisend's id of the contact, where its answer named it
+    # The connection whose sink decided it, named by the sinks of several ("": the only one).
+    connection: str
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class Outcome:
         self.skipped = skipped
         self.email = email
         self.contact_id = contact_id
+        self.connection = ""
 
 
 @dataclass(slots=True, init=False)

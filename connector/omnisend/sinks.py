@@ -45,7 +45,16 @@ class Sinks:
         self._loop.call(lambda: [sink.poke_now() for sink in touched])
 
     def take_outcomes(self) -> list[Outcome]:
-        return [o for sink in self.by_connection.values() for o in sink.take_outcomes()]
+        """What the sinks decided; with several, each outcome names its connection (for the
+        metrics of its dead letters and skips)."""
+        if len(self.by_connection) == 1:
+            return next(iter(self.by_connection.values())).take_outcomes()
+        taken: list[Outcome] = []
+        for name, sink in self.by_connection.items():
+            for outcome in sink.take_outcomes():
+                outcome.connection = name
+                taken.append(outcome)
+        return taken
 
     def saturated(self, fraction: float = 1.0) -> bool:
         """Any connection has all the unsent work it can use: reading more would only pile up

@@ -19,6 +19,7 @@ from connector.kafka.dlq import DeadLetters
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline
+from connector.simulator.config import Faults
 from tests.defaults import pipeline_config
 from tests.events import event
 from tests.fake_kafka import MemoryProducer, MemorySource
@@ -193,3 +194,52 @@ def test_offsets_that_go_back_without_a_rebalance_stop_the_loop_and_say_why() ->
     assert code == ExitCode.FAILED
     assert "went back" in str(pipeline.fatal)
     assert any(line["event"] == "fatal" for line in lines)
+
+
+def test_with_several_connections_dead_letters_and_skips_name_the_connection_they_came_from() -> (
+    None
+):
+    """Counted under `connection="all"` they were invisible on the dashboard of the brand that
+    refused the records (its series stayed at zero). Only what is decided before routing (a
+    decode error, a duplicate, no export) belongs to no connection."""
+    eu = simulator(faults=Faults(refused_emails=frozenset({"refused@x.io"})))
+    events = [
+        event("refused@x.io", segment_id="seg-eu", occurred_at=999_000),
+        event("fine@x.io", segment_id="seg-us", occurred_at=999_000),
+        # An exit older than the entry: nothing to do, superseded.
+        event("fine@x.io", change="EXITED", segment_id="seg-us", occurred_at=998_000),
+        event("nobody@x.io", segment_id="seg-none", occurred_at=999_000),  # no export
+    ]
+    records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+        (0, f"k{i}".encode(), encode_plain(e), []) for i, e in enumerate(events)
+    ]
+    registry = CollectorRegistry()
+    pipeline = Pipeline(
+        pipeline_config(TOPIC, shutdown_timeout_s=5, connection="all"),
+        MemorySource.of(TOPIC, records),
+        PlainAvroDecoder(),
+        Router(
+            (
+                Export("eu", "eu", Mapping(), frozenset({"seg-eu"})),
+                Export("us", "us", Mapping(), frozenset({"seg-us"})),
+            )
+        ),
+        Sinks({"eu": fast_sink(Scripted(eu)), "us": fast_sink(Scripted(simulator()))}),
+        DeadLetters(MemoryProducer(1 << 20), f"{TOPIC}.dlq", 1 << 20),
+        Metrics(registry),
+        ManualClock(1_000.0),
+    )
+
+    def until(p: Pipeline) -> bool:
+        return p.stats["consumed"] == len(events) and not len(p.fates.ledger)
+
+    pipeline.run(threading.Event(), until=until)
+
+    def sample(name: str, connection: str, reason: str) -> float | None:
+        labels = {"connection": connection, "reason": reason}
+        return registry.get_sample_value(f"omnisend_connector_{name}_total", labels)
+
+    assert sample("dlq_records", "eu", "rejected_by_omnisend") == 1
+    assert not sample("dlq_records", "all", "rejected_by_omnisend")
+    assert sample("events_skipped", "us", "superseded") == 1
+    assert sample("events_skipped", "all", "no_export") == 1
