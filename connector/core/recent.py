@@ -119,9 +119,10 @@ class IntTable:
     def _grow(self) -> None:
         # A bounded table quadruples (its bound caps what that costs): each growth moves every
         # entry, which was about half of the work while a table filled.
-        size = 2 * self.capacity if self.max_capacity is None else 4 * self.capacity
-        if self.max_capacity is not None:
-            size = min(size, self.max_capacity)
+        if self.max_capacity is None:
+            size = 2 * self.capacity
+        else:
+            size = min(4 * self.capacity, self.max_capacity)
         if size <= self.capacity:
             raise OverflowError(f"an IntTable of {self.capacity} slots is full")
         width, old_keys, old_values = self.width, self.keys, self.values

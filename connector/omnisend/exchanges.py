@@ -16,7 +16,7 @@ import structlog
 from connector.core.clock import Clock
 from connector.core.coalesce import Coalescer
 from connector.core.errors import Retriable
-from connector.core.intents import TagIntent, UpsertIntent
+from connector.core.intents import Key, TagIntent, UpsertIntent
 from connector.metrics import Metrics
 from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
 from connector.omnisend.batches import LIST_POLL_LIMIT, BatchTracker, InFlightBatch, TrackerConfig
@@ -34,12 +34,13 @@ class SyncState:
     def __init__(self, new_coalescer: Callable[[], Coalescer], tracker: TrackerConfig) -> None:
         self._new_coalescer = new_coalescer
         self._tracker = tracker
-        self.coalescer = new_coalescer()
-        self.reset(0.0)
+        self._start({})
 
     def reset(self, now: float) -> None:
         """Start afresh at `now`, owing only the waits of opposite tag calls."""
-        holds = self.coalescer.holds(now)
+        self._start(self.coalescer.holds(now))
+
+    def _start(self, holds: dict[Key, tuple[bool, float]]) -> None:
         self.coalescer = self._new_coalescer()
         self.coalescer.carry_holds(holds)
         self.batches = BatchTracker(self._tracker)
