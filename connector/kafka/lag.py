@@ -42,7 +42,8 @@ def lag_updater(
 
     def update() -> None:
         assigned, committed = positions()
-        for tp in [*committed, *(set(group) - set(assigned))]:
+        mine = set(assigned)
+        for tp in [*committed, *(set(group) - mine)]:
             # This process's own figure wins (once forgotten, ask again); a partition that went
             # elsewhere may be committed there before it comes back.
             group.pop(tp, None)
@@ -67,9 +68,9 @@ def lag_updater(
                 if start is not None:  # else no figure rather than a wrong one: asked next turn
                     gauge.labels(tp[0], str(tp[1])).set(max(0, end - start))
                     figures.add(tp)
-        for tp in shown - figures - set(assigned):
+        for tp in shown - mine:
             gauge.remove(tp[0], str(tp[1]))
-        shown.difference_update(shown - set(assigned))
+        shown.intersection_update(mine)
         shown.update(figures)
 
     return update

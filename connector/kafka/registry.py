@@ -188,9 +188,8 @@ def _parse_avro(schema_id: int, answer: dict[str, Any], named: dict[str, Any]) -
     except (ValueError, RecursionError):
         raise _unsupported(schema_id, "the schema is not JSON, so not Avro") from None
     try:
-        parsed = fastavro.parse_schema(strip_logical_types(schema), named_schemas=named)
+        return fastavro.parse_schema(strip_logical_types(schema), named_schemas=named)
     # fastavro raises its own SchemaParseException and UnknownType, and plain errors on odd
     # shapes; whatever it raises, this schema cannot be read.
     except Exception as exc:  # noqa: BLE001
         raise _unsupported(schema_id, f"not a usable Avro schema ({type(exc).__name__})") from None
-    return parsed
