@@ -80,9 +80,17 @@ class Intake:
 
     def _accept(self, raw: RawRecord, now_ms: int) -> Changes:
         self._fates.admit(raw)
-        changes = self._prepare(raw, now_ms)
-        if not self.held or self.held[-1] is not raw:  # a held record is judged once decided
-            self._judge(raw)
+        try:
+            changes = self._validated(raw, now_ms)
+        except InvalidRecord as exc:
+            self._invalid(raw, exc)
+            changes = []
+        except Retriable as exc:
+            self.held.append(raw)
+            self._hold(exc)
+            self._partitions.pause(True)
+            return []  # judged once decided
+        self._judge(raw)
         return changes
 
     def _judge(self, raw: RawRecord) -> None:
@@ -97,17 +105,6 @@ class Intake:
                 "into the dead-letter queue; check the producer upstream"
             )
             log.error("dlq_limit_reached", share=round(invalid.share(), 3), window=len(invalid))
-
-    def _prepare(self, raw: RawRecord, now_ms: int) -> Changes:
-        try:
-            return self._validated(raw, now_ms)
-        except InvalidRecord as exc:
-            self._invalid(raw, exc)
-        except Retriable as exc:
-            self.held.append(raw)
-            self._hold(exc)
-            self._partitions.pause(True)
-        return []
 
     def _hold(self, exc: Retriable) -> None:
         """The registry gave no usable answer: the held records wait `registry_retry_s`."""

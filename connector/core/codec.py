@@ -120,7 +120,8 @@ class ConfluentDecoder:
     def __init__(self, schemas: SchemaSource) -> None:
         self._schemas = schemas
         self._reader = _raw_reader()
-        self._recursive: dict[int, bool] = {}  # schema id -> its writer has a recursive type
+        # Schema id -> its writer, and whether that has a recursive type (ids are immutable).
+        self._writers: dict[int, tuple[Any, bool]] = {}
 
     def decode(self, value: bytes) -> SegmentChange:
         if len(value) < 5 or value[0] != 0:
@@ -130,11 +131,11 @@ class ConfluentDecoder:
                 "value does not start with magic byte 0 and a schema id",
             )
         (schema_id,) = struct.unpack_from(">I", value, 1)
-        writer = self._schemas.writer_schema(schema_id)
-        recursive = self._recursive.get(schema_id)
-        if recursive is None:
-            recursive = self._recursive[schema_id] = is_recursive(writer)
-        return _to_change(_read(value, 5, writer, self._reader, recursive))
+        known = self._writers.get(schema_id)
+        if known is None:
+            writer = self._schemas.writer_schema(schema_id)
+            known = self._writers[schema_id] = (writer, is_recursive(writer))
+        return _to_change(_read(value, 5, known[0], self._reader, known[1]))
 
 
 def is_recursive(parsed: Any) -> bool:

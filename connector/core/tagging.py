@@ -195,8 +195,7 @@ class TagQueue:
 
     def carry_holds(self, holds: dict[Key, tuple[bool, float]]) -> None:
         """Owe the waits of an earlier queue (`holds`), before any call of this one."""
-        for key, hold in holds.items():
-            self._accepted[key] = hold
+        self._accepted.update(holds)
 
     def retry(self, intents: list[TagIntent], now: float, maybe_applied: bool = False) -> None:
         """A tag call failed transiently: its intents wait again (a newer one absorbs them).

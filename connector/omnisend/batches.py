@@ -196,7 +196,6 @@ class BatchTracker:
         self,
         batch: InFlightBatch,
         now: float,
-        not_before: float = 0.0,
         listed: bool = False,
         refused: bool = False,
     ) -> None:
@@ -215,7 +214,7 @@ class BatchTracker:
         delay = min(delay, cap) * (0.5 + random.random())  # jittered: reads spread out
         if batch.ghost is not None:
             delay = max(delay, config.stuck_poll_s)
-        batch.next_poll_at = max(now + max(delay, config.tick_s), not_before)
+        batch.next_poll_at = now + max(delay, config.tick_s)
 
     def _learn_duration(self, status: BatchStatus, observed_s: float) -> None:
         # An exponentially weighted mean of how long batches take, so the first poll of the
@@ -257,9 +256,6 @@ class BatchTracker:
     def finish(self, batch: InFlightBatch) -> None:
         self.live.pop(batch.batch_id, None)
         self.stuck.pop(batch.batch_id, None)
-
-    def tracked(self, batch: InFlightBatch) -> bool:
-        return self.knows(batch.batch_id)
 
     def knows(self, batch_id: str) -> bool:
         """A batch of this id is live or watched."""

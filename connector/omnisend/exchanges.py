@@ -135,7 +135,7 @@ class Exchanges:
         now = self._clock.now()
         by_id = {status.batch_id: status for status in listed}
         for batch in batches:
-            if self._state.batches.tracked(batch):
+            if self._state.batches.knows(batch.batch_id):
                 # Not on the newest page (other integrations created many batches since, or
                 # its entry did not parse): read by its id from now on.
                 self._on_status(batch, by_id.get(batch.batch_id), now)
@@ -156,7 +156,7 @@ class Exchanges:
         except (Retriable, Rejected) as exc:
             self._read_failed([batch], exc)
             return
-        if not self._state.batches.tracked(batch):
+        if not self._state.batches.knows(batch.batch_id):
             return
         if items.status.batch_id != batch.batch_id:
             why = "the items of another batch"
