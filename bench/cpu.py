@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,6 @@ def _loaded_compiled() -> bool:
 def worker(argv: list[str]) -> None:
     """`python -m bench.cpu --worker KIND JSON`: one measured process; prints its figures."""
     kind, spec = argv[0], json.loads(argv[1])
-    if spec.get("cpus"):
-        os.sched_setaffinity(0, set(spec["cpus"]))
     quiet()
     if kind == "bare":
         result = bare(spec["bootstrap"], spec["topic"], spec["count"])
@@ -155,10 +154,18 @@ def worker(argv: list[str]) -> None:
     print(json.dumps(result))
 
 
-def measure(kind: str, spec: dict[str, Any], build: Path | None = None) -> dict[str, float]:
-    """In a process of its own; with `build`, run from there (a compiled copy of the package)."""
+def _pinned(cpus: Sequence[int]) -> list[str]:
+    """The command prefix that runs a process on `cpus` only (none: anywhere)."""
+    return ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+
+
+def measure(
+    kind: str, spec: dict[str, Any], build: Path | None = None, cpus: Sequence[int] = ()
+) -> dict[str, float]:
+    """In a process of its own (on `cpus`, if any); with `build`, run from there (a compiled
+    copy of the package)."""
     done = subprocess.run(  # noqa: S603 - this module, in a process of its own
-        [sys.executable, "-m", "bench.cpu", "--worker", kind, json.dumps(spec)],
+        [*_pinned(cpus), sys.executable, "-m", "bench.cpu", "--worker", kind, json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=3600,
@@ -202,8 +209,8 @@ def run_stream(
 ) -> Row:
     topic, ends = new_topic(broker, options)
     count = sum(ends.values())
-    bare_spec = {"bootstrap": broker.bootstrap, "topic": topic, "count": count, "cpus": cpus}
-    base = measure("bare", bare_spec)
+    bare_spec = {"bootstrap": broker.bootstrap, "topic": topic, "count": count}
+    base = measure("bare", bare_spec, cpus=cpus)
     env = connector_env(
         broker,
         topic,
@@ -212,12 +219,12 @@ def run_stream(
         TAG_RATE_LIMIT_PER_MINUTE="100000000",
     )
     httpx.post(f"{sim}/_sim/reset").raise_for_status()  # each run syncs into an empty brand
-    pure = measure("connector", {"env": env, "topic": topic, "ends": ends, "cpus": cpus})
+    pure = measure("connector", {"env": env, "topic": topic, "ends": ends}, cpus=cpus)
     assert not pure["compiled"], "the pure run loaded a compiled core"
     # The same topic again from the start, in a consumer group of its own.
     env = env | {"KAFKA_GROUP_ID": f"{env['KAFKA_GROUP_ID']}-compiled"}
     httpx.post(f"{sim}/_sim/reset").raise_for_status()
-    fast = measure("connector", {"env": env, "topic": topic, "ends": ends, "cpus": cpus}, build)
+    fast = measure("connector", {"env": env, "topic": topic, "ends": ends}, build, cpus)
     assert fast["compiled"], "the compiled run loaded the pure core"
     return Row(
         stream=name,
@@ -235,9 +242,8 @@ def reconcile_rate(broker: Broker, sim: str, count: int, cpus: list[int]) -> tup
     env = connector_env(broker, topic, sim)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
     subprocess.run(  # noqa: S603 - this interpreter, the connector's own command
-        [*pin, sys.executable, "-m", "connector.cli", "reconcile"],
+        [*_pinned(cpus), sys.executable, "-m", "connector.cli", "reconcile"],
         env=env | {"PATH": "/usr/bin:/bin"},
         capture_output=True,
         timeout=3600,

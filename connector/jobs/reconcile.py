@@ -267,9 +267,7 @@ class _Repairs:
     starts with the first change. A change of a contact the live connector changed since the
     span was read (`changed`) is dropped as it is handed over."""
 
-    def __init__(
-        self, make: Callable[[], OmnisendSink], changed: Callable[[str], bool] = lambda e: False
-    ) -> None:
+    def __init__(self, make: Callable[[], OmnisendSink], changed: Callable[[str], bool]) -> None:
         self._make = make
         self._changed = changed
         self.sink: OmnisendSink | None = None
