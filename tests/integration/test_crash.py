@@ -3,6 +3,7 @@ the state the event log describes, and every record is committed."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from connector.dev.broker import Broker
 from connector.kafka.clients import ensure_topic
 from connector.simulator import SimulatorConfig, SimulatorServer
-from tests.integration.conftest import connector_env, produce_events, storm
+from tests.integration.conftest import connector_env, produce_events, sim_stats, storm
 from tests.integration.processes import ConnectorProcess, committed_total
 from tests.workload import expected_state, wait_for_state, workload
 
@@ -54,6 +55,38 @@ MOMENTS: list[tuple[str, Callable[[Metrics], bool]]] = [
 ]
 
 
+def reach(
+    moment: Callable[[Metrics], bool], sim: SimulatorServer, env: dict[str, str], log: Path
+) -> None:
+    """Start a connector, bring it to `moment` and kill -9 it there."""
+    if moment is rate_limited:
+        # The storm is on before the process starts: a storm started after its first records
+        # could meet a process that had already sent the last of its work.
+        with storm(sim, "test-key"):
+            deadline = time.monotonic() + 60
+            while sim_stats(sim)["rateLimitedTotal"] == 0:
+                assert time.monotonic() < deadline, "the storm never spent the brand's budget"
+                time.sleep(0.05)
+            _kill_at(ConnectorProcess(env, log), moment)
+    elif moment is upserted_not_yet_tagged:
+        # Every answer a second late: the tag calls of the first contacts upserted are answered
+        # at least a second after them, a window no poll misses.
+        sim.simulator.set_faults({"latency_s": 1.0})
+        try:
+            _kill_at(ConnectorProcess(env, log), moment)
+        finally:
+            sim.simulator.set_faults({"latency_s": 0.0})
+    else:
+        _kill_at(ConnectorProcess(env, log), moment)
+
+
+def _kill_at(process: ConnectorProcess, moment: Callable[[Metrics], bool]) -> None:
+    try:
+        process.wait_for(moment)
+    finally:
+        process.kill()
+
+
 def test_kill_9_at_five_moments_loses_nothing(broker: Broker, tmp_path: Path) -> None:
     topic = f"crash-{tmp_path.name[-12:]}".replace("_", "-")
     ensure_topic(broker.bootstrap, {}, topic, PARTITIONS)
@@ -63,24 +96,7 @@ def test_kill_9_at_five_moments_loses_nothing(broker: Broker, tmp_path: Path) ->
         env = connector_env(broker, topic, sim, UPSERT_LINGER_S="0.3", TAG_LINGER_S="0.5")
         log = tmp_path / "connector.log"
         for name, moment in MOMENTS:
-            process = ConnectorProcess(env, log)
-            try:
-                if moment is rate_limited:
-                    process.wait_for(consumed)
-                    with storm(sim, "test-key"):
-                        process.wait_for(moment)
-                elif moment is upserted_not_yet_tagged:
-                    # Every answer a second late: the tag calls of the first contacts upserted
-                    # are answered at least a second after them, a window no poll misses.
-                    sim.simulator.set_faults({"latency_s": 1.0})
-                    try:
-                        process.wait_for(moment)
-                    finally:
-                        sim.simulator.set_faults({"latency_s": 0.0})
-                else:
-                    process.wait_for(moment)
-            finally:
-                process.kill()
+            reach(moment, sim, env, log)
             done = committed_total(broker.bootstrap, env["KAFKA_GROUP_ID"], topic, PARTITIONS)
             assert done < EVENTS, f"the sync was over before the kill {name}"
         process = ConnectorProcess(env, log)
