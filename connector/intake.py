@@ -1,7 +1,8 @@
 """Consumed records → the contact changes they make. Each record is admitted to the ledger and
 decided on: invalid ones go to the dead-letter topic (and count towards DLQ_MAX_INVALID_SHARE),
 skipped ones are said why, and those that wait for an unreachable Schema Registry are held,
-with the partitions paused, and decoded again later, all of them in order or none."""
+with the partitions paused, and decoded again later, all of them in order or none. Once all
+delivered records are admitted, the ledger learns where the consumer stands."""
 
 from __future__ import annotations
 
@@ -70,6 +71,11 @@ class Intake:
                 self.held.append(raw)
                 continue
             changes.extend(self._accept(raw, now_ms))
+        if not self.held and self.limit_reached is None:
+            # Every record delivered is admitted: the consumer's positions may carry the commit
+            # past a transaction's markers. (Not from a rebalance callback: there, a poll's
+            # records may be delivered and not yet admitted.)
+            self._fates.ledger.offsets.reached(self._partitions.positions())
         return changes
 
     def forget(self) -> None:

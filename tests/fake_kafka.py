@@ -27,8 +27,11 @@ class MemorySource:
     partitions: dict[int, list[RawRecord]]
     on_commit: Callable[[TP, int], None] = lambda tp, offset: None
     committed: dict[TP, int] = field(default_factory=dict)
-    positions: dict[TP, int] = field(default_factory=dict)
+    reading_at: dict[TP, int] = field(default_factory=dict)  # the next offset to deliver
     paused: set[TP] = field(default_factory=set)
+    # Offsets past a partition's last record that no record reaches (a transaction's commit
+    # marker): the consumer's position moves over them once it has read the rest.
+    markers: dict[int, int] = field(default_factory=dict)
     closed: bool = False
     _listener: Rebalance | None = None
     _assigned: list[TP] = field(default_factory=list)
@@ -57,7 +60,7 @@ class MemorySource:
     def assign(self, starts: Mapping[TP, int]) -> None:
         self._assigned = list(starts)
         for tp, offset in starts.items():
-            self.positions[tp] = max(offset, 0)
+            self.reading_at[tp] = max(offset, 0)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         if self.closed:
@@ -71,13 +74,13 @@ class MemorySource:
             if tp in self.paused:
                 continue
             log = self.partitions.get(tp[1], [])
-            position = self.positions.get(tp, 0)
+            position = self.reading_at.get(tp, 0)
             take = log[position : position + max_records - len(out)]
             # A new object each time, as a consumer makes one per message it returns.
             out.extend(
                 RawRecord(r.position, r.key, r.value, r.headers, r.timestamp_ms) for r in take
             )
-            self.positions[tp] = position + len(take)
+            self.reading_at[tp] = position + len(take)
         if not out:
             time.sleep(min(timeout_s, 0.002))
         return out
@@ -87,6 +90,14 @@ class MemorySource:
 
     def resume(self, partitions: Sequence[TP]) -> None:
         self.paused -= set(partitions)
+
+    def positions(self, partitions: Sequence[TP]) -> dict[TP, int]:
+        out = {}
+        for tp in partitions:
+            if tp in self.reading_at:
+                at, end = self.reading_at[tp], self.end(tp[1])
+                out[tp] = at + self.markers.get(tp[1], 0) if at >= end else at
+        return out
 
     def commit(self, positions: Mapping[TP, int]) -> None:
         for tp, offset in positions.items():

@@ -1,8 +1,10 @@
 """Per-partition done-tracking: which offset may be committed.
 
 A record is *done* when Omnisend accepted its change, it was skipped, or its DLQ copy was
-delivered. The commit position of a partition is the lowest offset not yet done (or one past the
-last tracked offset when all are done): committing it never skips an unfinished record.
+delivered. The commit position of a partition is the lowest offset not yet done (or, when all
+are done, one past the last tracked offset, or the consumer's own position if it went further:
+past a transaction's commit marker, which no record reaches): committing it never skips an
+unfinished record.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ TopicPartition = tuple[str, int]
 class PartitionOffsets:
     """Offsets of one partition in the order consumed (increasing)."""
 
-    __slots__ = ("_done", "_last", "_pending")
+    __slots__ = ("_done", "_last", "_pending", "_reached")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
         self._done: set[int] = set()
         self._last: int | None = None
+        self._reached: int | None = None
 
     def track(self, offset: int) -> None:
         if self._last is not None and offset <= self._last:
@@ -40,11 +43,21 @@ class PartitionOffsets:
         while self._pending and self._pending[0] in self._done:
             self._done.discard(self._pending.popleft())
 
+    def reached(self, position: int) -> None:
+        """The consumer stands at `position`, and every record before it was tracked: what
+        lies between the last record and it are markers or aborted records, done by nature."""
+        if self._reached is None or position > self._reached:
+            self._reached = position
+
     def position(self) -> int | None:
-        """The offset to commit: the first unfinished one, or one past the last tracked."""
+        """The offset to commit: the first unfinished one, else one past the last tracked or
+        the position reached, whichever is further."""
         if self._pending:
             return self._pending[0]
-        return None if self._last is None else self._last + 1
+        after = None if self._last is None else self._last + 1
+        if self._reached is None or (after is not None and after >= self._reached):
+            return after
+        return self._reached
 
     @property
     def unfinished(self) -> int:
@@ -63,6 +76,14 @@ class OffsetTracker:
         if offsets is None:
             offsets = self._partitions[tp] = PartitionOffsets()
         offsets.track(offset)
+
+    def reached(self, positions: dict[TopicPartition, int]) -> None:
+        """The consumer's positions, read when every record it delivered has been tracked."""
+        for tp, position in positions.items():
+            offsets = self._partitions.get(tp)
+            if offsets is None:
+                offsets = self._partitions[tp] = PartitionOffsets()
+            offsets.reached(position)
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         partition = self._partitions.get(tp)

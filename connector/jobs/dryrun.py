@@ -133,8 +133,8 @@ def mask(email: str) -> str:
 def caught_up(span: Span | None = None, quiet_s: float = 3.0) -> Callable[[Any], bool]:
     """For `Pipeline.run(until=…)`: true once partitions are assigned, nothing is in flight,
     and `span` is done (the span the topic had when the dry run started: a busy topic never
-    falls quiet), or nothing new arrived for `quiet_s` (a partition whose last offset is a
-    transaction's marker is never done up to its end)."""
+    falls quiet; past a transaction's last marker once the consumer has read over it), or
+    nothing new arrived for `quiet_s` (should the consumer not say where it stands)."""
     last: dict[str, float] = {"consumed": -1.0, "since": 0.0}
 
     def check(pipeline: Any) -> bool:

@@ -105,6 +105,9 @@ def read_topic(
                 if not visit(partition, offset, event):
                     going = False
                     break
+            # Past a transaction's markers, which no record reaches.
+            for tp, at in source.positions(list(positions)).items():
+                positions[tp] = max(positions[tp], at)
             progress.show(topic_span.done(positions))
         progress.show(topic_span.done(positions), force=True)
     finally:

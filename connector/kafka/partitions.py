@@ -49,6 +49,10 @@ class Partitions:
         self.assigned = []
         self.paused = False
 
+    def positions(self) -> dict[TP, int]:
+        """Where the consumer stands in each (see `Source.positions`)."""
+        return self._source.positions(self.assigned)
+
     def pause(self, paused: bool) -> None:
         (self._source.pause if paused else self._source.resume)(self.assigned)
         self.paused = paused

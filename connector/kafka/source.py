@@ -48,6 +48,11 @@ class Source(Protocol):
 
     def resume(self, partitions: Sequence[TP]) -> None: ...
 
+    def positions(self, partitions: Sequence[TP]) -> dict[TP, int]:
+        """Where the consumer stands in each partition: the offset of the next record it would
+        deliver, past a transaction's markers and aborted records, which it never delivers.
+        Absent where it does not know yet."""
+
     def commit(self, positions: Mapping[TP, int]) -> None:
         """Commit synchronously; `Retriable` when the broker did not take it."""
 
@@ -133,6 +138,16 @@ class KafkaSource:
     def resume(self, partitions: Sequence[TP]) -> None:
         if partitions:
             self._consumer.resume(_tps(partitions))
+
+    def positions(self, partitions: Sequence[TP]) -> dict[TP, int]:
+        if not partitions:
+            return {}
+        try:
+            found = self._consumer.position(_tps(partitions))
+        except KafkaException as exc:
+            log.warning("position_failed", error=str(exc))
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
     def commit(self, positions: Mapping[TP, int]) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]

@@ -23,6 +23,7 @@ from connector.kafka.clients import ensure_topic
 from connector.simulator import SimulatorServer
 from tests.events import event
 from tests.integration.conftest import (
+    RunConnector,
     connector_env,
     produce,
     produce_events,
@@ -33,13 +34,15 @@ from tests.integration.conftest import (
 T0 = 1_790_000_000_000
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "connector.cli", *args],
         env={"PATH": os.environ["PATH"], **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
         check=False,
     )
 
@@ -297,3 +300,54 @@ def test_a_job_reports_the_exit_code_of_its_process(broker: Broker, sim: Simulat
     code, report, _ = job(connector_env(broker, topic, sim), "reconcile")
     assert code == 1  # drift found, not repaired
     assert report["exitCode"] == code
+
+
+def produce_in_transactions(
+    bootstrap: str, topic: str, events: list[dict[str, Any]]
+) -> dict[int, int]:
+    """Each half in a transaction of its own: every partition's last offset is a commit
+    marker, which no consumer receives. Returns each partition's last record's offset."""
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{topic}"})
+    producer.init_transactions(30)
+    last: dict[int, int] = {}
+
+    def delivered(error: Any, message: Any) -> None:
+        assert error is None, error
+        last[message.partition()] = max(last.get(message.partition(), -1), message.offset())
+
+    half = len(events) // 2
+    for part in (events[:half], events[half:]):
+        producer.begin_transaction()
+        for e in part:
+            key = e["profile_id"].encode()
+            producer.produce(topic, value=encode_plain(e), key=key, on_delivery=delivered)
+        producer.commit_transaction(30)
+    assert producer.flush(10) == 0
+    return last
+
+
+def test_a_transactional_topic_is_committed_past_its_last_marker(
+    broker: Broker, topic: str, sim: SimulatorServer, run_connector: RunConnector
+) -> None:
+    """Else the lag never reaches zero and the jobs below would never end."""
+    events = [event(f"p{i}@x.io", profile_id=f"p{i}", occurred_at=T0 + i) for i in range(30)]
+    last = produce_in_transactions(broker.bootstrap, topic, events)
+    want = {(topic, p): offset + 2 for p, offset in last.items()}  # the marker's, plus one
+    env = connector_env(broker, topic, sim)
+    run = run_connector(env, lambda p: p.committed() == want)
+    assert run.pipeline.stats["done"] == 30
+
+
+def test_jobs_end_on_a_topic_whose_last_offsets_are_transaction_markers(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    events = [event(f"p{i}@x.io", profile_id=f"p{i}", occurred_at=T0 + i) for i in range(30)]
+    produce_in_transactions(broker.bootstrap, topic, events)
+    env = connector_env(broker, topic, sim)
+    result = cli(env, "backfill", "--since", "2d", timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["read"], report["complete"]) == (30, True)
+    assert len(sim_contacts(sim)) == 30
+    result = cli(env, "reconcile", timeout_s=60)
+    assert result.returncode == 0, result.stderr

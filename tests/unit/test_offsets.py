@@ -92,3 +92,45 @@ def test_invalid_share_needs_enough_records_and_slides() -> None:
     for _ in range(200):
         share.add(invalid=False)
     assert share.share() == 0.0
+
+
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("track"), st.integers(1, 3)),  # the next record, this far on
+            st.tuples(st.just("done"), st.integers(0, 50)),  # one of the unfinished, by index
+            st.tuples(st.just("reached"), st.integers(0, 3)),  # the consumer, this far past
+        ),
+        max_size=40,
+    )
+)
+def test_the_consumer_s_position_carries_the_commit_only_past_finished_records(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Positions come as the loop reads them, once every record before them is tracked: over
+    markers they move the commit to where the consumer stands, never past unfinished work."""
+    tracker = OffsetTracker()
+    tracked: list[int] = []
+    unfinished: list[int] = []
+    stands = 0  # where the consumer stands: past every record delivered
+    told: list[int] = []  # the positions the consumer told
+    for kind, n in steps:
+        if kind == "track":
+            offset = stands + n - 1
+            tracker.track(TP, offset)
+            tracked.append(offset)
+            unfinished.append(offset)
+            stands = offset + 1
+        elif kind == "done" and unfinished:
+            tracker.done(TP, unfinished.pop(n % len(unfinished)))
+        elif kind == "reached":
+            stands += n  # markers no record reaches
+            told.append(stands)
+            tracker.reached({TP: stands})
+        commit = tracker.to_commit().get(TP)
+        if commit is not None:
+            assert all(o not in unfinished for o in tracked if o < commit)
+            tracker.committed({TP: commit})
+    after = max([o + 1 for o in tracked] + told) if tracked or told else None
+    want = min(unfinished) if unfinished else after
+    assert tracker.done_positions().get(TP) == want

@@ -185,7 +185,7 @@ def test_offsets_that_go_back_without_a_rebalance_stop_the_loop_and_say_why() ->
     def rewound_at_third_turn(p: Pipeline) -> bool:
         turns[0] += 1
         if turns[0] == 3:
-            source.positions[(TOPIC, 0)] = 2
+            source.reading_at[(TOPIC, 0)] = 2
         assert turns[0] < 100, "the loop went on"
         return False
 

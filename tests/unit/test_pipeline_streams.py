@@ -3,7 +3,8 @@ of poison (bad framing, unknown and unreadable schema ids, a registry that is do
 oversized values, bad keys, bad emails and timestamps, duplicates, tombstones, headers too large
 for the dead-letter topic), over several partitions. Nothing raises out of the loop, every record
 gets exactly one fate, a committed offset never passes an unfinished record, everything ends
-committed, and Omnisend ends as the valid changes say."""
+committed (past the transaction markers that end some partitions), and Omnisend ends as the
+valid changes say."""
 
 from __future__ import annotations
 
@@ -191,6 +192,8 @@ record_st = st.tuples(
     outage=st.integers(0, 3),
     with_results=st.booleans(),
     capacity=st.sampled_from([None, 1, 3]),  # the producer's queue, full now and then
+    # A transaction's commit marker (or two) after a partition's last record.
+    markers=st.dictionaries(st.integers(0, 2), st.integers(1, 2), max_size=3),
 )
 def test_any_stream_ends_committed_with_one_fate_per_record(
     spec: list[tuple[str, int, tuple[int, int, bool, str], bool]],
@@ -198,6 +201,7 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
     outage: int,
     with_results: bool,
     capacity: int | None,
+    markers: dict[int, int],
 ) -> None:
     times = list(range(len(spec)))
     order.shuffle(times)  # distinct occurred_at, in any order
@@ -221,6 +225,7 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
         records.append((partition, key, value_of(kind, e), headers))
         kinds.append(kind)
     consumer = MemorySource.of(TOPIC, records)
+    consumer.markers = markers
     # Deliveries lag a turn: a commit may come while results are still on their way.
     producer = MemoryProducer(DLQ_MAX_BYTES, lag_polls=1, capacity=capacity)
     sim = simulator()
@@ -260,7 +265,8 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
 
     def check_commit(tp: tuple[str, int], offset: int) -> None:
         done = settled()
-        unfinished = [o for o in range(offset) if Position(tp[0], tp[1], o) not in done]
+        records_before = range(min(offset, consumer.end(tp[1])))  # markers are no records
+        unfinished = [o for o in records_before if Position(tp[0], tp[1], o) not in done]
         assert unfinished == [], f"committed {tp} at {offset} past unfinished {unfinished}"
 
     consumer.on_commit = check_commit
@@ -268,7 +274,7 @@ def test_any_stream_ends_committed_with_one_fate_per_record(
 
     def finished(p: Pipeline) -> bool:
         assert time.monotonic() < deadline, "the stream did not finish"
-        ends = {p_: consumer.end(p_) for p_ in consumer.partitions}
+        ends = {p_: consumer.end(p_) + markers.get(p_, 0) for p_ in consumer.partitions}
         return all(consumer.committed.get((TOPIC, q), 0) == end for q, end in ends.items())
 
     exit_code = pipeline.run(threading.Event(), until=finished)
@@ -450,3 +456,16 @@ def test_records_held_for_the_registry_count_towards_the_dead_letter_limit_once_
     assert pipeline.run(threading.Event(), until=stopped) == ExitCode.DLQ_LIMIT
     letters = [m for m in producer.delivered if m["topic"] == f"{TOPIC}.dlq"]
     assert len(letters) < 300  # it stopped at the limit, not after the whole stream
+
+
+def test_records_after_the_dead_letter_limit_are_not_committed() -> None:
+    """The loop stops at the record that passes the limit; those after it were delivered by
+    the consumer but never admitted, so its position must not carry the commit over them."""
+    registry = Down(outage=0)  # no schema known: every record is invalid
+    pipeline, producer = registry_pipeline(
+        registry, count=300, retry_s=0.01, dlq_max_invalid_share=0.5, dlq_window_records=100
+    )
+    assert pipeline.run(threading.Event()) == ExitCode.DLQ_LIMIT
+    letters = [m for m in producer.delivered if m["topic"] == f"{TOPIC}.dlq"]
+    assert 0 < len(letters) < 300
+    assert pipeline.committed().get((TOPIC, 0), 0) <= len(letters)
