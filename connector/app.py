@@ -180,7 +180,11 @@ def running(
     pipeline: Pipeline
     on_error = kafka_error_handler(lambda: pipeline)
     source = KafkaSource(
-        make_consumer(consumer_config(settings.kafka_bootstrap_servers, group_id, kafka, on_error))
+        make_consumer(
+            consumer_config(
+                settings.kafka_bootstrap_servers, group_id, mode.consumer_overrides(kafka), on_error
+            )
+        )
     )
     dlq_max_bytes = dlq_message_max_bytes(settings.max_value_bytes, kafka)
     producer = make_producer(

@@ -50,6 +50,13 @@ class Mode:
         """The service's own group; any other run reads in a group of its own."""
         return configured if self.live else f"{configured}.{self.name}.{uuid.uuid4().hex[:8]}"
 
+    def consumer_overrides(self, kafka: dict[str, str]) -> dict[str, str]:
+        """Any run but the service reads its span from the start: an offset reset (before the
+        first read of a new group, or past records retention removed) goes to the earliest
+        record, whatever the service's `auto.offset.reset` says (`latest` would read nothing,
+        `error` would stall)."""
+        return kafka if self.live else {**kafka, "auto.offset.reset": "earliest"}
+
     @property
     def serves_probes(self) -> bool:
         return self.job is None  # a job needs neither readiness checks nor a port

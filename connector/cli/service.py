@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     if args.dry_run:
-        from connector.jobs.dryrun import caught_up  # noqa: PLC0415
+        from connector.jobs.dryrun import CaughtUp  # noqa: PLC0415
         from connector.jobs.runner import topic_span  # noqa: PLC0415
 
         try:
@@ -74,16 +74,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"omnisend-connector run --dry-run: {exc}", file=sys.stderr)
             return ExitCode.KAFKA_FATAL
         with running(config, mode=DRY_RUN) as parts:
-            code = parts.pipeline.run(stop, until=caught_up(span))
+            caught_up = CaughtUp(span)
+            code = parts.pipeline.run(stop, until=caught_up)
             report = (
                 parts.dry_run.report(skipped_by_reason(parts.metrics))
                 if parts.dry_run is not None
                 else {}
             )
-        print(
-            json.dumps({"dryRun": report, "consumed": parts.pipeline.stats["consumed"]}, indent=2)
-        )
-        return code
+        # Stopped (SIGTERM, Ctrl-C) before the end: what it says is about part of the topic.
+        complete = caught_up.reached
+        consumed = parts.pipeline.stats["consumed"]
+        print(json.dumps({"dryRun": report, "consumed": consumed, "complete": complete}, indent=2))
+        return code or (ExitCode.OK if complete else ExitCode.FAILED)
     with running(config) as parts:
         return parts.pipeline.run(stop)
 

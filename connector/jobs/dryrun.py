@@ -4,9 +4,7 @@ consumer group of its own. The report says what a real run would have sent."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -130,24 +128,19 @@ def mask(email: str) -> str:
     return f"{local[:2]}***{local[-1]}@{domain}"
 
 
-def caught_up(span: Span | None = None, quiet_s: float = 3.0) -> Callable[[Any], bool]:
+class CaughtUp:
     """For `Pipeline.run(until=…)`: true once partitions are assigned, nothing is in flight,
-    and `span` is done (the span the topic had when the dry run started: a busy topic never
-    falls quiet; past a transaction's last marker once the consumer has read over it), or
-    nothing new arrived for `quiet_s` (should the consumer not say where it stands)."""
-    last: dict[str, float] = {"consumed": -1.0, "since": 0.0}
+    and `span` is done: the span the topic had when the dry run started (a busy topic never
+    falls quiet), past a transaction's last marker once the consumer has read over it. A
+    pause in the records (a broker restarting, a slow first fetch) is not the end. `reached`
+    says afterwards whether the run got there or was stopped before."""
 
-    def check(pipeline: Any) -> bool:
-        now = time.monotonic()
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.reached = False
+
+    def __call__(self, pipeline: Any) -> bool:
         if pipeline.in_flight or not pipeline.assigned:
-            last["since"] = now
             return False
-        if span is not None and span.done(pipeline.done_positions()) >= span.total:
-            return True
-        consumed = float(pipeline.stats["consumed"])
-        if consumed != last["consumed"]:
-            last["consumed"], last["since"] = consumed, now
-            return False
-        return now - last["since"] >= quiet_s
-
-    return check
+        self.reached = self.span.done(pipeline.done_positions()) >= self.span.total
+        return self.reached

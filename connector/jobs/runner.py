@@ -209,7 +209,7 @@ def job_consumer(config: Config) -> Consumer:
         consumer_config(
             settings.kafka_bootstrap_servers,
             f"{settings.kafka_group_id}.offsets",
-            config.kafka,
+            {**config.kafka, "auto.offset.reset": "earliest"},  # as every job reads
             lambda err: None,
         )
     )

@@ -107,6 +107,10 @@ class KafkaSource:
 
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
+        # Partitions where an error event (a fetch that failed: too large, corrupt, not
+        # authorised) stood at an offset no record has been delivered from since: librdkafka
+        # moves the position past such an event, so it is not where the consumer stands.
+        self._unsure: dict[TP, int] = {}
 
     def subscribe(self, topic: str, listener: Rebalance) -> None:
         def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -127,9 +131,26 @@ class KafkaSource:
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         records, errors = records_of(self._consumer.consume(max_records, timeout_s))
+        if self._unsure and records:
+            for raw in records:
+                tp = (raw.position.topic, raw.position.partition)
+                if raw.position.offset >= self._unsure.get(tp, raw.position.offset + 1):
+                    del self._unsure[tp]
         for message in errors:
             _log_error(message)
+            self._note(message)
         return records
+
+    def _note(self, message: Message) -> None:
+        error, topic, partition = message.error(), message.topic(), message.partition()
+        offset = message.offset()
+        if error is None or error.code() == KafkaError._PARTITION_EOF:
+            return
+        if topic is None or partition is None:
+            return
+        if offset is not None and offset >= 0:
+            tp = (topic, partition)
+            self._unsure[tp] = min(offset, self._unsure.get(tp, offset))
 
     def pause(self, partitions: Sequence[TP]) -> None:
         if partitions:
@@ -147,7 +168,11 @@ class KafkaSource:
         except KafkaException as exc:
             log.warning("position_failed", error=str(exc))
             return {}
-        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in found
+            if tp.offset >= 0 and (tp.topic, tp.partition) not in self._unsure
+        }
 
     def commit(self, positions: Mapping[TP, int]) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
