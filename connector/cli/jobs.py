@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from typing import Any
 
 from connector.cli.common import add_config, load_or_say
 from connector.config import Config
@@ -79,6 +82,29 @@ def add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_reconcile)
 
 
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM (a Job deleted, a node drained) and SIGINT stop a job: what it sent so far is
+    drained, and its report says it is not complete (exit 1)."""
+    from connector.app import install_signal_handlers  # noqa: PLC0415
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return stop
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT during `reconcile`: it ends where it is (nothing it holds needs
+    finishing: a repair not sent is found again by the next run)."""
+
+
+def _raise_on_signals() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
 def _job_config(args: argparse.Namespace, command: str) -> Config | None:
     from connector.logs import configure_logging  # noqa: PLC0415
 
@@ -102,7 +128,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"omnisend-connector backfill: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    report = backfill(config, since_ms, args.share)
+    report = backfill(config, since_ms, args.share, stop=_stop_on_signals())
     return _report(
         report, int(report["exitCode"]) or (ExitCode.OK if report["complete"] else ExitCode.FAILED)
     )
@@ -121,7 +147,7 @@ def _cmd_replay_dlq(args: argparse.Namespace) -> int:
     config = _job_config(args, "replay-dlq")
     if config is None:
         return ExitCode.CONFIG
-    report = replay_dlq(config, args.reason, args.share)
+    report = replay_dlq(config, args.reason, args.share, stop=_stop_on_signals())
     if report["exitCode"]:
         return _report(report, int(report["exitCode"]))
     failed = report["failedAgain"] or report["valueDropped"] or not report["complete"]
@@ -135,8 +161,13 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     config = _job_config(args, "reconcile")
     if config is None:
         return ExitCode.CONFIG
+    _raise_on_signals()
     try:
         report = reconcile(config, args.export, args.apply, args.share)
+    except _Stopped as exc:
+        print(f"omnisend-connector reconcile: stopped by {exc}", file=sys.stderr)
+        stopped = {"job": "reconcile", "complete": False, "stoppedBy": str(exc)}
+        return _report(stopped, ExitCode.FAILED)
     except ConfigError as exc:
         print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
         return ExitCode.CONFIG

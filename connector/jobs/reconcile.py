@@ -47,7 +47,7 @@ from connector.core.mapping import Mapper
 from connector.core.recent import fingerprint
 from connector.core.routing import Export
 from connector.jobs.drift import Drift, Finder, Membership, shared_members
-from connector.jobs.runner import Progress, Span, job_consumer, topic_span
+from connector.jobs.runner import Progress, Span, decode_waiting, job_consumer, topic_span
 from connector.kafka.source import KafkaSource
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, BudgetConfig
@@ -98,7 +98,7 @@ def read_topic(
                 if raw.value is None or offset >= topic_span.ends[partition]:
                     continue
                 try:
-                    event = decoder.decode(raw.value)
+                    event = decode_waiting(decoder, raw.value)
                 except InvalidRecord:
                     invalid += 1
                     continue

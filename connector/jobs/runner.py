@@ -8,6 +8,7 @@ consumer group (so it sees no rebalance), commit nothing, never write to the dea
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -21,8 +22,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from connector.app import running
 from connector.config import Config
-from connector.core.errors import ConfigError
-from connector.core.events import RawRecord
+from connector.core.codec import Decoder
+from connector.core.errors import ConfigError, Fatal, Retriable
+from connector.core.events import RawRecord, SegmentChange
 from connector.kafka.clients import consumer_config
 from connector.kafka.dlq import HEADER_PREFIX
 from connector.mode import Job, Mode
@@ -31,13 +33,24 @@ from connector.pipeline import Pipeline
 METADATA_TIMEOUT_S = 10.0
 
 
+# A job reading the topic itself waits this long for a Schema Registry that does not answer,
+# asking again every REGISTRY_RETRY_S, before it gives up (exit 1, saying so).
+REGISTRY_PATIENCE_S = 120.0
+REGISTRY_RETRY_S = 2.0
+
+# 9999-12-31T23:59:59Z: the last time a report can name.
+LAST_MS = 253_402_300_799_000
+
+
 def parse_since(text: str, now: datetime | None = None) -> int:
     """`2026-11-01T00:00:00Z`, `2026-11-01` or a duration back from now (`90m`, `6h`, `2d`)
-    → epoch milliseconds."""
+    → epoch milliseconds; a time before the epoch is the epoch (negative timestamps mean
+    "latest" and "earliest" to a broker)."""
     now = now or datetime.now(UTC)
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        return int((now.timestamp() - float(text[:-1]) * units[text[-1]]) * 1000)
+    if text and text[-1] in units and re.fullmatch(r"[0-9]+(\.[0-9]+)?", text[:-1]):
+        back_s = min(float(text[:-1]) * units[text[-1]], now.timestamp())
+        return max(0, int((now.timestamp() - back_s) * 1000))
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -46,7 +59,28 @@ def parse_since(text: str, now: datetime | None = None) -> int:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+    return min(max(0, int(when.timestamp() * 1000)), LAST_MS)
+
+
+def decode_waiting(
+    decoder: Decoder,
+    value: bytes,
+    patience_s: float = REGISTRY_PATIENCE_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SegmentChange:
+    """`decoder.decode(value)`, asked again while the Schema Registry does not answer, for at
+    most `patience_s`; then `Fatal` (a traceback before). `InvalidRecord` goes to the caller."""
+    waited = 0.0
+    while True:
+        try:
+            return decoder.decode(value)
+        except Retriable as exc:
+            if waited >= patience_s:
+                raise Fatal(
+                    f"the Schema Registry gave no usable answer for {waited:.0f} s: {exc}"
+                ) from None
+        sleep(REGISTRY_RETRY_S)
+        waited += REGISTRY_RETRY_S
 
 
 @dataclass(frozen=True)
@@ -225,10 +259,14 @@ def topic_span(config: Config, topic: str, since_ms: int | None = None) -> Span:
 
 
 def backfill(
-    config: Config, since_ms: int, share: float, out: TextIO | None = None
+    config: Config,
+    since_ms: int,
+    share: float,
+    out: TextIO | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     job_span = topic_span(config, config.settings.kafka_topic, since_ms)
-    report = run_job(config, "backfill", job_span, share, out=out)
+    report = run_job(config, "backfill", job_span, share, out=out, stop=stop)
     report["since"] = datetime.fromtimestamp(since_ms / 1000, UTC).isoformat()
     return report
 
@@ -242,11 +280,15 @@ def dlq_header(record: RawRecord, name: str) -> str | None:
 
 
 def replay_dlq(
-    config: Config, reasons: list[str], share: float, out: TextIO | None = None
+    config: Config,
+    reasons: list[str],
+    share: float,
+    out: TextIO | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     job_span = topic_span(config, config.settings.dlq_topic)
     select, dropped = replay_selector(reasons)
-    report = run_job(config, "replay-dlq", job_span, share, select, out)
+    report = run_job(config, "replay-dlq", job_span, share, select, out, stop)
     report["reasons"] = sorted(set(reasons)) or "all"
     report["valueDropped"] = dropped()
     return report

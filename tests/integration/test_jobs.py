@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -351,3 +352,37 @@ def test_jobs_end_on_a_topic_whose_last_offsets_are_transaction_markers(
     assert len(sim_contacts(sim)) == 30
     result = cli(env, "reconcile", timeout_s=60)
     assert result.returncode == 0, result.stderr
+
+
+def stopped_at_first_progress(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    """Run a job, SIGTERM it at its first progress line; its exit code and report."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", *args],
+        env={"PATH": os.environ["PATH"], **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen = process.stderr.readline()
+    assert "records" in seen, seen
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert out.strip(), seen + err
+    return process.returncode, json.loads(out)
+
+
+def test_jobs_stopped_by_sigterm_say_they_are_not_complete(
+    broker: Broker, topic: str, sim: SimulatorServer
+) -> None:
+    """A Job deleted or a node drained: the job ends promptly with its report, exit 1 (it
+    was killed without a word, or ended in a traceback on Ctrl-C)."""
+    events = [event(f"t{i}@x.io", profile_id=f"t{i}", occurred_at=T0 + i) for i in range(2000)]
+    produce_events(broker.bootstrap, topic, events)
+    sim.simulator.set_faults({"latency_s": 2.0})  # every answer late: the jobs are mid-way
+    env = connector_env(broker, topic, sim, SHUTDOWN_TIMEOUT_S="3")
+    code, report = stopped_at_first_progress(env, "backfill", "--since", "2d")
+    assert (code, report["complete"], report["exitCode"]) == (1, False, 1)
+    assert report["sent"] < len(events)
+    code, report = stopped_at_first_progress(env, "reconcile", "--apply")
+    assert (code, report["complete"], report["stoppedBy"]) == (1, False, "SIGTERM")

@@ -9,15 +9,17 @@ from typing import Any, cast
 
 import pytest
 from confluent_kafka import Consumer
+from hypothesis import example, given
+from hypothesis import strategies as st
 
-from connector.core.errors import ConfigError
+from connector.core.errors import ConfigError, Fatal, InvalidRecord, Retriable
 from connector.core.events import Position, RawRecord, SegmentChange
 from connector.core.mapping import Mapping
 from connector.core.recent import IntTable, fingerprint
 from connector.core.routing import Export
 from connector.jobs.drift import Drift, Finder, Membership, drift, shared_members
 from connector.jobs.dryrun import CaughtUp
-from connector.jobs.runner import Span, _Probe, parse_since, replay_selector
+from connector.jobs.runner import Span, _Probe, decode_waiting, parse_since, replay_selector
 from connector.kafka.dlq import HEADER_PREFIX
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -32,6 +34,20 @@ def test_since_takes_a_time_or_a_duration() -> None:
     assert parse_since("2d", NOW) == int(NOW.timestamp() * 1000) - 2 * 86_400_000
     with pytest.raises(ConfigError, match="ISO time"):
         parse_since("yesterday")
+
+
+@given(st.text(max_size=12) | st.from_regex(r"[0-9.e+]{1,400}[smhd]", fullmatch=True))
+@example("9999-12-31T23:59:59-14:00")
+@example("0001-01-01T00:00:00+14:00")
+def test_any_since_is_a_time_from_the_epoch_on_or_a_configuration_error(text: str) -> None:
+    """`²d` (a digit to `str.isdigit`, not to `float`) ended in a traceback, and `1000000d`
+    in one after the whole backfill had run, when its report named the time."""
+    try:
+        since_ms = parse_since(text, NOW)
+    except ConfigError:
+        return
+    assert since_ms >= 0
+    datetime.fromtimestamp(since_ms / 1000, UTC).isoformat()  # the report can name it
 
 
 def test_span_counts_done_records_per_partition() -> None:
@@ -266,3 +282,33 @@ def test_a_dry_run_does_not_end_at_a_pause_in_the_records(monkeypatch: pytest.Mo
     loop._done = {0: 10}
     assert check(loop)
     assert check.reached
+
+
+class Away:
+    """A decoder whose Schema Registry does not answer its first `outage` asks."""
+
+    def __init__(self, outage: int) -> None:
+        self.outage, self.asks = outage, 0
+
+    def decode(self, value: bytes) -> Any:
+        self.asks += 1
+        if self.asks <= self.outage:
+            raise Retriable("schema registry: 503")
+        if value == b"bad":
+            raise InvalidRecord("decode", "malformed_avro", "truncated")
+        return "event"
+
+
+def test_a_job_reading_the_topic_waits_for_the_registry_then_says_it_gave_up() -> None:
+    """`reconcile` ended in a traceback at the first record while the registry was away."""
+    slept: list[float] = []
+    decoder = Away(outage=3)
+    event: object = decode_waiting(decoder, b"ok", patience_s=60, sleep=slept.append)
+    assert event == "event"
+    assert (decoder.asks, len(slept)) == (4, 3)
+    with pytest.raises(InvalidRecord):
+        decode_waiting(Away(outage=0), b"bad", sleep=slept.append)
+    slept.clear()
+    with pytest.raises(Fatal, match=r"Schema Registry gave no usable answer for 60 s: .*503"):
+        decode_waiting(Away(outage=10**6), b"ok", patience_s=60, sleep=slept.append)
+    assert sum(slept) == 60
