@@ -178,8 +178,17 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
             if isinstance(exc, FatalApiError | WrongEndpoint)
             else ExitCode.FAILED
         )
-    drifted = any(t["missing"] or t["stale"] for e in report["exports"] for t in e["tags"])
-    failed = any(e.get("repair", {}).get("failed") for e in report["exports"])
-    return _report(
-        report, ExitCode.FAILED if failed or (drifted and not args.apply) else ExitCode.OK
+    return _report(report, reconcile_exit_code(report, args.apply))
+
+
+def reconcile_exit_code(report: dict[str, Any], applied: bool) -> int:
+    """1 when drift was found and not applied, a repair failed, or a missing member was left
+    as it was: not known to be safe (the topic past the span unread), or its entry gone from
+    the topic between the two reads. A nightly CronJob then fails where it must."""
+    exports = report["exports"]
+    drifted = any(t["missing"] or t["stale"] for e in exports for t in e["tags"])
+    failed = any(
+        e.get("repair", {}).get("failed") or e.get("notRepairedUnsure") or e.get("notFound")
+        for e in exports
     )
+    return ExitCode.FAILED if failed or (drifted and not applied) else ExitCode.OK

@@ -231,6 +231,12 @@ class Finder:
                 )
         return repairs
 
+    @property
+    def not_found(self) -> int:
+        """Missing tags whose member's latest entry the read did not meet (retention removed
+        it since the first read): not repaired."""
+        return sum(self._missing.values()) - self.found
+
     def sampled(self) -> bool:
         """Whether every drift has all the samples the report shows."""
         return all(

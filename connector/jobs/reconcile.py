@@ -120,7 +120,7 @@ async def _hold(client: OmnisendClient, budget: Budget, found: Drift) -> None:
     listing that comes back to a page it read, pages on with nothing in it, or says there is
     more without saying where, ends the job (`Fatal`) rather than looping forever."""
     after: str | None = None
-    failures = empty = 0
+    failures = empty = limited = 0
     seen: set[str] = set()
     while True:
         wait = budget.try_acquire(time.monotonic(), tag_call=False)
@@ -131,6 +131,9 @@ async def _hold(client: OmnisendClient, budget: Budget, found: Drift) -> None:
             page = await client.list_contacts(found.tag, after, PAGE)
         except RateLimited as exc:
             budget.rate_limited(time.monotonic(), exc.retry_after_s)
+            limited += 1
+            if limited in (1, 10) or limited % 100 == 0:  # a 429 storm is said, not in silence
+                log.warning("listing_rate_limited", tag=found.tag, answers_429=limited)
             continue
         except Retriable as exc:
             failures += 1
@@ -386,6 +389,7 @@ def reconcile_export(
             if repaired is not None:
                 entry["repair"] = repaired
             entry["changedSince"], entry["notRepairedUnsure"] = tail.changed_since, tail.unsure
+            entry["notFound"] = finder.not_found
     return entry
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from connector.core.errors import Fatal
 from connector.core.recent import IntTable
@@ -82,3 +83,25 @@ def test_listing_and_repairing_at_once_stay_within_the_share_together() -> None:
     listing, repairs = shares(0.5, apply=True)
     assert listing + repairs == 0.5
     assert shares(0.5, apply=False) == (0.5, 0.5)  # only the listing runs
+
+
+def test_a_429_storm_while_listing_is_said_not_waited_out_in_silence() -> None:
+    """Another integration spending the brand's budget held the nightly job for ever without a
+    line in its log."""
+    answers = [(429, {"status": 429})] * 12 + [(200, page(["a@x.io"], None, more=False))]
+    asked = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, body = answers[min(asked[0], len(answers) - 1)]
+        asked[0] += 1
+        return httpx.Response(status, json=body)
+
+    client = OmnisendClient(httpx.MockTransport(handler), "key", BASE_URL)
+    # A 429 without `retryAfter` waits a tenth of the window: 10 ms here.
+    budget = Budget(BudgetConfig(1_000_000, 1_000_000, window_s=0.1, headroom=1.0))
+    found = Drift("vip", IntTable(1))
+    with capture_logs() as logs:
+        asyncio.run(asyncio.wait_for(_hold(client, budget, found), 10))
+    said = [e["answers_429"] for e in logs if e["event"] == "listing_rate_limited"]
+    assert said == [1, 10]
+    assert found.held == 1

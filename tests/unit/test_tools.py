@@ -12,6 +12,7 @@ from confluent_kafka import Consumer
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from connector.cli.jobs import reconcile_exit_code
 from connector.core.errors import ConfigError, Fatal, InvalidRecord, Retriable
 from connector.core.events import Position, RawRecord, SegmentChange
 from connector.core.mapping import Mapping
@@ -312,3 +313,40 @@ def test_a_job_reading_the_topic_waits_for_the_registry_then_says_it_gave_up() -
     with pytest.raises(Fatal, match=r"Schema Registry gave no usable answer for 60 s: .*503"):
         decode_waiting(Away(outage=10**6), b"ok", patience_s=60, sleep=slept.append)
     assert sum(slept) == 60
+
+
+def test_a_missing_member_whose_entry_left_the_topic_between_the_reads_is_counted() -> None:
+    """Retention removed the latest entry between the first read and the repairing one: no
+    repair, and `reconcile --apply` said nothing and exited 0."""
+    export = Export("all", "c", Mapping())
+    m = Membership([export])
+    events = [
+        (0, 0, change("p1", "a@x.io", 1, name="A")),
+        (0, 1, change("p2", "b@x.io", 2, name="A")),
+    ]
+    for partition, offset, event in events:
+        m.add(event, 10_000, partition, offset)
+    drifts = [drift("segment: A", m.expected(export)["segment: A"], [])]  # both missing
+    finder = Finder(export, m, drifts)
+    assert finder.not_found == 2
+    assert finder.visit(*events[1])  # a@x.io's entry is gone: only b@x.io is met
+    assert finder.not_found == 1
+
+
+@pytest.mark.parametrize(
+    ("applied_export", "code"),
+    [
+        ({"repair": {"repaired": 1, "failed": 0}, "notRepairedUnsure": 0, "notFound": 0}, 0),
+        ({"repair": {"repaired": 0, "failed": 1}, "notRepairedUnsure": 0, "notFound": 0}, 1),
+        ({"repair": {"repaired": 0, "failed": 0}, "notRepairedUnsure": 1, "notFound": 0}, 1),
+        ({"repair": {"repaired": 0, "failed": 0}, "notRepairedUnsure": 0, "notFound": 1}, 1),
+    ],
+    ids=["repaired", "a repair failed", "left unsure", "entry gone"],
+)
+def test_reconcile_applied_exits_1_while_a_missing_member_was_left_as_it_was(
+    applied_export: dict[str, Any], code: int
+) -> None:
+    tags = [{"tag": "segment: A", "missing": 1, "stale": 0}]
+    assert reconcile_exit_code({"exports": [{"tags": tags, **applied_export}]}, True) == code
+    assert reconcile_exit_code({"exports": [{"tags": tags}]}, False) == 1  # found, not applied
+    assert reconcile_exit_code({"exports": [{"tags": []}]}, False) == 0
