@@ -425,8 +425,12 @@ def install_signal_handlers(stop: threading.Event) -> None:
     """SIGTERM and SIGINT stop polling; the pipeline then drains and commits."""
 
     def handler(signum: int, frame: Any) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
+        # Said from a thread of its own: the handler runs on the main thread between two of
+        # its bytecodes, perhaps inside a log write that holds the output's (not reentrant)
+        # lock, which a log call here would wait for for ever.
+        name = signal.Signals(signum).name
+        threading.Thread(target=log.info, args=("stopping",), kwargs={"signal": name}).start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -69,7 +69,8 @@ def add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "compare it with the contacts Omnisend holds under the segment's tag. Reports missing "
         "members and stale tags (ex-members, renamed segments, changed emails); with --apply "
         "upserts and tags the missing and untags the stale, within the budget. Exit 1 when "
-        "drift is found and not applied, or a repair failed.",
+        "drift is found and not applied, a repair failed, or a missing member was left as it "
+        "was (notFound, notRepairedUnsure).",
     )
     p.add_argument(
         "--export",
@@ -92,17 +93,25 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-class _Stopped(Exception):
+class _Stopped(KeyboardInterrupt):
     """SIGTERM or SIGINT during `reconcile`: it ends where it is (nothing it holds needs
-    finishing: a repair not sent is found again by the next run)."""
+    finishing: a repair not sent is found again by the next run). A `KeyboardInterrupt`, so
+    no `except Exception` on the way (a schema being parsed, an asyncio callback) takes it
+    for an error of its own."""
 
 
 def _raise_on_signals() -> None:
     def handler(signum: int, frame: Any) -> None:
+        _ignore_signals()  # once: a second signal must not interrupt the report
         raise _Stopped(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _job_config(args: argparse.Namespace, command: str) -> Config | None:
@@ -164,6 +173,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     _raise_on_signals()
     try:
         report = reconcile(config, args.export, args.apply, args.share)
+        _ignore_signals()
     except _Stopped as exc:
         print(f"omnisend-connector reconcile: stopped by {exc}", file=sys.stderr)
         stopped = {"job": "reconcile", "complete": False, "stoppedBy": str(exc)}
@@ -171,13 +181,15 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    except Fatal as exc:  # Omnisend refused the key, or kept failing
+    except Fatal as exc:  # Omnisend refused the key, kept failing; the registry never answered
+        _ignore_signals()
         print(f"omnisend-connector reconcile: {exc}", file=sys.stderr)
-        return (
+        code = (
             ExitCode.OMNISEND_FATAL
             if isinstance(exc, FatalApiError | WrongEndpoint)
             else ExitCode.FAILED
         )
+        return _report({"job": "reconcile", "complete": False, "error": str(exc)}, code)
     return _report(report, reconcile_exit_code(report, args.apply))
 
 

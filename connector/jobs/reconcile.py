@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 import httpx
 import structlog
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from connector.app import make_decoder, make_sink
@@ -241,8 +241,11 @@ class Tail:
             if time.monotonic() >= deadline:
                 return False
             for message in self._consumer.consume(500, 0.2):
-                if message.error() is None:
+                error = message.error()
+                if error is None:
                     self._note(message.value())
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    self._blind = True  # a fetch failed: the position may be past a record
             # The consumer's own positions: past a transaction's markers, which never arrive.
             for tp in self._consumer.position(tps):
                 if tp.offset >= 0:

@@ -67,20 +67,21 @@ def decode_waiting(
     value: bytes,
     patience_s: float = REGISTRY_PATIENCE_S,
     sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.monotonic,
 ) -> SegmentChange:
     """`decoder.decode(value)`, asked again while the Schema Registry does not answer, for at
-    most `patience_s`; then `Fatal` (a traceback before). `InvalidRecord` goes to the caller."""
-    waited = 0.0
+    most `patience_s` (each ask's own timeout included); then `Fatal` (a traceback before).
+    `InvalidRecord` goes to the caller."""
+    deadline = now() + patience_s
     while True:
         try:
             return decoder.decode(value)
         except Retriable as exc:
-            if waited >= patience_s:
+            if now() >= deadline:
                 raise Fatal(
-                    f"the Schema Registry gave no usable answer for {waited:.0f} s: {exc}"
+                    f"the Schema Registry gave no usable answer for {patience_s:.0f} s: {exc}"
                 ) from None
         sleep(REGISTRY_RETRY_S)
-        waited += REGISTRY_RETRY_S
 
 
 @dataclass(frozen=True)

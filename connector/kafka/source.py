@@ -131,14 +131,14 @@ class KafkaSource:
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         records, errors = records_of(self._consumer.consume(max_records, timeout_s))
+        for message in errors:  # before the records: a record follows its partition's error
+            _log_error(message)
+            self._note(message)
         if self._unsure and records:
             for raw in records:
                 tp = (raw.position.topic, raw.position.partition)
                 if raw.position.offset >= self._unsure.get(tp, raw.position.offset + 1):
                     del self._unsure[tp]
-        for message in errors:
-            _log_error(message)
-            self._note(message)
         return records
 
     def _note(self, message: Message) -> None:

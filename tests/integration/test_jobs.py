@@ -364,7 +364,11 @@ def stopped_at_first_progress(env: dict[str, str], *args: str) -> tuple[int, dic
         text=True,
     )
     assert process.stderr is not None
-    seen = process.stderr.readline()
+    seen = ""
+    for _ in range(50):  # warnings may come first
+        seen += process.stderr.readline()
+        if "records" in seen:
+            break
     assert "records" in seen, seen
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)

@@ -141,3 +141,10 @@ def test_the_end_of_a_partition_is_where_the_consumer_stands() -> None:
     kafka.poll(500, 0)
     consumer.at[0] = 1  # librdkafka leaves the position at the end, not past the event
     assert kafka.positions([("segments", 0)]) == {("segments", 0): 1}
+
+
+def test_a_record_read_after_its_partition_s_failed_fetch_in_one_batch_clears_it() -> None:
+    consumer = Consuming([Message(0, error=KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)), Message(0)])
+    kafka = KafkaSource(cast(Consumer, consumer))
+    assert [r.position.offset for r in kafka.poll(500, 0)] == [0]
+    assert kafka.positions([("segments", 0)]) == {("segments", 0): 1}

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from connector.core.events import Position, RawRecord, SegmentChange
 from connector.core.mapping import Mapping
 from connector.core.recent import IntTable, fingerprint
 from connector.core.routing import Export
+from connector.jobs import reconcile as reconcile_job
 from connector.jobs.drift import Drift, Finder, Membership, drift, shared_members
 from connector.jobs.dryrun import CaughtUp
 from connector.jobs.runner import Span, _Probe, decode_waiting, parse_since, replay_selector
@@ -301,18 +303,28 @@ class Away:
 
 
 def test_a_job_reading_the_topic_waits_for_the_registry_then_says_it_gave_up() -> None:
-    """`reconcile` ended in a traceback at the first record while the registry was away."""
-    slept: list[float] = []
-    decoder = Away(outage=3)
-    event: object = decode_waiting(decoder, b"ok", patience_s=60, sleep=slept.append)
-    assert event == "event"
-    assert (decoder.asks, len(slept)) == (4, 3)
+    """`reconcile` ended in a traceback at the first record while the registry was away. The
+    wait counts each ask's own timeout (five seconds against a registry that does not
+    answer), not only the pauses between."""
+    clock = [0.0]
+
+    class Slow(Away):
+        def decode(self, value: bytes) -> Any:
+            clock[0] += 5.0  # the ask's timeout
+            return super().decode(value)
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    decoder = Slow(outage=3)
+    event: object = decode_waiting(decoder, b"ok", 60, sleep, lambda: clock[0])
+    assert (event, decoder.asks) == ("event", 4)
     with pytest.raises(InvalidRecord):
-        decode_waiting(Away(outage=0), b"bad", sleep=slept.append)
-    slept.clear()
+        decode_waiting(Slow(outage=0), b"bad", 60, sleep, lambda: clock[0])
+    clock[0] = 0.0
     with pytest.raises(Fatal, match=r"Schema Registry gave no usable answer for 60 s: .*503"):
-        decode_waiting(Away(outage=10**6), b"ok", patience_s=60, sleep=slept.append)
-    assert sum(slept) == 60
+        decode_waiting(Slow(outage=10**6), b"ok", 60, sleep, lambda: clock[0])
+    assert 60 <= clock[0] < 60 + 5 + 2 + 5  # one ask and one pause past the deadline at most
 
 
 def test_a_missing_member_whose_entry_left_the_topic_between_the_reads_is_counted() -> None:
@@ -350,3 +362,29 @@ def test_reconcile_applied_exits_1_while_a_missing_member_was_left_as_it_was(
     assert reconcile_exit_code({"exports": [{"tags": tags, **applied_export}]}, True) == code
     assert reconcile_exit_code({"exports": [{"tags": tags}]}, False) == 1  # found, not applied
     assert reconcile_exit_code({"exports": [{"tags": []}]}, False) == 0
+
+
+def test_reconcile_s_tail_is_blind_after_a_failed_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka's position moves past an offset it could not fetch: the tail took itself
+    for caught up past a record it never read, and would repair a contact the live connector
+    had changed there."""
+
+    class Consumer:
+        def assign(self, partitions: Any) -> None: ...
+
+        def get_watermark_offsets(self, tp: Any, timeout: float = -1) -> tuple[int, int]:
+            return 0, 2
+
+        def consume(self, num: int = 1, timeout: float = -1) -> list[Any]:
+            error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+            return [SimpleNamespace(error=lambda: error, value=lambda: None)]
+
+        def position(self, tps: list[Any]) -> list[Any]:
+            return [SimpleNamespace(partition=tp.partition, offset=2) for tp in tps]
+
+    monkeypatch.setattr(reconcile_job, "job_consumer", lambda config: Consumer())
+    monkeypatch.setattr(reconcile_job, "make_decoder", lambda settings: None)
+    config = cast(Any, SimpleNamespace(settings=SimpleNamespace(kafka_topic="t")))
+    tail = reconcile_job.Tail(config, [], {0: 0})
+    assert tail.changed("ann@x.io")  # not known: no repair
+    assert (tail.unsure, tail.changed_since) == (1, 0)
