@@ -78,8 +78,12 @@ async def _read_bounded(streamed: httpx.Response, encoding: str) -> bytes:
         return streamed.content
     body = bytearray()
     inflater = _Inflater(encoding) if encoding in _INFLATED else None
+    weight = 0  # what came over the wire: bytes after a gzip stream's end inflate to nothing
     try:
         async for chunk in streamed.aiter_raw():
+            weight += len(chunk)
+            if weight > MAX_ANSWER_BYTES:
+                raise _TooLarge(streamed.status_code)
             if inflater is None:
                 body += chunk
             else:
@@ -101,10 +105,16 @@ class _Inflater:
     def __init__(self, encoding: str) -> None:
         self._inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a zlib or a gzip header
         self._headless = encoding == "deflate"
+        self._head = b""  # deflate's first byte, until the second shows which it is
         self._received = False
 
     def feed(self, data: bytes, body: bytearray) -> None:
         self._received = self._received or bool(data)
+        if self._headless:  # the zlib header is two bytes: judged on fewer, raw looked zlib
+            data, self._head = self._head + data, b""
+            if len(data) < 2:
+                self._head = data
+                return
         while True:
             room = min(_INFLATE_STEP, MAX_ANSWER_BYTES + 1 - len(body))
             try:

@@ -35,6 +35,8 @@ Origin = tuple[str, str, int]
 # Bytes received and not yet read by the caller before the socket stops being read.
 _READ_HIGH_WATER = 256 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# The largest block of answer headers read (h11 stops at 16 kB by default; httpcore at 100 kB).
+MAX_HEADER_BYTES = 100 * 1024
 
 
 class _Connection(asyncio.Protocol):
@@ -43,7 +45,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
-        self.h11 = h11.Connection(h11.CLIENT)
+        # Headers up to 100 kB, as httpcore reads them: a gateway's long ones are no error.
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.idle_since = 0.0
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -109,9 +112,11 @@ class _Connection(asyncio.Protocol):
         )
 
     def close(self) -> None:
+        """At once: `close()` would keep the socket until what is queued for a peer that no
+        longer reads has gone, with no time limit, outside the pool's count."""
         self._closed = True
         if self._transport is not None:
-            self._transport.close()
+            self._transport.abort()
 
     async def write(self, data: bytes, timeout: float | None, request: httpx.Request) -> None:
         if self._closed or self._transport is None or self._transport.is_closing():
@@ -343,6 +348,9 @@ class WireTransport(httpx.AsyncBaseTransport):
                     port,
                     ssl=tls,
                     server_hostname=host if tls is not None else None,
+                    # The next address after 0.25 s (an IPv6 one that drops packets must not
+                    # spend the whole connect timeout), as httpx's own transport does.
+                    happy_eyeballs_delay=0.25,
                 )
         except TimeoutError:
             conn.close()

@@ -229,6 +229,32 @@ def test_a_deflate_answer_without_its_zlib_header_is_read_too() -> None:
     assert _answered(raw.compress(body) + raw.flush(), "deflate").content == body
 
 
+@pytest.mark.parametrize("piece", [1, 2, 3, 65_536])
+@pytest.mark.parametrize("zlib_header", [True, False])
+def test_a_deflate_answer_is_read_whatever_pieces_it_comes_in(
+    zlib_header: bool, piece: int
+) -> None:
+    """Its first piece a single byte: raw deflate was judged a zlib stream on that one byte,
+    and the next piece failed the zlib header check."""
+    squeeze = zlib.compressobj(wbits=zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+    body = b'{"batchID": "b1"}' * 50
+    sent = squeeze.compress(body) + squeeze.flush()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"content-encoding": "deflate"}
+        return httpx.Response(200, stream=Streamed(sent, piece), headers=headers)
+
+    client = OmnisendClient(httpx.MockTransport(answer), "key", BASE_URL)
+    assert asyncio.run(client.call("batches.get", "GET", "/batches/b1")).content == body
+
+
+def test_bytes_after_the_end_of_a_gzip_answer_are_counted_against_the_limit() -> None:
+    """They inflate to nothing, so the decoded size never grew while zlib kept every one of
+    them: a proxy sending on after the stream's end filled the memory at line speed."""
+    with pytest.raises(UnexpectedAnswer, match="over"):
+        _answered(gzip.compress(b"{}") + b"x" * (MAX_ANSWER_BYTES + 1), "gzip")
+
+
 def test_a_corrupt_compressed_answer_is_a_transient_failure() -> None:
     """A proxy that cut or mangled the stream: the request may have been carried out."""
     with pytest.raises(Retriable) as raised:

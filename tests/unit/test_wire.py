@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from connector.core.errors import Retriable
@@ -55,6 +55,11 @@ BEHAVIOURS: dict[str, tuple[bytes, bool]] = {
     "ok-trailing-crlf": (OK + b"\r\n", False),
     "ok-overlong": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + OK, False),
     "no-content-with-body": (b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nok", False),
+    # A gateway's long headers (past h11's default 16 kB, within httpcore's 100 kB).
+    "long-headers": (
+        b"HTTP/1.1 200 OK\r\nX-Trace: " + b"t" * 20_000 + b"\r\nContent-Length: 2\r\n\r\nok",
+        False,
+    ),
 }
 ANSWERED = {
     "ok",
@@ -65,6 +70,7 @@ ANSWERED = {
     "early-hints",
     "ok-trailing-crlf",
     "ok-overlong",
+    "long-headers",
 }
 
 
@@ -175,6 +181,7 @@ def test_a_live_idle_connection_is_reused_and_one_the_server_closed_is_replaced(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+@example(script=["long-headers"], connections=1, concurrent=False)
 @given(
     script=st.lists(st.sampled_from(sorted(BEHAVIOURS)), min_size=1, max_size=8),
     connections=st.integers(1, 3),
@@ -372,3 +379,32 @@ def test_tls_with_the_given_ca_and_refused_with_another(tmp_path: Path) -> None:
     assert refused.startswith("ConnectError")
     assert "CERTIFICATE_VERIFY_FAILED" in refused
     assert server.per_connection[0] == 2  # the TLS connection was kept and reused
+
+
+def test_a_connection_given_up_on_is_closed_at_once_not_when_its_queue_drains() -> None:
+    """A peer that stops reading: after the write timeout the socket stayed open (its 20 MB
+    still queued) with no limit in time, outside the pool's count of connections."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+
+    async def run() -> None:
+        timeout = httpx.Timeout(5.0, write=0.2)
+        async with httpx.AsyncClient(transport=transport(), timeout=timeout) as client:
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+            with pytest.raises(httpx.WriteTimeout):
+                await client.post(url, content=b"x" * 20_000_000)
+
+    asyncio.run(run())
+    (peer,) = accepted
+    peer.settimeout(5)
+    received = 0
+    try:
+        while chunk := peer.recv(1 << 20):  # read now: a socket kept sends the rest
+            received += len(chunk)
+    except ConnectionResetError:
+        pass  # closed at once
+    finally:
+        peer.close()
+        listener.close()
+    assert received < 20_000_000, "the whole body went after the client gave up on it"
