@@ -48,6 +48,7 @@ class Partitions:
     def forget(self) -> None:
         self.assigned = []
         self.paused = False
+        self._metrics.paused_partitions.set(0)  # new partitions arrive unpaused
 
     def positions(self) -> dict[TP, int]:
         """Where the consumer stands in each (see `Source.positions`)."""

@@ -43,7 +43,9 @@ class Backoff:
 
     def failed(self, now: float, base: float, cap: float) -> None:
         self.failures += 1
-        delay = min(cap, base * 2 ** (self.failures - 1))
+        # The exponent stops growing long before the cap: past about 1,000 failures in a row
+        # (a long outage), 2.0 ** n no longer fits a float and the sink died of it.
+        delay = min(cap, base * 2.0 ** min(self.failures - 1, 60))
         self.until = now + delay * (0.5 + random.random())
 
     def succeeded(self) -> None:

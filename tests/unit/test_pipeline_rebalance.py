@@ -23,6 +23,7 @@ from connector.core.events import Position, RawRecord
 from connector.core.mapping import Mapping
 from connector.core.routing import Export, Router
 from connector.kafka.dlq import DeadLetters
+from connector.kafka.partitions import Partitions
 from connector.metrics import Metrics
 from connector.omnisend.sinks import Sinks
 from connector.pipeline import Pipeline
@@ -206,3 +207,18 @@ def test_the_dead_letter_limit_stops_the_loop_and_commits_only_what_had_its_fate
     assert exit_code == (0 if trip is None else 4)
     if trip is not None:  # it stopped there instead of draining the topic
         assert source.committed.get((TOPIC, 0), 0) <= trip + 1
+
+
+def test_partitions_paused_for_backpressure_are_not_shown_paused_after_a_rebalance() -> None:
+    """The gauge kept the count of the partitions paused before the rebalance, while the new
+    ones arrive unpaused: the dashboard showed backpressure that was not there."""
+    registry = CollectorRegistry()
+    source = MemorySource.of(TOPIC, [(p, b"k", b"v", []) for p in range(3)])
+    partitions = Partitions(source, TOPIC, Metrics(registry), SystemClock())
+    partitions.assign([(TOPIC, p) for p in range(3)])
+    partitions.pause(True)
+    gauge = "omnisend_connector_paused_partitions"
+    assert registry.get_sample_value(gauge) == 3
+    partitions.forget()
+    partitions.assign([(TOPIC, 0)])
+    assert registry.get_sample_value(gauge) == 0

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connector.core.events import ContactChange
+from connector.omnisend.sender import Backoff
 from connector.omnisend.sink import Mailbox
 from connector.simulator import Faults
 from tests.omnisend_fakes import Scripted, contacts, fast_sink, simulator, wait_outcomes
@@ -121,3 +122,14 @@ def test_idle_is_never_said_over_changes_sent_while_the_loop_looked() -> None:
     finally:
         stop.set()
         looping.join()
+
+
+def test_the_back_off_of_a_long_outage_stays_at_its_cap() -> None:
+    """Each failed write doubled the delay with no bound on the exponent: on failure 1,025 in
+    a row (an outage of an hour or more) the sink's task raised OverflowError, and the process
+    exited 1 to meet the same outage again after its restart."""
+    backoff = Backoff()
+    for _ in range(5_000):
+        backoff.failed(100.0, 0.5, 30.0)
+        assert 100.0 + 15.0 <= backoff.until <= 100.0 + 45.0 or backoff.failures < 8
+    assert backoff.failures == 5_000
