@@ -39,7 +39,8 @@ REPORT_EVERY_S = 1.0
 @dataclass
 class Backoff:
     until: float = 0.0
-    failures: int = 0
+    failures: int = 0  # in a row
+    successes: int = 0  # ever: whether anything went through meanwhile
 
     def failed(self, now: float, base: float, cap: float) -> None:
         self.failures += 1
@@ -50,6 +51,7 @@ class Backoff:
 
     def succeeded(self) -> None:
         self.failures = 0
+        self.successes += 1
 
 
 @dataclass(frozen=True)

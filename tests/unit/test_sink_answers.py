@@ -616,3 +616,73 @@ def test_after_a_reset_an_opposite_tag_call_still_waits_for_the_earlier_to_settl
         assert removed - added >= 0.9
     finally:
         sink.stop()
+
+
+def poisoned(email: str) -> Rule:
+    """A gateway that answers 502 to any batch carrying `email` (a rule matching one of its
+    values, say): a transient failure, every time."""
+    return Rule(
+        "POST",
+        "/batches",
+        instead(502, b"<html>Bad Gateway</html>", "text/html"),
+        times=-1,
+        when=lambda request: email.encode() in request.content,
+    )
+
+
+def test_a_batch_that_always_fails_as_a_whole_costs_only_the_contact_that_makes_it_fail() -> None:
+    """It went back to the front of the line after each failure, and the same contacts went
+    again, for ever: no upsert of the connection finished, and no signal said so."""
+    sim = simulator()
+    sink = fast_sink(Scripted(sim, [poisoned("c37@example.com")]))
+    try:
+        sink.submit([change(i, f"c{i}@example.com", firstName="Ann") for i in range(150)])
+        outcomes = {o.position.offset: o for o in wait_outcomes(sink, 150)}
+        assert sorted(outcomes) == list(range(150))
+        assert [i for i, o in outcomes.items() if o.reason] == [37]
+        assert outcomes[37].reason == "omnisend_retries_exhausted"
+        assert "502" in outcomes[37].detail
+        assert len(contacts(sim)) == 149
+    finally:
+        sink.stop()
+
+
+def test_in_an_outage_batches_wait_whole_and_none_is_dead_lettered() -> None:
+    """Nothing goes through: no contact is to blame, so none fails, and a batch is sent apart
+    once at most."""
+    sim = simulator()
+    outage = Rule("POST", "/batches", instead(503, b"", "text/html"), times=60)
+    sink = fast_sink(Scripted(sim, [outage]))
+    try:
+        sink.submit([change(i, f"c{i}@example.com", firstName="Ann") for i in range(250)])
+        outcomes = wait_outcomes(sink, 250, timeout=60)
+        assert len(outcomes) == 250
+        assert all(o.reason is None for o in outcomes)
+        assert outage.times == 0  # the outage was met in full
+        assert metric(sink, "omnisend_batches_split_total") <= 3  # each of 3 batches once
+    finally:
+        sink.stop()
+
+
+def test_a_contact_is_never_blamed_for_429s() -> None:
+    """The brand's budget spent by others answers 429 to whatever goes: the batches carrying
+    one contact meeting them again and again, while others go through, is no sign of it."""
+    sim = simulator()
+    storm = Rule(
+        "POST",
+        "/batches",
+        instead(429, b'{"status": 429}'),
+        times=40,
+        when=lambda request: b"c37@example.com" in request.content,
+    )
+    # A 429 without `retryAfter` waits a tenth of the window: 0.1 s here.
+    budget = Budget(BudgetConfig(1_000_000, 500_000, window_s=1.0, headroom=1.0))
+    sink = fast_sink(Scripted(sim, [storm]), budget=budget)
+    try:
+        sink.submit([change(i, f"c{i}@example.com", firstName="Ann") for i in range(150)])
+        outcomes = wait_outcomes(sink, 150, timeout=60)
+        assert len(outcomes) == 150
+        assert [o.position.offset for o in outcomes if o.reason] == []
+        assert storm.times == 0
+    finally:
+        sink.stop()
