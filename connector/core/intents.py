@@ -84,10 +84,6 @@ class UpsertIntent:
     since: float  # when it started waiting, for the flush age
     tickets: list[Ticket]
     attempts: int
-    # How often its whole batch failed (a 5xx, a reset), and the sink's count of successful
-    # requests when it was last sent apart from the rest for that (-1: never).
-    failed_whole: int
-    split_at: int
 
     def __init__(self, email: str, parts: dict[int, Part], since: float) -> None:
         self.email = email
@@ -95,8 +91,6 @@ class UpsertIntent:
         self.since = since
         self.tickets = []
         self.attempts = 0
-        self.failed_whole = 0
-        self.split_at = -1
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -112,8 +106,6 @@ class UpsertIntent:
         """Take `older`'s parts where they are newer than this one's, and its records."""
         merge_parts(self.parts, older.parts)
         self.tickets.extend(older.tickets)
-        if older.failed_whole > self.failed_whole:
-            self.failed_whole, self.split_at = older.failed_whole, older.split_at
 
 
 @dataclass(eq=False, slots=True, init=False)

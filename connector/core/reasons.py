@@ -45,7 +45,6 @@ REASONS: dict[str, tuple[Stage, str]] = {
     ),
     "omnisend_retries_exhausted": (
         "omnisend",
-        "a batch item kept failing with 408/429/5xx after every retry, or every batch the "
-        "contact was in failed as a whole while others went through",
+        "a batch item kept failing with 408/429/5xx after every retry",
     ),
 }

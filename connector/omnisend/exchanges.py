@@ -25,10 +25,6 @@ from connector.omnisend.sender import Sender
 
 log = structlog.get_logger("connector.sink")
 
-# Failures of a batch as a whole after which, if other requests went through meanwhile, its
-# contacts are sent in halves (and one failing alone is dead-lettered).
-STUBBORN_FAILURES = 5
-
 
 class SyncState:
     """What a sink knows of its work in one epoch: the coalesced changes, the batches in flight,
@@ -102,43 +98,7 @@ class Exchanges:
             # The batch may exist (its answer was lost): it may land after the contacts' next
             # upsert, so its fields are remembered until it must have landed.
             self._state.coalescer.haunt(intents, until=now + self._state.batches.deadline_s)
-        # A 429 is the brand's budget, never a contact's fault.
-        if isinstance(exc, RateLimited) or not self._stubborn(intents, exc, now):
-            self._state.coalescer.untake_upserts(intents)
-
-    def _stubborn(self, intents: list[UpsertIntent], exc: Retriable, now: float) -> bool:
-        """Whether these contacts keep failing as a whole, and are sent apart: one of them may
-        make every request it is in fail (a proxy's rule matching a value, an Omnisend bug),
-        which no retry of the whole cures. After `STUBBORN_FAILURES` the batch goes in halves.
-        Halves are split again, and a contact failing alone is dead-lettered, only if some
-        request went through since they were split off: in an outage nothing does, and they
-        wait, costing one split at most."""
-        for intent in intents:
-            intent.failed_whole += 1
-        if max(intent.failed_whole for intent in intents) < STUBBORN_FAILURES:
-            return False
-        successes = self._sender.backoff.successes
-        evidence = all(0 <= intent.split_at < successes for intent in intents)
-        if any(intent.split_at >= 0 for intent in intents) and not evidence:
-            self._state.splits.append(intents)  # as they are, when the back-off allows
-            return True
-        if len(intents) == 1:
-            if not evidence:  # alone from the start: sent apart once before it is judged
-                intents[0].split_at = successes
-                self._state.splits.append(intents)
-                return True
-            detail = f"its batch failed {intents[0].failed_whole} times while others went through"
-            self._state.coalescer.upsert_failed(
-                intents[0].email, "omnisend_retries_exhausted", f"{detail}: {exc}", now
-            )
-            return True
-        for intent in intents:
-            intent.split_at = successes
-        half = len(intents) // 2
-        self._state.splits.extend((intents[:half], intents[half:]))
-        self._metrics.batches_split.labels(self._connection).inc()
-        log.warning("batch_failing_split", error=str(exc), contacts=len(intents))
-        return True
+        self._state.coalescer.untake_upserts(intents)
 
     def _refused(self, intents: list[UpsertIntent], exc: Rejected) -> None:
         """A batch refused as a whole (413, or a 400 for one item) is sent again in halves

@@ -39,8 +39,7 @@ REPORT_EVERY_S = 1.0
 @dataclass
 class Backoff:
     until: float = 0.0
-    failures: int = 0  # in a row
-    successes: int = 0  # ever: whether anything went through meanwhile
+    failures: int = 0
 
     def failed(self, now: float, base: float, cap: float) -> None:
         self.failures += 1
@@ -51,7 +50,6 @@ class Backoff:
 
     def succeeded(self) -> None:
         self.failures = 0
-        self.successes += 1
 
 
 @dataclass(frozen=True)
