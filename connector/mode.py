@@ -55,11 +55,17 @@ class Mode:
         first read of a new group, or past records retention removed) goes to the earliest
         record, whatever the service's `auto.offset.reset` says (`latest` would read nothing,
         `error` would stall)."""
-        return kafka if self.live else {**kafka, "auto.offset.reset": "earliest"}
+        return kafka if self.live else from_the_start(kafka)
 
     @property
     def serves_probes(self) -> bool:
         return self.job is None  # a job needs neither readiness checks nor a port
+
+
+def from_the_start(kafka: dict[str, str]) -> dict[str, str]:
+    """The librdkafka properties of a consumer that reads a span from its start: an offset
+    reset goes to the earliest record."""
+    return {**kafka, "auto.offset.reset": "earliest"}
 
 
 LIVE = Mode("live")

@@ -27,7 +27,7 @@ from connector.core.errors import ConfigError, Fatal, Retriable
 from connector.core.events import RawRecord, SegmentChange
 from connector.kafka.clients import consumer_config
 from connector.kafka.dlq import HEADER_PREFIX
-from connector.mode import Job, Mode
+from connector.mode import Job, Mode, from_the_start
 from connector.pipeline import Pipeline
 
 METADATA_TIMEOUT_S = 10.0
@@ -244,7 +244,7 @@ def job_consumer(config: Config) -> Consumer:
         consumer_config(
             settings.kafka_bootstrap_servers,
             f"{settings.kafka_group_id}.offsets",
-            {**config.kafka, "auto.offset.reset": "earliest"},  # as every job reads
+            from_the_start(config.kafka),
             lambda err: None,
         )
     )

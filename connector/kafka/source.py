@@ -95,13 +95,6 @@ def _pairs(partitions: list[TopicPartition]) -> list[TP]:
     return [(p.topic, p.partition) for p in partitions]
 
 
-def _log_error(message: Message) -> None:
-    """An error event of the consumer: logged, except the end of a partition (not an error)."""
-    error = message.error()
-    if error is not None and error.code() != KafkaError._PARTITION_EOF:
-        log.warning("consume_error", error=error.str())
-
-
 class KafkaSource:
     """`Source` over a confluent-kafka `Consumer`."""
 
@@ -132,8 +125,7 @@ class KafkaSource:
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         records, errors = records_of(self._consumer.consume(max_records, timeout_s))
         for message in errors:  # before the records: a record follows its partition's error
-            _log_error(message)
-            self._note(message)
+            self._error(message)
         if self._unsure and records:
             for raw in records:
                 tp = (raw.position.topic, raw.position.partition)
@@ -141,14 +133,15 @@ class KafkaSource:
                     del self._unsure[tp]
         return records
 
-    def _note(self, message: Message) -> None:
-        error, topic, partition = message.error(), message.topic(), message.partition()
-        offset = message.offset()
+    def _error(self, message: Message) -> None:
+        """An error event: logged, except the end of a partition (not an error); where it names
+        an offset, its partition's position is not trusted until a record from there comes."""
+        error = message.error()
         if error is None or error.code() == KafkaError._PARTITION_EOF:
             return
-        if topic is None or partition is None:
-            return
-        if offset is not None and offset >= 0:
+        log.warning("consume_error", error=error.str())
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is not None and partition is not None and offset is not None and offset >= 0:
             tp = (topic, partition)
             self._unsure[tp] = min(offset, self._unsure.get(tp, offset))
 

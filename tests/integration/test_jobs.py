@@ -48,8 +48,8 @@ def cli(
     )
 
 
-def job(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
-    result = cli(env, *args)
+def job(env: dict[str, str], *args: str, timeout_s: float = 120) -> tuple[int, dict[str, Any], str]:
+    result = cli(env, *args, timeout_s=timeout_s)
     assert result.stdout.strip(), result.stderr
     return result.returncode, json.loads(result.stdout), result.stderr
 
@@ -345,13 +345,12 @@ def test_jobs_end_on_a_topic_whose_last_offsets_are_transaction_markers(
     events = [event(f"p{i}@x.io", profile_id=f"p{i}", occurred_at=T0 + i) for i in range(30)]
     produce_in_transactions(broker.bootstrap, topic, events)
     env = connector_env(broker, topic, sim)
-    result = cli(env, "backfill", "--since", "2d", timeout_s=60)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    code, report, progress = job(env, "backfill", "--since", "2d", timeout_s=60)
+    assert code == 0, progress
     assert (report["read"], report["complete"]) == (30, True)
     assert len(sim_contacts(sim)) == 30
-    result = cli(env, "reconcile", timeout_s=60)
-    assert result.returncode == 0, result.stderr
+    code, _, progress = job(env, "reconcile", timeout_s=60)
+    assert code == 0, progress
 
 
 def stopped_at_first_progress(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
