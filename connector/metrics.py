@@ -216,7 +216,16 @@ class Metrics:
         )
         self.paused_partitions = Gauge(
             "paused_partitions",
-            "Assigned partitions paused for backpressure.",
+            "Assigned partitions paused: for backpressure, or held back behind a record that "
+            "does not finish.",
+            namespace=ns,
+            registry=r,
+        )
+        self.partition_blocked = Gauge(
+            "partition_blocked_seconds",
+            "Seconds each assigned partition's commit has stood at the same unfinished record "
+            "(0 when none is unfinished).",
+            ["topic", "partition"],
             namespace=ns,
             registry=r,
         )

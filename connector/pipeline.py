@@ -187,6 +187,7 @@ class Pipeline:
         now = self._clock.now()
         if now - self._last_commit >= self.config.commit_interval_s:
             self._commit()
+            self._partitions.show_blocked(self._ledger.offsets.heads(), now)
         self._report(now)
 
     def _report(self, now: float) -> None:
@@ -259,6 +260,7 @@ class Pipeline:
         elif paused and drained and not self.intake.held and not self._sink.saturated(RESUME_AT):
             self._partitions.pause(False)
             log.debug("backpressure_off", in_flight_records=records, in_flight_bytes=size)
+        self._partitions.hold_back(self._ledger.offsets.heads(), cfg.max_in_flight_records)
         self._metrics.in_flight_records.set(records)
         self._metrics.in_flight_bytes.set(size)
 

@@ -136,6 +136,14 @@ def add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="batch items of this email are refused with a 400 (repeatable)",
     )
     f.add_argument(
+        "--block-value",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="writes whose body holds this value (an email, a tag) are answered 502 with a "
+        "gateway's HTML page, as a firewall rule in front of the API would (repeatable)",
+    )
+    f.add_argument(
         "--garbage-rate",
         type=float,
         default=0.0,
@@ -175,6 +183,7 @@ def simulator_config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         drip_rate=args.drip_rate,
         drip_s=args.drip,
         refused_emails=frozenset(args.refuse_email),
+        blocked_values=frozenset(args.block_value),
     )
     return SimulatorConfig(
         api_keys=dict(args.api_key or [("test-key", "brand-1")]),

@@ -61,7 +61,12 @@ class PartitionOffsets:
 
     @property
     def unfinished(self) -> int:
+        """Offsets kept: the first unfinished one and every one after it, finished or not."""
         return len(self._pending)
+
+    def head(self) -> int | None:
+        """The first unfinished offset, where the commit stands (None: nothing unfinished)."""
+        return self._pending[0] if self._pending else None
 
 
 class OffsetTracker:
@@ -126,6 +131,11 @@ class OffsetTracker:
             partition = self._partitions.get(tp)
             return 0 if partition is None else partition.unfinished
         return sum(p.unfinished for p in self._partitions.values())
+
+    def heads(self) -> dict[TopicPartition, tuple[int | None, int]]:
+        """Per partition, its first unfinished offset (None: none) and how many offsets are kept
+        from there on (see `PartitionOffsets.unfinished`)."""
+        return {tp: (p.head(), p.unfinished) for tp, p in self._partitions.items()}
 
     def partitions(self) -> list[TopicPartition]:
         return list(self._partitions)

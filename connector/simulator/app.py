@@ -11,6 +11,7 @@ each such choice is marked "assumed" where it is made (here and in the endpoint 
 from __future__ import annotations
 
 import heapq
+import json
 import random
 import re
 import threading
@@ -120,6 +121,10 @@ class Simulator:
             now = self.clock.now()
             self._advance(now)
             endpoint, handler, params = self._route(request)
+            if _blocked(request, self.config.faults.blocked_values):  # in front of Omnisend
+                self.requests[(endpoint, 502)] += 1
+                self.answer_faults["blocked"] += 1
+                return Response(502, garble=Garble("html"))
             brand_name = "-"
             try:
                 brand = self._authenticate(request)
@@ -280,6 +285,15 @@ class Simulator:
             return [
                 {"t": t, "brand": b, "endpoint": e, "status": s} for t, b, e, s in self.request_log
             ]
+
+
+def _blocked(request: Request, values: frozenset[str]) -> bool:
+    """A write holding one of `values` in its body, as a JSON body holds it (non-ASCII
+    characters escaped or not)."""
+    if not values or request.method == "GET":
+        return False
+    body = request.body
+    return any(v.encode() in body or json.dumps(v)[1:-1].encode() in body for v in values)
 
 
 def _replace_faults(config: SimulatorConfig, faults: Faults) -> SimulatorConfig:

@@ -40,6 +40,10 @@ class Faults:
     # Batch items of these emails are refused (400), as Omnisend refuses a contact for reasons
     # the connector cannot see: to rehearse how a refused contact shows up.
     refused_emails: frozenset[str] = frozenset()
+    # Writes whose body holds one of these values are answered 502 with a gateway's HTML page
+    # and never reach Omnisend, as a firewall rule in front of the API matching a value would:
+    # to rehearse a request that always fails as a whole.
+    blocked_values: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         rates = ("error_rate", "item_error_rate", "spike_rate", "drop_rate", "garbage_rate")
@@ -57,8 +61,9 @@ class Faults:
         unknown = set(changes) - known
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
-        if "refused_emails" in changes:  # a JSON list
-            changes = {**changes, "refused_emails": frozenset(changes["refused_emails"])}
+        for name in ("refused_emails", "blocked_values"):
+            if name in changes:  # a JSON list
+                changes = {**changes, name: frozenset(changes[name])}
         return dataclasses.replace(self, **changes)
 
 

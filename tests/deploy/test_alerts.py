@@ -30,7 +30,7 @@ def write_rules(directory: Path) -> Path:
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     result = promtool("check", "rules", str(write_rules(tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "7 rules found" in result.stdout
+    assert "8 rules found" in result.stdout
 
 
 def test_every_alert_has_a_unit_test() -> None:

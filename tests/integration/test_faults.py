@@ -11,13 +11,24 @@ import time
 
 import httpx
 import pytest
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
 
 from connector.app import running
+from connector.core.codec import encode_plain
 from connector.dev.broker import Broker
 from connector.kafka.clients import ensure_topic
+from connector.pipeline import Pipeline
 from connector.settings import load_settings
 from connector.simulator import Faults, SimulatorConfig, SimulatorServer
-from tests.integration.conftest import connector_env, produce_events, sim_stats, storm
+from tests.events import event
+from tests.integration.conftest import (
+    connector_env,
+    produce_events,
+    read_all,
+    sim_stats,
+    storm,
+)
 from tests.workload import expected_state, wait_for_state, workload
 
 pytestmark = pytest.mark.slow
@@ -105,3 +116,76 @@ def test_everything_going_wrong_at_once_loses_nothing(broker: Broker) -> None:
     assert busiest_window([r["t"] for r in ours], window) <= 360
     tags = [r["t"] for r in ours if r["endpoint"].endswith("/contacts/tags")]
     assert busiest_window(tags, window) <= 54
+
+
+def _produce_to(
+    bootstrap: str, topic: str, partition: int, events: list[dict[str, object]]
+) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "log.connection.close": False})
+    for e in events:
+        producer.produce(topic, encode_plain(e), str(e["profile_id"]).encode(), partition)
+    assert producer.flush(30) == 0
+
+
+def _fine(prefix: str, n: int) -> list[dict[str, object]]:
+    return [
+        event(f"{prefix}{i}@example.com", segment_name="Fine", profile_id=f"{prefix}{i}")
+        for i in range(n)
+    ]
+
+
+def test_a_tag_call_a_gateway_always_refuses_holds_back_its_partition_alone(
+    broker: Broker, topic: str
+) -> None:
+    """A firewall in front of Omnisend answers 502 to every call carrying the tag of segment
+    "Quarantine". The one record entering it never finishes: its partition shows how long,
+    is paused alone once 100 records finished behind it, and reads nothing more; the other
+    partitions commit to their ends."""
+    blocked = Faults(blocked_values=frozenset({"Quarantine"}))
+    with SimulatorServer(SimulatorConfig(time_scale=0.1, faults=blocked)) as sim:
+        stuck = event("stuck@example.com", segment_name="Quarantine", profile_id="p-stuck")
+        produce_events(broker.bootstrap, topic, [stuck])
+        (first,) = read_all(broker.bootstrap, topic, 1)
+        held = first.partition()
+        others = [p for p in range(3) if p != held]
+        _produce_to(broker.bootstrap, topic, held, _fine(f"h{held}-", 150))
+        for p in others:
+            _produce_to(broker.bootstrap, topic, p, _fine(f"o{p}-", 50))
+        env = connector_env(broker, topic, sim, MAX_IN_FLIGHT_RECORDS="100")
+        env |= {"COMMIT_INTERVAL_S": "0.2", "RETRY_MAX_S": "0.5", "SHUTDOWN_TIMEOUT_S": "1"}
+        settings, kafka = load_settings(env)
+        registry = CollectorRegistry()
+
+        def gauge(name: str, **labels: str) -> float:
+            return registry.get_sample_value(f"omnisend_connector_{name}", labels) or 0.0
+
+        def blocked_s(partition: int) -> float:
+            return gauge("partition_blocked_seconds", topic=topic, partition=str(partition))
+
+        deadline = time.monotonic() + 60
+        phase: list[float] = []  # when more records went to the held-back partition
+
+        def watched(pipeline: Pipeline) -> bool:
+            assert time.monotonic() < deadline, "the partition was not held back in time"
+            committed = pipeline.committed()
+            others_done = all(committed.get((topic, p), 0) == 50 for p in others)
+            if not phase:
+                if others_done and gauge("paused_partitions") == 1 and blocked_s(held) > 1:
+                    _produce_to(broker.bootstrap, topic, held, _fine(f"late{held}-", 200))
+                    phase.append(time.monotonic())
+                return False
+            if time.monotonic() - phase[0] < 3:
+                return False
+            seen.update({str(p): blocked_s(p) for p in range(3)})
+            seen["consumed"] = pipeline.stats["consumed"]
+            seen["committed"] = committed.get((topic, held), 0)
+            return True
+
+        seen: dict[str, float] = {}
+        with running(settings, kafka, registry=registry) as parts:
+            parts.pipeline.run(threading.Event(), until=watched)
+        assert seen["consumed"] == 1 + 150 + 2 * 50  # nothing of the late 200 was read
+        assert seen["committed"] == 0
+        assert all(seen[str(p)] == 0 for p in others)
+        assert seen[str(held)] > 3
+        assert sim_stats(sim)["answerFaults"].get("blocked", 0) > 0

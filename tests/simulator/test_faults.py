@@ -158,3 +158,24 @@ def test_a_dripping_answer_takes_its_time_and_arrives_whole(make_sim: MakeSim) -
     response = httpx.get(f"{sim.server.api_url}/contacts", headers=HEADERS, timeout=0.2)
     assert time.monotonic() - started >= 0.45  # no read waited 0.2 s, yet the whole took 0.5
     assert response.json()["contacts"] == []
+
+
+def test_a_blocked_value_is_answered_by_a_gateway_and_never_reaches_omnisend(
+    make_sim: MakeSim,
+) -> None:
+    sim = make_sim(faults=Faults(blocked_values=frozenset({"blocked@example.com", "Zoë"})))
+    api = sim.server.api_url
+
+    def post(path: str, body: dict[str, object]) -> httpx.Response:
+        return httpx.post(f"{api}{path}", headers=HEADERS, json=body)  # no contract check
+
+    for email in ("blocked@example.com", "other@example.com"):
+        answer = post("/contacts", contact(email, firstName="Zoë"))
+        assert answer.status_code == 502
+        assert answer.headers["content-type"] == "text/html"
+    assert post("/contacts/tags", {"tag": "vip", "emails": ["blocked@example.com"]}).is_error
+    passed = sim.api.post("/contacts", json=contact("free@example.com"))
+    assert passed.status_code == 201, passed.text
+    assert sim.api.get("/contacts", params={"email": "blocked@example.com"}).status_code == 200
+    assert set(sim.contacts()) == {"free@example.com"}
+    assert sim.inspect("stats")["answerFaults"] == {"blocked": 3}
