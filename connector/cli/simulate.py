@@ -140,8 +140,8 @@ def add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="append",
         default=[],
         metavar="VALUE",
-        help="writes whose body holds this value (an email, a tag) are answered 502 with a "
-        "gateway's HTML page, as a firewall rule in front of the API would (repeatable)",
+        help="writes whose body holds this value (an email, a tag) are answered 403 with a "
+        "firewall's HTML page, as a rule in front of the API would (repeatable)",
     )
     f.add_argument(
         "--garbage-rate",

@@ -231,6 +231,15 @@ def writable(text: str) -> str:
     return text
 
 
+def is_json_object(response: httpx.Response) -> bool:
+    """The body is a JSON object, as every answer of Omnisend's is (its errors are RFC 9457
+    problem details); a gateway's page is not."""
+    try:
+        return isinstance(response.json(), dict)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+
+
 def problem_detail(response: httpx.Response) -> str:
     """A short, key-free description of an error answer, whatever its body."""
     try:

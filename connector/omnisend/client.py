@@ -381,6 +381,13 @@ class OmnisendClient:
             raise UnexpectedAnswer(endpoint, status, "not a final answer", content_type)
         if status == 429:
             raise RateLimited(f"{endpoint}: rate limited", answers.retry_after(response))
+        if status == 403 and not answers.is_json_object(response):
+            # Omnisend's refusals are JSON: this page is a firewall's or a proxy's (one rule
+            # matching a contact's values, say). Retried: stopping would stop again after
+            # every restart, at the same record.
+            content_type = response.headers.get("content-type", "")
+            why = "not Omnisend's answer (a firewall or a proxy in between refuses it)"
+            raise UnexpectedAnswer(endpoint, status, why, content_type)
         if status in (401, 403, 410):
             raise FatalApiError(status, response.reason_phrase)
         if status in (404, 405) and endpoint in _WRITES:

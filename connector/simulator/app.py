@@ -122,9 +122,9 @@ class Simulator:
             self._advance(now)
             endpoint, handler, params = self._route(request)
             if _blocked(request, self.config.faults.blocked_values):  # in front of Omnisend
-                self.requests[(endpoint, 502)] += 1
+                self.requests[(endpoint, 403)] += 1
                 self.answer_faults["blocked"] += 1
-                return Response(502, garble=Garble("html"))
+                return Response(403, garble=Garble("blocked"))
             brand_name = "-"
             try:
                 brand = self._authenticate(request)

@@ -40,9 +40,9 @@ class Faults:
     # Batch items of these emails are refused (400), as Omnisend refuses a contact for reasons
     # the connector cannot see: to rehearse how a refused contact shows up.
     refused_emails: frozenset[str] = frozenset()
-    # Writes whose body holds one of these values are answered 502 with a gateway's HTML page
-    # and never reach Omnisend, as a firewall rule in front of the API matching a value would:
-    # to rehearse a request that always fails as a whole.
+    # Writes whose body holds one of these values are answered 403 with a firewall's HTML page
+    # and never reach Omnisend, as a rule in front of the API matching a value would: to
+    # rehearse a request that always fails as a whole.
     blocked_values: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:

@@ -39,6 +39,8 @@ _ODD_TIMES: tuple[Any, ...] = (
 _ODD_BATCH_IDS: tuple[Any, ...] = ("abc\t", "../contacts", 42, "")
 _NEEDED = ("batchID", "status", "responses", "errors", "contacts", "batches", "paging")
 _HTML = b"<html><head><title>502 Bad Gateway</title></head><body>upstream error</body></html>"
+# A web application firewall's refusal (`Faults.blocked_values`), not one of the odd answers.
+_BLOCKED = b"<html><head><title>Access denied</title></head><body>Request blocked</body></html>"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def _garbled(garble: Garble, body: Any, payload: bytes, content_type: str) -> tu
         "empty": ("", b""),
         "wrong_type": (content_type, json.dumps([body] if body is not None else "ok").encode()),
         "wrong_content_type": ("text/html", payload),
+        "blocked": ("text/html", _BLOCKED),
     }
     if garble.kind in whole:
         return whole[garble.kind]

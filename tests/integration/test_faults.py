@@ -134,13 +134,14 @@ def _fine(prefix: str, n: int) -> list[dict[str, object]]:
     ]
 
 
-def test_a_tag_call_a_gateway_always_refuses_holds_back_its_partition_alone(
+def test_a_tag_call_a_firewall_always_refuses_holds_back_its_partition_alone(
     broker: Broker, topic: str
 ) -> None:
-    """A firewall in front of Omnisend answers 502 to every call carrying the tag of segment
-    "Quarantine". The one record entering it never finishes: its partition shows how long,
-    is paused alone once 100 records finished behind it, and reads nothing more; the other
-    partitions commit to their ends."""
+    """A firewall in front of Omnisend answers 403 (its HTML page) to every call carrying the
+    tag of segment "Quarantine". The connector does not stop (that 403 is not Omnisend's): the
+    one record entering it never finishes, its partition shows how long, is paused alone once
+    100 records finished behind it, and reads nothing more; the other partitions commit to
+    their ends."""
     blocked = Faults(blocked_values=frozenset({"Quarantine"}))
     with SimulatorServer(SimulatorConfig(time_scale=0.1, faults=blocked)) as sim:
         stuck = event("stuck@example.com", segment_name="Quarantine", profile_id="p-stuck")
@@ -183,7 +184,8 @@ def test_a_tag_call_a_gateway_always_refuses_holds_back_its_partition_alone(
 
         seen: dict[str, float] = {}
         with running(settings, kafka, registry=registry) as parts:
-            parts.pipeline.run(threading.Event(), until=watched)
+            exit_code = parts.pipeline.run(threading.Event(), until=watched)
+        assert exit_code == 0, parts.pipeline.fatal
         assert seen["consumed"] == 1 + 150 + 2 * 50  # nothing of the late 200 was read
         assert seen["committed"] == 0
         assert all(seen[str(p)] == 0 for p in others)

@@ -177,6 +177,44 @@ def test_an_empty_refusal_whatever_its_encoding_is_still_a_refusal() -> None:
         _answered(b"", "gzip", 401, "tags.add")
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"<html><title>Access denied</title></html>", "text/html"),
+        (b"", ""),
+        (b"Forbidden", "text/plain"),
+        (b'["blocked"]', "application/json"),
+    ],
+    ids=["an HTML page", "no body", "text", "JSON, not an object"],
+)
+def test_a_403_that_is_not_omnisends_answer_is_retried_not_fatal(
+    body: bytes, content_type: str
+) -> None:
+    """A firewall in front of Omnisend (a rule matching one contact's values, say) answers 403
+    with its own page: taken for a key lacking a scope, it stopped the connector with exit 3,
+    and the same record stopped it again after every restart."""
+    headers = {"content-type": content_type} if content_type else {}
+    with pytest.raises(UnexpectedAnswer, match="not Omnisend's answer") as raised:
+        _answered(body, "identity", 403, "batches.create", headers)
+    assert not raised.value.maybe_applied
+
+
+def test_omnisends_own_403_still_stops_the_connector() -> None:
+    problem = b'{"type": "about:blank", "title": "Forbidden", "status": 403}'
+    with pytest.raises(FatalApiError):
+        _answered(
+            problem, "identity", 403, "batches.create", {"content-type": "application/problem+json"}
+        )
+    with pytest.raises(FatalApiError):  # an older answer's shape, still Omnisend's
+        _answered(
+            b'{"error": "Forbidden"}',
+            "",
+            403,
+            "contacts.list",
+            {"content-type": "application/json"},
+        )
+
+
 def test_a_small_content_length_does_not_lift_the_limit_on_what_arrives() -> None:
     """A body framed otherwise (chunked, or up to the close) may run past its Content-Length:
     what is read is counted, not what was announced."""

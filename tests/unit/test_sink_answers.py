@@ -79,6 +79,14 @@ ODD_ANSWERS: dict[str, tuple[Rule, int]] = {
         Rule("POST", "/contacts/tags", instead(302, b"", "text/html"), times=2),
         1,
     ),
+    "a firewall's 403 page for a batch": (
+        Rule("POST", "/batches", instead(403, b"<html>Access denied</html>", "text/html"), 2),
+        1,
+    ),
+    "a firewall's empty 403 for a tag call": (
+        Rule("POST", "/contacts/tags", instead(403, b"", ""), times=2),
+        1,
+    ),
     "retryAfter an object": (
         Rule(
             "POST",
