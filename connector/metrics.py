@@ -214,6 +214,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.contacts_isolated = Gauge(
+            "omnisend_isolated_contacts",
+            "Contacts whose batches kept failing as a whole, retried alone.",
+            ["connection"],
+            namespace=ns,
+            registry=r,
+        )
         self.paused_partitions = Gauge(
             "paused_partitions",
             "Assigned partitions paused: for backpressure, or held back behind a record that "
@@ -261,6 +268,7 @@ class Metrics:
         self.batches_in_flight.labels(connection)
         self.batches_stuck.labels(connection)
         self.batches_split.labels(connection)
+        self.contacts_isolated.labels(connection)
         self.tag_calls_split.labels(connection)
         self.retry_after_clamped.labels(connection)
         self.tag_collisions.labels(connection)

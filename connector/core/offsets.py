@@ -68,6 +68,11 @@ class PartitionOffsets:
         """The first unfinished offset, where the commit stands (None: nothing unfinished)."""
         return self._pending[0] if self._pending else None
 
+    @property
+    def finished_behind(self) -> int:
+        """Records finished after the first unfinished one, kept until it finishes."""
+        return len(self._done)
+
 
 class OffsetTracker:
     """Done-tracking for every assigned partition, and what has been committed."""
@@ -133,9 +138,9 @@ class OffsetTracker:
         return sum(p.unfinished for p in self._partitions.values())
 
     def heads(self) -> dict[TopicPartition, tuple[int | None, int]]:
-        """Per partition, its first unfinished offset (None: none) and how many offsets are kept
-        from there on (see `PartitionOffsets.unfinished`)."""
-        return {tp: (p.head(), p.unfinished) for tp, p in self._partitions.items()}
+        """Per partition, its first unfinished offset (None: none) and how many records
+        finished behind it wait for it."""
+        return {tp: (p.head(), p.finished_behind) for tp, p in self._partitions.items()}
 
     def partitions(self) -> list[TopicPartition]:
         return list(self._partitions)

@@ -80,20 +80,26 @@ class Partitions:
         self._apply()
 
     def hold_back(self, heads: dict[TP, tuple[int | None, int]], limit: int) -> None:
-        """Pause a partition alone once `limit` offsets are kept from its first unfinished one
-        on (records finished behind it cannot be committed before it, so their offsets wait
-        with it: without this they would pile up for as long as it stands); resume it below
-        `HELD_RESUME_AT` of that."""
+        """Pause a partition alone once `limit` records finished behind its first unfinished
+        one (they cannot be committed before it, so their offsets wait with it: without this
+        they would pile up for as long as it stands); resume it below `HELD_RESUME_AT` of
+        that. Records still unfinished do not count: the loop's backpressure bounds those."""
         held = {
             tp
             for tp in self.assigned
-            if (kept := heads.get(tp, (None, 0))[1]) >= limit
-            or (tp in self.held and kept > limit * HELD_RESUME_AT)
+            if (behind := heads.get(tp, (None, 0))[1]) >= limit
+            or (tp in self.held and behind > limit * HELD_RESUME_AT)
         }
         if held != self.held:
             for tp in held - self.held:
-                head, kept = heads[tp]
-                log.warning("partition_held_back", topic=tp[0], partition=tp[1], offset=head)
+                head, behind = heads[tp]
+                log.warning(
+                    "partition_held_back",
+                    topic=tp[0],
+                    partition=tp[1],
+                    offset=head,
+                    finished_behind=behind,
+                )
             self.held = held
             self._apply()
 

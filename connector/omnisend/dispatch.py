@@ -186,6 +186,25 @@ class Dispatcher:
                 self._exchanges.change_tags(group[0], group[1], intents), now, request
             )
 
+    def _apart(self, now: float) -> bool:
+        """Send the groups set apart and the isolated contacts that are due; False if no room
+        is left for the queue's batches."""
+        state = self._state
+        while state.failing and self._batch_room():
+            if not self._may_send(now, BATCH):
+                return False
+            group = state.failing.popleft()
+            self._sender.spawn(self._exchanges.create_batch(group, apart=True), now, BATCH)
+        for email, (intent, due) in list(state.isolated.items()):
+            if due > now:
+                self.wake_by(due)
+                continue
+            if not self._batch_room() or not self._may_send(now, BATCH):
+                return False
+            state.isolated[email] = (intent, math.inf)  # in flight
+            self._sender.spawn(self._exchanges.create_batch([intent], apart=True), now, BATCH)
+        return True
+
     def _upsert_linger(self) -> float:
         """How long a partial batch may wait to fill: the configured linger, but never so short
         that batches (each a request plus about one status read) outrun the budget for them."""
@@ -208,6 +227,8 @@ class Dispatcher:
             self._sender.spawn(
                 self._exchanges.create_batch(self._state.splits.popleft()), now, BATCH
             )
+        if not self._apart(now):
+            return
         c, size = self._state.coalescer, self._config.batch_size
         linger = self._upsert_linger()
         while c.upserts and self._batch_room():

@@ -4,6 +4,14 @@ answer is applied to the sink's state of the epoch (`SyncState`): contacts accep
 failed, halves of a request Omnisend refused as a whole queued to go first, a transient failure
 handed to the sender's back-off. A reset cancels requests in flight (`Sender.cancel_all`), so
 no answer reaches the state of a later epoch.
+
+A batch that fails as a whole `WHOLE_FAILURES` times in a row (a 5xx, a reset, a firewall's
+page: not a 429, which is the brand's budget) may be failing for one contact's values, which
+would stop every upsert of the connection behind it. Its contacts then go in halves, each half
+failing as often before it is halved again, down to the contact that fails alone: that one is
+retried on its own every `retry_max_s` (isolated), never dead-lettered, since nothing proves it
+wrong (in a brownout every request fails now and then). At most `MAX_SPLIT_GROUPS` groups and
+`MAX_ISOLATED` contacts are set apart at a time, so a brownout leaves few small batches behind.
 """
 
 from __future__ import annotations
@@ -24,6 +32,11 @@ from connector.omnisend.client import OmnisendClient, RateLimited, Rejected, con
 from connector.omnisend.sender import Sender
 
 log = structlog.get_logger("connector.sink")
+
+# Whole failures in a row of a group's batches before its contacts go in halves.
+WHOLE_FAILURES = 3
+MAX_SPLIT_GROUPS = 8  # groups of contacts sent apart while failing batches are narrowed down
+MAX_ISOLATED = 10  # contacts retried alone, each every retry_max_s
 
 
 class SyncState:
@@ -46,6 +59,11 @@ class SyncState:
         self.batches = BatchTracker(self._tracker)
         self.splits: deque[list[UpsertIntent]] = deque()
         self.tag_splits: deque[tuple[bool, str, list[TagIntent]]] = deque()
+        # Groups of contacts sent apart because their batches kept failing as a whole, each
+        # contact's whole failures in a row, and the contacts retried alone (when next).
+        self.failing: deque[list[UpsertIntent]] = deque()
+        self.strikes: dict[str, int] = {}
+        self.isolated: dict[str, tuple[UpsertIntent, float]] = {}
 
 
 class Exchanges:
@@ -73,7 +91,8 @@ class Exchanges:
         live = len(self._state.batches.live)
         self._metrics.batches_in_flight.labels(self._connection).set(live)
 
-    async def create_batch(self, intents: list[UpsertIntent]) -> None:
+    async def create_batch(self, intents: list[UpsertIntent], apart: bool = False) -> None:
+        """`apart`: a group of `SyncState.failing` or an isolated contact, not the queue's."""
         items = [contact_request(i.email, i.fields) for i in intents]
         try:
             batch_id = await self._client.create_batch(items)
@@ -82,23 +101,76 @@ class Exchanges:
                 # as if its answer were lost, though the batch may exist.
                 raise UnexpectedAnswer("batches.create", 201, "the id of a batch in flight")
         except (Retriable, Rejected) as exc:
-            self._create_failed(intents, exc)
+            self._create_failed(intents, exc, apart)
             return
         self._sender.backoff.succeeded()
+        if apart or self._state.strikes:
+            self._through(intents)
         self._state.batches.add(batch_id, intents, self._clock.now())
         self.count_batches()
 
-    def _create_failed(self, intents: list[UpsertIntent], exc: Retriable | Rejected) -> None:
-        now = self._clock.now()
+    def _create_failed(
+        self, intents: list[UpsertIntent], exc: Retriable | Rejected, apart: bool
+    ) -> None:
+        now, state = self._clock.now(), self._state
         if isinstance(exc, Rejected):
             self._refused(intents, exc)
             return
-        self._sender.transient(exc, now)
         if exc.maybe_applied:
             # The batch may exist (its answer was lost): it may land after the contacts' next
             # upsert, so its fields are remembered until it must have landed.
-            self._state.coalescer.haunt(intents, until=now + self._state.batches.deadline_s)
-        self._state.coalescer.untake_upserts(intents)
+            state.coalescer.haunt(intents, until=now + state.batches.deadline_s)
+        isolated = apart and len(intents) == 1 and intents[0].email in state.isolated
+        if isolated:
+            state.isolated[intents[0].email] = (intents[0], now + self._sender.config.retry_max_s)
+            if isinstance(exc, RateLimited):
+                self._sender.transient(exc, now)  # the brand's budget holds for every request
+            return  # else its own failure again: says nothing of Omnisend's health
+        self._sender.transient(exc, now)
+        if isinstance(exc, RateLimited) or not self._narrowed(intents, now):
+            if apart:
+                state.failing.append(intents)  # it goes on failing apart
+            else:
+                state.coalescer.untake_upserts(intents)
+
+    def _narrowed(self, intents: list[UpsertIntent], now: float) -> bool:
+        """Count a whole failure against each contact; once every one of them has failed
+        `WHOLE_FAILURES` times in a row, halve the group (or isolate its lone contact) if there
+        is room apart. True if it was."""
+        strikes, state = self._state.strikes, self._state
+        for intent in intents:
+            strikes[intent.email] = strikes.get(intent.email, 0) + 1
+        if min(strikes[i.email] for i in intents) < WHOLE_FAILURES:
+            return False
+        if len(intents) == 1:
+            if len(state.isolated) >= MAX_ISOLATED:
+                return False
+            (intent,) = intents
+            del strikes[intent.email]
+            state.isolated[intent.email] = (intent, now + self._sender.config.retry_max_s)
+            self.count_isolated()
+            log.warning("contact_isolated", isolated=len(state.isolated))
+            return True
+        if len(state.failing) + 2 > MAX_SPLIT_GROUPS:
+            return False
+        for intent in intents:  # each half earns its own failures
+            del strikes[intent.email]
+        half = len(intents) // 2
+        state.failing.extend((intents[:half], intents[half:]))
+        self._metrics.batches_split.labels(self._connection).inc()
+        log.warning("failing_batch_split", contacts=len(intents), failures=WHOLE_FAILURES)
+        return True
+
+    def _through(self, intents: list[UpsertIntent]) -> None:
+        """Their batch was created: no failures in a row any more, none isolated."""
+        state = self._state
+        for intent in intents:
+            state.strikes.pop(intent.email, None)
+            if state.isolated.pop(intent.email, None) is not None:
+                self.count_isolated()
+
+    def count_isolated(self) -> None:
+        self._metrics.contacts_isolated.labels(self._connection).set(len(self._state.isolated))
 
     def _refused(self, intents: list[UpsertIntent], exc: Rejected) -> None:
         """A batch refused as a whole (413, or a 400 for one item) is sent again in halves

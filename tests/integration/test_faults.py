@@ -191,3 +191,41 @@ def test_a_tag_call_a_firewall_always_refuses_holds_back_its_partition_alone(
         assert all(seen[str(p)] == 0 for p in others)
         assert seen[str(held)] > 3
         assert sim_stats(sim)["answerFaults"].get("blocked", 0) > 0
+
+
+def test_a_contact_a_firewall_always_refuses_is_isolated_and_the_others_sync(
+    broker: Broker, topic: str
+) -> None:
+    """Every batch carrying one contact's email is refused with a firewall's 403 page: the
+    others of its batches sync all the same, and that one is retried alone, never dropped."""
+    poison = "poison@example.com"
+    blocked = Faults(blocked_values=frozenset({poison}))
+    events = [event(f"c{i}@example.com", profile_id=f"p{i}") for i in range(300)]
+    events.insert(150, event(poison, profile_id="p-poison"))
+    produce_events(broker.bootstrap, topic, events)
+    with SimulatorServer(SimulatorConfig(time_scale=0.1, faults=blocked)) as sim:
+        env = connector_env(broker, topic, sim, RETRY_MAX_S="0.5", SHUTDOWN_TIMEOUT_S="1")
+        settings, kafka = load_settings(env)
+        registry = CollectorRegistry()
+        deadline = time.monotonic() + 60
+        seen: dict[str, float] = {}
+
+        def isolated() -> float:
+            name = "omnisend_connector_omnisend_isolated_contacts"
+            return registry.get_sample_value(name, {"connection": "default"}) or 0.0
+
+        def synced(pipeline: Pipeline) -> bool:
+            assert time.monotonic() < deadline, "the others were not synced in time"
+            if pipeline.stats["done"] < 300 or isolated() != 1:
+                return False
+            seen["done"], seen["in_flight"] = pipeline.stats["done"], pipeline.in_flight
+            return True
+
+        with running(settings, kafka, registry=registry) as parts:
+            exit_code = parts.pipeline.run(threading.Event(), until=synced)
+        contacts = httpx.get(f"{sim.url}/_sim/state").json()["brands"]["brand-1"]["contacts"]
+        stats = sim_stats(sim)
+    assert exit_code == 0
+    assert seen == {"done": 300, "in_flight": 1}  # nothing dead-lettered, one unfinished
+    assert {c["email"] for c in contacts} == {e["profile"]["email"] for e in events} - {poison}
+    assert stats["answerFaults"]["blocked"] >= 3

@@ -134,3 +134,20 @@ def test_the_consumer_s_position_carries_the_commit_only_past_finished_records(
     after = max([o + 1 for o in tracked] + told) if tracked or told else None
     want = min(unfinished) if unfinished else after
     assert tracker.done_positions().get(TP) == want
+
+
+def test_heads_count_only_records_finished_behind_the_first_unfinished_one() -> None:
+    """What a partition is held back for: records still unfinished are the loop's backpressure
+    (counting them held healthy partitions back whenever in-flight work was at its cap)."""
+    tracker = OffsetTracker()
+    tp = ("t", 0)
+    for offset in range(200):
+        tracker.track(tp, offset)
+    for offset in range(1, 151):
+        tracker.done(tp, offset)
+    assert tracker.heads() == {tp: (0, 150)}
+    tracker.done(tp, 0)
+    assert tracker.heads() == {tp: (151, 0)}  # the finished prefix is dropped
+    for offset in range(151, 200):
+        tracker.done(tp, offset)
+    assert tracker.heads() == {tp: (None, 0)}

@@ -1,0 +1,150 @@
+"""A batch that always fails as a whole because of one contact (a firewall's rule matching its
+values, answering 403 or 5xx) must not stop every other upsert of its connection: after a few
+whole failures in a row its contacts go in halves, down to the one that fails alone, which is
+then retried on its own, slowly, and never dead-lettered (nothing proves the contact is wrong:
+in a brownout every request fails now and then). In a brownout, the narrowing costs a bounded
+number of requests, and nothing is left behind once Omnisend is well again."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connector.omnisend.exchanges import MAX_ISOLATED, MAX_SPLIT_GROUPS
+from connector.simulator.transport import SimulatorTransport
+from tests.omnisend_fakes import (
+    Rule,
+    Scripted,
+    change,
+    contacts,
+    fast_sink,
+    instead,
+    metric,
+    simulator,
+    wait_outcomes,
+)
+
+FIREWALL_PAGE = b"<html><title>Access denied</title></html>"
+
+
+def blocks(email: str, status: int = 403) -> Rule:
+    """A firewall refusing every batch that carries `email`."""
+    return Rule(
+        "POST",
+        "/batches",
+        instead(status, FIREWALL_PAGE, "text/html"),
+        times=-1,
+        when=lambda request: email.encode() in request.content,
+    )
+
+
+def test_one_contact_a_firewall_always_refuses_does_not_hold_back_the_others() -> None:
+    """Before: the batch with that contact was put back at the front of the line and sent
+    again, for ever: no other contact of the connection was upserted again."""
+    sim = simulator()
+    transport = Scripted(sim, [blocks("c7@example.com")])
+    sink = fast_sink(transport)
+    try:
+        emails = [f"c{i}@example.com" for i in range(60)]
+        sink.submit([change(i, e, firstName="Ann") for i, e in enumerate(emails)])
+        outcomes = wait_outcomes(sink, len(emails) - 1, timeout=30)
+        assert sorted(o.position.offset for o in outcomes) == [i for i in range(60) if i != 7]
+        assert all(o.reason is None for o in outcomes)  # nothing dead-lettered
+        assert set(contacts(sim)) == set(emails) - {"c7@example.com"}
+        assert metric(sink, "omnisend_isolated_contacts") == 1
+        time.sleep(0.5)
+        assert sink.take_outcomes() == []  # the blocked one stays unfinished, not failed
+        sent_alone = [
+            t for t, m, p, s in transport.log if m == "POST" and p == "/batches" and s == "403"
+        ]
+        assert len(sent_alone) < 60  # retried on its own, slowly, not in a tight loop
+    finally:
+        sink.stop()
+
+
+def test_a_contact_retried_alone_goes_through_once_the_firewall_lets_it() -> None:
+    sim = simulator()
+    rule = blocks("c3@example.com", status=502)
+    sink = fast_sink(Scripted(sim, [rule]))
+    try:
+        sink.submit([change(i, f"c{i}@example.com") for i in range(20)])
+        assert len(wait_outcomes(sink, 19)) == 19
+        rule.times = 0  # the rule is lifted
+        (last,) = wait_outcomes(sink, 1, timeout=10)
+        assert last.position.offset == 3
+        assert last.reason is None
+        assert contacts(sim)["c3@example.com"]["tags"] == ["segment: VIP"]
+        assert metric(sink, "omnisend_isolated_contacts") == 0
+    finally:
+        sink.stop()
+
+
+def brownout(rate: float, seed: int, on: threading.Event) -> Rule:
+    """While `on` is set, a share `rate` of batch creations fail with a 503, at random."""
+    rng = random.Random(seed)
+
+    async def answer(request: httpx.Request, inner: SimulatorTransport) -> httpx.Response:
+        if on.is_set() and rng.random() < rate:
+            return httpx.Response(503, content=b"<html>busy</html>")
+        return await inner.handle_async_request(request)
+
+    return Rule("POST", "/batches", answer, times=-1)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rate=st.floats(0.3, 0.95), seed=st.integers(0, 1000), count=st.integers(50, 400))
+def test_a_brownout_loses_nothing_and_leaves_no_flood_of_small_batches(
+    rate: float, seed: int, count: int
+) -> None:
+    """Random failures (tag calls and reads all well): every contact syncs once Omnisend is
+    well again, none is dead-lettered, and what is left to send then goes in few requests."""
+    sim, on = simulator(), threading.Event()
+    on.set()
+    transport = Scripted(sim, [brownout(rate, seed, on)])
+    sink = fast_sink(transport, batch_size=20)
+    try:
+        emails = [f"b{i}@example.com" for i in range(count)]
+        sink.submit([change(i, e) for i, e in enumerate(emails)])
+        got = wait_outcomes(sink, count, timeout=1.0)  # some go through meanwhile
+        on.clear()
+        after, left = len(transport.log), count - len(got)
+        got += wait_outcomes(sink, count - len(got), timeout=30)
+        assert sorted(o.position.offset for o in got) == list(range(count))
+        assert all(o.reason is None for o in got)
+        assert set(contacts(sim)) == set(emails)
+        batches_after = sum(
+            1 for _, m, p, _ in transport.log[after:] if m == "POST" and p == "/batches"
+        )
+        # Full batches of what was left, plus at most the groups and contacts set apart.
+        assert batches_after <= left // 20 + 1 + MAX_SPLIT_GROUPS + MAX_ISOLATED + 2
+        assert batches_after > 0 or left == 0
+        assert metric(sink, "omnisend_isolated_contacts") == 0
+    finally:
+        sink.stop()
+
+
+def test_a_429_to_an_isolated_contact_still_holds_the_brands_budget() -> None:
+    sim = simulator()
+    rules = [blocks("c2@example.com")]
+    sink = fast_sink(Scripted(sim, rules))
+    try:
+        sink.submit([change(i, f"c{i}@example.com") for i in range(10)])
+        assert len(wait_outcomes(sink, 9)) == 9
+        deadline = time.monotonic() + 10
+        while metric(sink, "omnisend_isolated_contacts") != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        too_many = b'{"title": "Too many requests", "status": 429, "retryAfter": 1}'
+        rules.insert(0, Rule("POST", "/batches", instead(429, too_many), times=1))
+        while rules[0].times:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert metric(sink, "omnisend_rate_limited_total") == 1
+    finally:
+        sink.stop()
