@@ -216,8 +216,8 @@ class Metrics:
         )
         self.contacts_isolated = Gauge(
             "omnisend_isolated_contacts",
-            "Contacts whose batches kept failing as a whole, retried alone.",
-            ["connection"],
+            "Contacts whose batches (or tag calls) kept failing even alone: retried alone.",
+            ["connection", "request"],
             namespace=ns,
             registry=r,
         )
@@ -268,7 +268,8 @@ class Metrics:
         self.batches_in_flight.labels(connection)
         self.batches_stuck.labels(connection)
         self.batches_split.labels(connection)
-        self.contacts_isolated.labels(connection)
+        for request in ("batch", "tag_call"):
+            self.contacts_isolated.labels(connection, request)
         self.tag_calls_split.labels(connection)
         self.retry_after_clamped.labels(connection)
         self.tag_collisions.labels(connection)

@@ -256,6 +256,9 @@ class Coalescer:
     def tags_retry(self, intents: list[TagIntent], now: float, maybe_applied: bool = False) -> None:
         self.tagging.retry(intents, now, maybe_applied)
 
+    def tags_maybe_applied(self, intents: list[TagIntent], now: float) -> None:
+        self.tagging.maybe_applied(intents, now)
+
     def tags_failed(self, intents: list[TagIntent], reason: str, detail: str) -> None:
         self.tagging.failed(intents, reason, detail)
 

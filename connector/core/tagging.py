@@ -197,6 +197,12 @@ class TagQueue:
         """Owe the waits of an earlier queue (`holds`), before any call of this one."""
         self._accepted.update(holds)
 
+    def maybe_applied(self, intents: list[TagIntent], now: float) -> None:
+        """A call of these whose answer was lost (they stay in flight, to go again): Omnisend
+        may have accepted it, so an opposite call waits as if it had, from `now`."""
+        for intent in intents:
+            self._hold_opposite(intent, now)
+
     def retry(self, intents: list[TagIntent], now: float, maybe_applied: bool = False) -> None:
         """A tag call failed transiently: its intents wait again (a newer one absorbs them).
         `maybe_applied`: its answer was lost, so Omnisend may have accepted it; counted as

@@ -150,6 +150,8 @@ class Dispatcher:
                 return
             add, tag, intents = self._state.tag_splits.popleft()
             self._sender.spawn(self._exchanges.change_tags(add, tag, intents), now, TAGS)
+        if not self._tags_apart(now):
+            return
         size, linger = self._config.tag_batch_size, self._config.tag_linger_s
         # Oldest first: under load every group fills its calls anyway, and serving the group
         # that waited longest lets committed offsets advance (the fullest-first order starved
@@ -187,22 +189,45 @@ class Dispatcher:
             )
 
     def _apart(self, now: float) -> bool:
-        """Send the groups set apart and the isolated contacts that are due; False if no room
-        is left for the queue's batches."""
-        state = self._state
-        while state.failing and self._batch_room():
+        """Send the batches set apart and the isolated contacts that are due (a contact with a
+        newer change waiting goes back to the line instead: the newer one goes); False if no
+        room is left for the queue's batches."""
+        apart, coalescer = self._state.upserts_apart, self._state.coalescer
+        while apart.failing and self._batch_room():
             if not self._may_send(now, BATCH):
                 return False
-            group = state.failing.popleft()
+            _, group = apart.failing.popleft()
             self._sender.spawn(self._exchanges.create_batch(group, apart=True), now, BATCH)
-        for email, (intent, due) in list(state.isolated.items()):
-            if due > now:
-                self.wake_by(due)
+        for email, _, intent in apart.due(now):
+            if email in coalescer.upserts:
+                coalescer.untake_upserts([apart.release(email)])
+                self._exchanges.isolation.count()
                 continue
             if not self._batch_room() or not self._may_send(now, BATCH):
                 return False
-            state.isolated[email] = (intent, math.inf)  # in flight
+            apart.sending(email)
             self._sender.spawn(self._exchanges.create_batch([intent], apart=True), now, BATCH)
+        self.wake_by(apart.next_try())
+        return True
+
+    def _tags_apart(self, now: float) -> bool:
+        """The same for tag calls (see `_apart`); False if no room is left for the queue's."""
+        apart, tagging = self._state.tags_apart, self._state.coalescer.tagging
+        while apart.failing and self._sender.room(tag_call=True):
+            if not self._may_send(now, TAGS):
+                return False
+            (add, tag), group = apart.failing.popleft()
+            self._sender.spawn(self._exchanges.change_tags(add, tag, group, True), now, TAGS)
+        for key, (add, tag), intent in apart.due(now):
+            if key in tagging.tags:
+                self._state.coalescer.tags_retry([apart.release(key)], now)
+                self._exchanges.isolation.count()
+                continue
+            if not self._sender.room(tag_call=True) or not self._may_send(now, TAGS):
+                return False
+            apart.sending(key)
+            self._sender.spawn(self._exchanges.change_tags(add, tag, [intent], True), now, TAGS)
+        self.wake_by(apart.next_try())
         return True
 
     def _upsert_linger(self) -> float:

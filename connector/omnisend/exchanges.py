@@ -5,19 +5,14 @@ failed, halves of a request Omnisend refused as a whole queued to go first, a tr
 handed to the sender's back-off. A reset cancels requests in flight (`Sender.cancel_all`), so
 no answer reaches the state of a later epoch.
 
-A batch that fails as a whole `WHOLE_FAILURES` times in a row (a 5xx, a reset, a firewall's
-page: not a 429, which is the brand's budget) may be failing for one contact's values, which
-would stop every upsert of the connection behind it. Its contacts then go in halves, each half
-failing as often before it is halved again, down to the contact that fails alone: that one is
-retried on its own every `retry_max_s` (isolated), never dead-lettered, since nothing proves it
-wrong (in a brownout every request fails now and then). At most `MAX_SPLIT_GROUPS` groups and
-`MAX_ISOLATED` contacts are set apart at a time, so a brownout leaves few small batches behind.
+Batches and tag calls that keep failing as a whole are set apart (`connector.omnisend.apart`).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -27,16 +22,14 @@ from connector.core.errors import Retriable
 from connector.core.intents import Key, TagIntent, UpsertIntent
 from connector.metrics import Metrics
 from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
+from connector.omnisend.apart import Apart
 from connector.omnisend.batches import LIST_POLL_LIMIT, BatchTracker, InFlightBatch, TrackerConfig
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected, contact_request
 from connector.omnisend.sender import Sender
 
 log = structlog.get_logger("connector.sink")
 
-# Whole failures in a row of a group's batches before its contacts go in halves.
-WHOLE_FAILURES = 3
-MAX_SPLIT_GROUPS = 8  # groups of contacts sent apart while failing batches are narrowed down
-MAX_ISOLATED = 10  # contacts retried alone, each every retry_max_s
+Tags = tuple[bool, str]  # what a tag call needs besides its emails: add or remove, the tag
 
 
 class SyncState:
@@ -59,11 +52,68 @@ class SyncState:
         self.batches = BatchTracker(self._tracker)
         self.splits: deque[list[UpsertIntent]] = deque()
         self.tag_splits: deque[tuple[bool, str, list[TagIntent]]] = deque()
-        # Groups of contacts sent apart because their batches kept failing as a whole, each
-        # contact's whole failures in a row, and the contacts retried alone (when next).
-        self.failing: deque[list[UpsertIntent]] = deque()
-        self.strikes: dict[str, int] = {}
-        self.isolated: dict[str, tuple[UpsertIntent, float]] = {}
+        # Batches and tag calls that kept failing as a whole: their items, set apart.
+        self.upserts_apart: Apart[None, UpsertIntent, str] = Apart(_email)
+        self.tags_apart: Apart[Tags, TagIntent, Key] = Apart(_key)
+
+
+def _email(intent: UpsertIntent) -> str:
+    return intent.email
+
+
+def _key(intent: TagIntent) -> Key:
+    return intent.key
+
+
+class Isolation:
+    """What a request failing as a whole means for its items (set apart, or put back), and the
+    gauge of the items isolated."""
+
+    def __init__(
+        self, state: SyncState, sender: Sender, metrics: Metrics, connection: str, clock: Clock
+    ) -> None:
+        self._state = state
+        self._sender = sender
+        self._metrics = metrics
+        self._connection = connection
+        self._clock = clock
+
+    def failed(
+        self,
+        apart: Apart[Any, Any, Any],
+        head: Any,
+        items: list[Any],
+        exc: Retriable,
+        was_apart: bool,
+    ) -> bool:
+        """A transient failure of a whole request: backed off, then set apart if it kept
+        failing (see `connector.omnisend.apart`). True if the items were set apart (or were,
+        and stay so); False if the caller puts them back."""
+        now, retry_at = self._clock.now(), self._clock.now() + self._sender.config.retry_max_s
+        if was_apart and apart.again(items, retry_at):
+            if isinstance(exc, RateLimited):
+                self._sender.transient(exc, now)  # the brand's budget holds for every request
+            return True  # else its own failure again: says nothing of Omnisend's health
+        self._sender.transient(exc, now)
+        if isinstance(exc, RateLimited):
+            return False
+        done = apart.narrow(head, items, retry_at)
+        kind = "tag_call" if head is not None else "batch"
+        if done == "isolated":
+            self.count()
+            log.warning("request_isolated", request=kind, isolated=len(apart.isolated))
+        elif done == "split":
+            metric = (
+                self._metrics.tag_calls_split if head is not None else self._metrics.batches_split
+            )
+            metric.labels(self._connection).inc()
+            log.warning("failing_request_split", request=kind, items=len(items))
+        return done is not None
+
+    def count(self) -> None:
+        isolated = self._metrics.contacts_isolated
+        isolated.labels(self._connection, "batch").set(len(self._state.upserts_apart.isolated))
+        isolated.labels(self._connection, "tag_call").set(len(self._state.tags_apart.isolated))
 
 
 class Exchanges:
@@ -85,6 +135,7 @@ class Exchanges:
         self._connection = connection
         self._clock = clock
         self._on_accepted = on_accepted
+        self.isolation = Isolation(state, sender, metrics, connection, clock)
 
     def count_batches(self) -> None:
         """The gauge follows every change: batches may finish within one report interval."""
@@ -92,7 +143,7 @@ class Exchanges:
         self._metrics.batches_in_flight.labels(self._connection).set(live)
 
     async def create_batch(self, intents: list[UpsertIntent], apart: bool = False) -> None:
-        """`apart`: a group of `SyncState.failing` or an isolated contact, not the queue's."""
+        """`apart`: a group set apart, or an isolated contact, not the queue's."""
         items = [contact_request(i.email, i.fields) for i in intents]
         try:
             batch_id = await self._client.create_batch(items)
@@ -104,8 +155,8 @@ class Exchanges:
             self._create_failed(intents, exc, apart)
             return
         self._sender.backoff.succeeded()
-        if apart or self._state.strikes:
-            self._through(intents)
+        if self._state.upserts_apart.through(intents):
+            self.isolation.count()
         self._state.batches.add(batch_id, intents, self._clock.now())
         self.count_batches()
 
@@ -114,63 +165,20 @@ class Exchanges:
     ) -> None:
         now, state = self._clock.now(), self._state
         if isinstance(exc, Rejected):
+            if state.upserts_apart.through(intents):  # out of isolation: refused or halved
+                self.isolation.count()
             self._refused(intents, exc)
             return
         if exc.maybe_applied:
             # The batch may exist (its answer was lost): it may land after the contacts' next
             # upsert, so its fields are remembered until it must have landed.
             state.coalescer.haunt(intents, until=now + state.batches.deadline_s)
-        isolated = apart and len(intents) == 1 and intents[0].email in state.isolated
-        if isolated:
-            state.isolated[intents[0].email] = (intents[0], now + self._sender.config.retry_max_s)
-            if isinstance(exc, RateLimited):
-                self._sender.transient(exc, now)  # the brand's budget holds for every request
-            return  # else its own failure again: says nothing of Omnisend's health
-        self._sender.transient(exc, now)
-        if isinstance(exc, RateLimited) or not self._narrowed(intents, now):
-            if apart:
-                state.failing.append(intents)  # it goes on failing apart
-            else:
-                state.coalescer.untake_upserts(intents)
-
-    def _narrowed(self, intents: list[UpsertIntent], now: float) -> bool:
-        """Count a whole failure against each contact; once every one of them has failed
-        `WHOLE_FAILURES` times in a row, halve the group (or isolate its lone contact) if there
-        is room apart. True if it was."""
-        strikes, state = self._state.strikes, self._state
-        for intent in intents:
-            strikes[intent.email] = strikes.get(intent.email, 0) + 1
-        if min(strikes[i.email] for i in intents) < WHOLE_FAILURES:
-            return False
-        if len(intents) == 1:
-            if len(state.isolated) >= MAX_ISOLATED:
-                return False
-            (intent,) = intents
-            del strikes[intent.email]
-            state.isolated[intent.email] = (intent, now + self._sender.config.retry_max_s)
-            self.count_isolated()
-            log.warning("contact_isolated", isolated=len(state.isolated))
-            return True
-        if len(state.failing) + 2 > MAX_SPLIT_GROUPS:
-            return False
-        for intent in intents:  # each half earns its own failures
-            del strikes[intent.email]
-        half = len(intents) // 2
-        state.failing.extend((intents[:half], intents[half:]))
-        self._metrics.batches_split.labels(self._connection).inc()
-        log.warning("failing_batch_split", contacts=len(intents), failures=WHOLE_FAILURES)
-        return True
-
-    def _through(self, intents: list[UpsertIntent]) -> None:
-        """Their batch was created: no failures in a row any more, none isolated."""
-        state = self._state
-        for intent in intents:
-            state.strikes.pop(intent.email, None)
-            if state.isolated.pop(intent.email, None) is not None:
-                self.count_isolated()
-
-    def count_isolated(self) -> None:
-        self._metrics.contacts_isolated.labels(self._connection).set(len(self._state.isolated))
+        if self.isolation.failed(state.upserts_apart, None, intents, exc, apart):
+            return
+        if apart:
+            state.upserts_apart.failing.append((None, intents))  # it goes on failing apart
+        else:
+            state.coalescer.untake_upserts(intents)
 
     def _refused(self, intents: list[UpsertIntent], exc: Rejected) -> None:
         """A batch refused as a whole (413, or a 400 for one item) is sent again in halves
@@ -279,18 +287,18 @@ class Exchanges:
         for batch in batches:
             self._state.batches.read_failed(batch, now, listed=listed, refused=refused)
 
-    async def change_tags(self, add: bool, tag: str, intents: list[TagIntent]) -> None:
+    async def change_tags(
+        self, add: bool, tag: str, intents: list[TagIntent], apart: bool = False
+    ) -> None:
+        """`apart`: a group set apart, or an isolated email's call, not the queue's."""
         try:
             await self._client.change_tags(add, tag, [i.email for i in intents])
         except (Retriable, Rejected) as exc:
-            if isinstance(exc, Rejected):
-                self._tags_refused(add, tag, intents, exc)
-            else:
-                now = self._clock.now()
-                self._sender.transient(exc, now)
-                self._state.coalescer.tags_retry(intents, now, maybe_applied=exc.maybe_applied)
+            self._tags_failed(add, tag, intents, exc, apart)
             return
         self._sender.backoff.succeeded()
+        if self._state.tags_apart.through(intents):
+            self.isolation.count()
         now = self._clock.now()
         self._state.coalescer.tags_accepted(intents, now)
         operation = "add" if add else "remove"
@@ -299,6 +307,29 @@ class Exchanges:
         latencies = [max(0.0, now - i.occurred_at_ms / 1000) for i in intents]
         self._metrics.end_to_end_latency.observe_many(self._connection, latencies)
         self._on_accepted(latencies)
+
+    def _tags_failed(
+        self,
+        add: bool,
+        tag: str,
+        intents: list[TagIntent],
+        exc: Retriable | Rejected,
+        apart: bool,
+    ) -> None:
+        state, now = self._state, self._clock.now()
+        if isinstance(exc, Rejected):
+            if state.tags_apart.through(intents):
+                self.isolation.count()
+            self._tags_refused(add, tag, intents, exc)
+            return
+        if exc.maybe_applied:  # Omnisend may have taken it: the opposite call waits
+            state.coalescer.tags_maybe_applied(intents, now)
+        if self.isolation.failed(state.tags_apart, (add, tag), intents, exc, apart):
+            return
+        if apart:
+            state.tags_apart.failing.append(((add, tag), intents))
+        else:
+            state.coalescer.tags_retry(intents, now)
 
     def _tags_refused(self, add: bool, tag: str, intents: list[TagIntent], exc: Rejected) -> None:
         """A tag call refused as a whole goes again in halves until the email it refuses is

@@ -306,7 +306,8 @@ class OmnisendSink:
         # these fields" would skip a needed upsert (found by the rebalance test).
         self._state.reset(self.clock.now())  # the tag calls' waits are carried over
         self.metrics.batches_in_flight.labels(self.connection).set(0)
-        self.metrics.contacts_isolated.labels(self.connection).set(0)
+        for request in ("batch", "tag_call"):
+            self.metrics.contacts_isolated.labels(self.connection, request).set(0)
         # Requests in flight belong to the old epoch: their answers must not reach the new
         # coalescer and tracker. Cancelled, they never do (an answer already in hand too: a
         # cancelled task's next step raises instead of resuming), so no handler checks.

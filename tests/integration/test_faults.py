@@ -212,7 +212,8 @@ def test_a_contact_a_firewall_always_refuses_is_isolated_and_the_others_sync(
 
         def isolated() -> float:
             name = "omnisend_connector_omnisend_isolated_contacts"
-            return registry.get_sample_value(name, {"connection": "default"}) or 0.0
+            labels = {"connection": "default", "request": "batch"}
+            return registry.get_sample_value(name, labels) or 0.0
 
         def synced(pipeline: Pipeline) -> bool:
             assert time.monotonic() < deadline, "the others were not synced in time"

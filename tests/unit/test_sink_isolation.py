@@ -15,7 +15,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.omnisend.exchanges import MAX_ISOLATED, MAX_SPLIT_GROUPS
+from connector.omnisend.apart import MAX_ISOLATED, MAX_SPLIT_GROUPS
+from connector.omnisend.sink import OmnisendSink
 from connector.simulator.transport import SimulatorTransport
 from tests.omnisend_fakes import (
     Rule,
@@ -43,6 +44,13 @@ def blocks(email: str, status: int = 403) -> Rule:
     )
 
 
+def wait_isolated(sink: OmnisendSink, count: int, request: str = "batch") -> None:
+    deadline = time.monotonic() + 10  # its halves fail a few times more before it is alone
+    while metric(sink, "omnisend_isolated_contacts", request=request) != count:
+        assert time.monotonic() < deadline, f"not {count} isolated in time"
+        time.sleep(0.01)
+
+
 def test_one_contact_a_firewall_always_refuses_does_not_hold_back_the_others() -> None:
     """Before: the batch with that contact was put back at the front of the line and sent
     again, for ever: no other contact of the connection was upserted again."""
@@ -56,7 +64,7 @@ def test_one_contact_a_firewall_always_refuses_does_not_hold_back_the_others() -
         assert sorted(o.position.offset for o in outcomes) == [i for i in range(60) if i != 7]
         assert all(o.reason is None for o in outcomes)  # nothing dead-lettered
         assert set(contacts(sim)) == set(emails) - {"c7@example.com"}
-        assert metric(sink, "omnisend_isolated_contacts") == 1
+        wait_isolated(sink, 1)
         time.sleep(0.5)
         assert sink.take_outcomes() == []  # the blocked one stays unfinished, not failed
         sent_alone = [
@@ -79,7 +87,7 @@ def test_a_contact_retried_alone_goes_through_once_the_firewall_lets_it() -> Non
         assert last.position.offset == 3
         assert last.reason is None
         assert contacts(sim)["c3@example.com"]["tags"] == ["segment: VIP"]
-        assert metric(sink, "omnisend_isolated_contacts") == 0
+        assert metric(sink, "omnisend_isolated_contacts", request="batch") == 0
     finally:
         sink.stop()
 
@@ -123,7 +131,7 @@ def test_a_brownout_loses_nothing_and_leaves_no_flood_of_small_batches(
         # Full batches of what was left, plus at most the groups and contacts set apart.
         assert batches_after <= left // 20 + 1 + MAX_SPLIT_GROUPS + MAX_ISOLATED + 2
         assert batches_after > 0 or left == 0
-        assert metric(sink, "omnisend_isolated_contacts") == 0
+        assert metric(sink, "omnisend_isolated_contacts", request="batch") == 0
     finally:
         sink.stop()
 
@@ -135,10 +143,8 @@ def test_a_429_to_an_isolated_contact_still_holds_the_brands_budget() -> None:
     try:
         sink.submit([change(i, f"c{i}@example.com") for i in range(10)])
         assert len(wait_outcomes(sink, 9)) == 9
+        wait_isolated(sink, 1)
         deadline = time.monotonic() + 10
-        while metric(sink, "omnisend_isolated_contacts") != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
         too_many = b'{"title": "Too many requests", "status": 429, "retryAfter": 1}'
         rules.insert(0, Rule("POST", "/batches", instead(429, too_many), times=1))
         while rules[0].times:
@@ -146,5 +152,35 @@ def test_a_429_to_an_isolated_contact_still_holds_the_brands_budget() -> None:
             time.sleep(0.01)
         time.sleep(0.05)
         assert metric(sink, "omnisend_rate_limited_total") == 1
+    finally:
+        sink.stop()
+
+
+def test_one_email_a_firewall_refuses_in_every_tag_call_does_not_hold_back_its_tag() -> None:
+    """Before: the tag call with that email went back whole and failed again for ever, so no
+    other contact got the tag, and every failure backed the whole connection off."""
+    sim = simulator()
+    rule = Rule(
+        "POST",
+        "/contacts/tags",
+        instead(403, FIREWALL_PAGE, "text/html"),
+        times=-1,
+        when=lambda request: b"t7@example.com" in request.content,
+    )
+    sink = fast_sink(Scripted(sim, [rule]))
+    try:
+        emails = [f"t{i}@example.com" for i in range(60)]
+        sink.submit([change(i, e) for i, e in enumerate(emails)])
+        outcomes = wait_outcomes(sink, len(emails) - 1, timeout=30)
+        assert sorted(o.position.offset for o in outcomes) == [i for i in range(60) if i != 7]
+        assert all(o.reason is None for o in outcomes)
+        state = contacts(sim)
+        assert [e for e in emails if state[e]["tags"] != ["segment: VIP"]] == ["t7@example.com"]
+        wait_isolated(sink, 1, "tag_call")
+        rule.times = 0  # lifted: it goes through at its next try
+        (last,) = wait_outcomes(sink, 1, timeout=10)
+        assert last.position.offset == 7
+        assert contacts(sim)["t7@example.com"]["tags"] == ["segment: VIP"]
+        assert metric(sink, "omnisend_isolated_contacts", request="tag_call") == 0
     finally:
         sink.stop()
