@@ -183,6 +183,15 @@ class Coalescer:
         intent.attempts += 1
         return self._requeue(intent)
 
+    def take_newer(self, email: str) -> UpsertIntent | None:
+        """The waiting upsert of a contact whose older one is in flight, taken in its place
+        (it absorbs the older one); None if none waits."""
+        newer = self.upserts.pop(email, None)
+        if newer is not None:
+            newer.absorb(self.upserts_in_flight[email])
+            self.upserts_in_flight[email] = newer
+        return newer
+
     def untake_upserts(self, intents: list[UpsertIntent]) -> None:
         """Put upserts back, unsent (their batch failed transiently), at the front of the line."""
         for intent in reversed(intents):
@@ -255,6 +264,9 @@ class Coalescer:
 
     def tags_retry(self, intents: list[TagIntent], now: float, maybe_applied: bool = False) -> None:
         self.tagging.retry(intents, now, maybe_applied)
+
+    def tags_take_newer(self, key: Key) -> TagIntent | None:
+        return self.tagging.take_newer(key)
 
     def tags_maybe_applied(self, intents: list[TagIntent], now: float) -> None:
         self.tagging.maybe_applied(intents, now)

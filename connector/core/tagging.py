@@ -197,6 +197,19 @@ class TagQueue:
         """Owe the waits of an earlier queue (`holds`), before any call of this one."""
         self._accepted.update(holds)
 
+    def take_newer(self, key: Key) -> TagIntent | None:
+        """The waiting intent of a key whose older one is in flight, in the same direction,
+        taken in its place with the older one's records; None if none waits (or it is the
+        opposite call: that one goes in line, after the settle wait)."""
+        newer, older = self.tags.get(key), self.in_flight[key]
+        if newer is None or newer.add != older.add:
+            return None
+        self._pop(key)
+        self._unready(newer)
+        newer.tickets.extend(older.tickets)
+        self.in_flight[key] = newer
+        return newer
+
     def maybe_applied(self, intents: list[TagIntent], now: float) -> None:
         """A call of these whose answer was lost (they stay in flight, to go again): Omnisend
         may have accepted it, so an opposite call waits as if it had, from `now`."""

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from connector.core.clock import Clock
+from connector.core.coalesce import Coalescer
+from connector.core.intents import TagIntent
 from connector.metrics import Metrics
 from connector.omnisend.budget import Budget, Request
 from connector.omnisend.exchanges import Exchanges, SyncState
@@ -193,40 +195,49 @@ class Dispatcher:
         newer change waiting goes back to the line instead: the newer one goes); False if no
         room is left for the queue's batches."""
         apart, coalescer = self._state.upserts_apart, self._state.coalescer
-        while apart.failing and self._batch_room():
+        while apart.waiting and self._batch_room():
             if not self._may_send(now, BATCH):
                 return False
-            _, group = apart.failing.popleft()
-            self._sender.spawn(self._exchanges.create_batch(group, apart=True), now, BATCH)
-        for email, _, intent in apart.due(now):
-            if email in coalescer.upserts:
-                coalescer.untake_upserts([apart.release(email)])
-                self._exchanges.isolation.count()
-                continue
+            group = apart.take()
+            # A newer change of a contact goes in the older one's place, with its fields.
+            group.items = [coalescer.take_newer(i.email) or i for i in group.items]
+            self._sender.spawn(self._exchanges.create_batch(group.items, group), now, BATCH)
+        for email, _, isolated in apart.due(now):
             if not self._batch_room() or not self._may_send(now, BATCH):
                 return False
-            apart.sending(email)
-            self._sender.spawn(self._exchanges.create_batch([intent], apart=True), now, BATCH)
+            intent = coalescer.take_newer(email) or isolated  # the newest fields, still alone
+            apart.sending(email, None, intent)
+            spawn = self._exchanges.create_batch([intent], alone=True)
+            self._sender.spawn(spawn, now, BATCH)
         self.wake_by(apart.next_try())
         return True
 
     def _tags_apart(self, now: float) -> bool:
         """The same for tag calls (see `_apart`); False if no room is left for the queue's."""
-        apart, tagging = self._state.tags_apart, self._state.coalescer.tagging
-        while apart.failing and self._sender.room(tag_call=True):
+        apart, coalescer = self._state.tags_apart, self._state.coalescer
+        while apart.waiting and self._sender.room(tag_call=True):
             if not self._may_send(now, TAGS):
                 return False
-            (add, tag), group = apart.failing.popleft()
-            self._sender.spawn(self._exchanges.change_tags(add, tag, group, True), now, TAGS)
-        for key, (add, tag), intent in apart.due(now):
-            if key in tagging.tags:
-                self._state.coalescer.tags_retry([apart.release(key)], now)
-                self._exchanges.isolation.count()
+            group = apart.take()
+            group.items = newest_tags(self._state.coalescer, group.items, now)
+            if not group.items:
+                apart.answered()
                 continue
+            (add, tag), intents = group.head, group.items
+            self._sender.spawn(self._exchanges.change_tags(add, tag, intents, group), now, TAGS)
+        for key, (add, tag), isolated in apart.due(now):
             if not self._sender.room(tag_call=True) or not self._may_send(now, TAGS):
                 return False
-            apart.sending(key)
-            self._sender.spawn(self._exchanges.change_tags(add, tag, [intent], True), now, TAGS)
+            newer = coalescer.tags_take_newer(key)  # the same call, with the newer's records
+            if newer is None and key in coalescer.tagging.tags:
+                # The opposite change waits: it goes in line, after its settle wait.
+                coalescer.tags_retry([apart.release(key)], now)
+                self._exchanges.isolation.count()
+                continue
+            intent = newer or isolated
+            apart.sending(key, (add, tag), intent)
+            spawn = self._exchanges.change_tags(add, tag, [intent], alone=True)
+            self._sender.spawn(spawn, now, TAGS)
         self.wake_by(apart.next_try())
         return True
 
@@ -270,3 +281,17 @@ class Dispatcher:
             if not intents:
                 return  # every email still in a batch: its read's answer wakes the loop
             self._sender.spawn(self._exchanges.create_batch(intents), now, request)
+
+
+def newest_tags(coalescer: Coalescer, intents: list[TagIntent], now: float) -> list[TagIntent]:
+    """A group's intents as they are now: a newer change of the same direction goes in
+    the older one's place (with its records); one of the opposite direction goes in line
+    instead (after its settle wait), taking the older one's records."""
+    kept = []
+    for intent in intents:
+        newer = coalescer.tags_take_newer(intent.key)
+        if newer is None and intent.key in coalescer.tagging.tags:
+            coalescer.tags_retry([intent], now)
+        else:
+            kept.append(newer or intent)
+    return kept

@@ -22,7 +22,7 @@ from connector.core.errors import Retriable
 from connector.core.intents import Key, TagIntent, UpsertIntent
 from connector.metrics import Metrics
 from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
-from connector.omnisend.apart import Apart
+from connector.omnisend.apart import Apart, Group
 from connector.omnisend.batches import LIST_POLL_LIMIT, BatchTracker, InFlightBatch, TrackerConfig
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected, contact_request
 from connector.omnisend.sender import Sender
@@ -84,31 +84,42 @@ class Isolation:
         head: Any,
         items: list[Any],
         exc: Retriable,
-        was_apart: bool,
+        group: Group[Any, Any] | None,
+        alone: bool,
     ) -> bool:
-        """A transient failure of a whole request: backed off, then set apart if it kept
-        failing (see `connector.omnisend.apart`). True if the items were set apart (or were,
-        and stay so); False if the caller puts them back."""
+        """A transient failure of a whole request (`group`: of a group apart; `alone`: of an
+        isolated item): backed off, then set apart (see `connector.omnisend.apart`). True if
+        the items are apart; False if the caller puts them back in line."""
         now, retry_at = self._clock.now(), self._clock.now() + self._sender.config.retry_max_s
-        if was_apart and apart.again(items, retry_at):
+        if alone and apart.again(items, retry_at):
             if isinstance(exc, RateLimited):
                 self._sender.transient(exc, now)  # the brand's budget holds for every request
             return True  # else its own failure again: says nothing of Omnisend's health
         self._sender.transient(exc, now)
-        if isinstance(exc, RateLimited):
-            return False
-        done = apart.narrow(head, items, retry_at)
+        if isinstance(exc, RateLimited):  # the budget's, not theirs: as they were
+            if group is not None:
+                apart.waiting.append(group)
+            return group is not None
+        what = apart.failed(head, items, group, retry_at)
         kind = "tag_call" if head is not None else "batch"
-        if done == "isolated":
+        if what == "isolated":
             self.count()
             log.warning("request_isolated", request=kind, isolated=len(apart.isolated))
-        elif done == "split":
-            metric = (
+        elif what == "split":
+            split = (
                 self._metrics.tag_calls_split if head is not None else self._metrics.batches_split
             )
-            metric.labels(self._connection).inc()
+            split.labels(self._connection).inc()
             log.warning("failing_request_split", request=kind, items=len(items))
-        return done is not None
+        return what != "back"
+
+    def recovered(self) -> None:
+        """A request went through: after failures (an outage), isolated items try again now."""
+        if self._sender.backoff.failures:
+            now = self._clock.now()
+            self._state.upserts_apart.wake(now)
+            self._state.tags_apart.wake(now)
+        self._sender.backoff.succeeded()
 
     def count(self) -> None:
         isolated = self._metrics.contacts_isolated
@@ -142,8 +153,13 @@ class Exchanges:
         live = len(self._state.batches.live)
         self._metrics.batches_in_flight.labels(self._connection).set(live)
 
-    async def create_batch(self, intents: list[UpsertIntent], apart: bool = False) -> None:
-        """`apart`: a group set apart, or an isolated contact, not the queue's."""
+    async def create_batch(
+        self,
+        intents: list[UpsertIntent],
+        group: Group[None, UpsertIntent] | None = None,
+        alone: bool = False,
+    ) -> None:
+        """`group`: a group set apart; `alone`: an isolated contact (else the line's)."""
         items = [contact_request(i.email, i.fields) for i in intents]
         try:
             batch_id = await self._client.create_batch(items)
@@ -152,16 +168,24 @@ class Exchanges:
                 # as if its answer were lost, though the batch may exist.
                 raise UnexpectedAnswer("batches.create", 201, "the id of a batch in flight")
         except (Retriable, Rejected) as exc:
-            self._create_failed(intents, exc, apart)
+            if group is not None:
+                self._state.upserts_apart.answered()
+            self._create_failed(intents, exc, group, alone)
             return
-        self._sender.backoff.succeeded()
+        if group is not None:
+            self._state.upserts_apart.answered()
+        self.isolation.recovered()
         if self._state.upserts_apart.through(intents):
             self.isolation.count()
         self._state.batches.add(batch_id, intents, self._clock.now())
         self.count_batches()
 
     def _create_failed(
-        self, intents: list[UpsertIntent], exc: Retriable | Rejected, apart: bool
+        self,
+        intents: list[UpsertIntent],
+        exc: Retriable | Rejected,
+        group: Group[None, UpsertIntent] | None,
+        alone: bool,
     ) -> None:
         now, state = self._clock.now(), self._state
         if isinstance(exc, Rejected):
@@ -173,11 +197,7 @@ class Exchanges:
             # The batch may exist (its answer was lost): it may land after the contacts' next
             # upsert, so its fields are remembered until it must have landed.
             state.coalescer.haunt(intents, until=now + state.batches.deadline_s)
-        if self.isolation.failed(state.upserts_apart, None, intents, exc, apart):
-            return
-        if apart:
-            state.upserts_apart.failing.append((None, intents))  # it goes on failing apart
-        else:
+        if not self.isolation.failed(state.upserts_apart, None, intents, exc, group, alone):
             state.coalescer.untake_upserts(intents)
 
     def _refused(self, intents: list[UpsertIntent], exc: Rejected) -> None:
@@ -288,15 +308,24 @@ class Exchanges:
             self._state.batches.read_failed(batch, now, listed=listed, refused=refused)
 
     async def change_tags(
-        self, add: bool, tag: str, intents: list[TagIntent], apart: bool = False
+        self,
+        add: bool,
+        tag: str,
+        intents: list[TagIntent],
+        group: Group[Tags, TagIntent] | None = None,
+        alone: bool = False,
     ) -> None:
-        """`apart`: a group set apart, or an isolated email's call, not the queue's."""
+        """`group`: a group set apart; `alone`: an isolated email's call (else the line's)."""
         try:
             await self._client.change_tags(add, tag, [i.email for i in intents])
         except (Retriable, Rejected) as exc:
-            self._tags_failed(add, tag, intents, exc, apart)
+            if group is not None:
+                self._state.tags_apart.answered()
+            self._tags_failed(add, tag, intents, exc, group, alone)
             return
-        self._sender.backoff.succeeded()
+        if group is not None:
+            self._state.tags_apart.answered()
+        self.isolation.recovered()
         if self._state.tags_apart.through(intents):
             self.isolation.count()
         now = self._clock.now()
@@ -314,7 +343,8 @@ class Exchanges:
         tag: str,
         intents: list[TagIntent],
         exc: Retriable | Rejected,
-        apart: bool,
+        group: Group[Tags, TagIntent] | None,
+        alone: bool,
     ) -> None:
         state, now = self._state, self._clock.now()
         if isinstance(exc, Rejected):
@@ -324,11 +354,7 @@ class Exchanges:
             return
         if exc.maybe_applied:  # Omnisend may have taken it: the opposite call waits
             state.coalescer.tags_maybe_applied(intents, now)
-        if self.isolation.failed(state.tags_apart, (add, tag), intents, exc, apart):
-            return
-        if apart:
-            state.tags_apart.failing.append(((add, tag), intents))
-        else:
+        if not self.isolation.failed(state.tags_apart, (add, tag), intents, exc, group, alone):
             state.coalescer.tags_retry(intents, now)
 
     def _tags_refused(self, add: bool, tag: str, intents: list[TagIntent], exc: Rejected) -> None:

@@ -153,7 +153,7 @@ def test_a_tag_call_a_firewall_always_refuses_holds_back_its_partition_alone(
         for p in others:
             _produce_to(broker.bootstrap, topic, p, _fine(f"o{p}-", 50))
         env = connector_env(broker, topic, sim, MAX_IN_FLIGHT_RECORDS="100")
-        env |= {"COMMIT_INTERVAL_S": "0.2", "RETRY_MAX_S": "0.5", "SHUTDOWN_TIMEOUT_S": "1"}
+        env |= {"COMMIT_INTERVAL_S": "0.2", "SHUTDOWN_TIMEOUT_S": "1"}
         settings, kafka = load_settings(env)
         registry = CollectorRegistry()
 
@@ -204,7 +204,7 @@ def test_a_contact_a_firewall_always_refuses_is_isolated_and_the_others_sync(
     events.insert(150, event(poison, profile_id="p-poison"))
     produce_events(broker.bootstrap, topic, events)
     with SimulatorServer(SimulatorConfig(time_scale=0.1, faults=blocked)) as sim:
-        env = connector_env(broker, topic, sim, RETRY_MAX_S="0.5", SHUTDOWN_TIMEOUT_S="1")
+        env = connector_env(broker, topic, sim, SHUTDOWN_TIMEOUT_S="1")
         settings, kafka = load_settings(env)
         registry = CollectorRegistry()
         deadline = time.monotonic() + 60
