@@ -10,6 +10,7 @@ Batches and tag calls that keep failing as a whole are set apart (`connector.omn
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ from connector.core.errors import Retriable
 from connector.core.intents import Key, TagIntent, UpsertIntent
 from connector.metrics import Metrics
 from connector.omnisend.answers import BatchStatus, UnexpectedAnswer
-from connector.omnisend.apart import Apart, Group
+from connector.omnisend.apart import WHOLE_FAILURES, Apart, Group
 from connector.omnisend.batches import LIST_POLL_LIMIT, BatchTracker, InFlightBatch, TrackerConfig
 from connector.omnisend.client import OmnisendClient, RateLimited, Rejected, contact_request
 from connector.omnisend.sender import Sender
@@ -77,6 +78,8 @@ class Isolation:
         self._metrics = metrics
         self._connection = connection
         self._clock = clock
+        self._retry_s = sender.config.retry_max_s
+        self._woken_at = -math.inf
 
     def failed(
         self,
@@ -114,12 +117,15 @@ class Isolation:
         return what != "back"
 
     def recovered(self) -> None:
-        """A request went through: after failures (an outage), isolated items try again now."""
-        if self._sender.backoff.failures:
-            now = self._clock.now()
+        """A request went through. After a run of failures (an outage, if not a firewall's
+        rule), isolated items try again now, at most once per `retry_max_s`: else requests
+        that keep failing apart would wake them at every success."""
+        now, backoff = self._clock.now(), self._sender.backoff
+        if backoff.failures >= WHOLE_FAILURES and now >= self._woken_at + self._retry_s:
+            self._woken_at = now
             self._state.upserts_apart.wake(now)
             self._state.tags_apart.wake(now)
-        self._sender.backoff.succeeded()
+        backoff.succeeded()
 
     def count(self) -> None:
         isolated = self._metrics.contacts_isolated
