@@ -207,8 +207,8 @@ class Dispatcher:
                 return False
             intent = coalescer.take_newer(email) or isolated  # the newest fields, still alone
             apart.sending(email, None, intent)
-            spawn = self._exchanges.create_batch([intent], alone=True)
-            self._sender.spawn(spawn, now, BATCH)
+            call = self._exchanges.create_batch([intent], alone=True)
+            self._sender.spawn(call, now, BATCH)
         self.wake_by(apart.next_try())
         return True
 
@@ -236,8 +236,8 @@ class Dispatcher:
                 continue
             intent = newer or isolated
             apart.sending(key, (add, tag), intent)
-            spawn = self._exchanges.change_tags(add, tag, [intent], alone=True)
-            self._sender.spawn(spawn, now, TAGS)
+            call = self._exchanges.change_tags(add, tag, [intent], alone=True)
+            self._sender.spawn(call, now, TAGS)
         self.wake_by(apart.next_try())
         return True
 

@@ -93,7 +93,8 @@ class Isolation:
         """A transient failure of a whole request (`group`: of a group apart; `alone`: of an
         isolated item): backed off, then set apart (see `connector.omnisend.apart`). True if
         the items are apart; False if the caller puts them back in line."""
-        now, retry_at = self._clock.now(), self._clock.now() + self._sender.config.retry_max_s
+        now = self._clock.now()
+        retry_at = now + self._retry_s
         if alone and apart.again(items, retry_at):
             if isinstance(exc, RateLimited):
                 self._sender.transient(exc, now)  # the brand's budget holds for every request

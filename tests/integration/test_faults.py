@@ -134,22 +134,25 @@ def _fine(prefix: str, n: int) -> list[dict[str, object]]:
     ]
 
 
-def test_a_tag_call_a_firewall_always_refuses_holds_back_its_partition_alone(
+def test_what_a_firewall_always_refuses_is_isolated_and_holds_back_its_partition_alone(
     broker: Broker, topic: str
 ) -> None:
     """A firewall in front of Omnisend answers 403 (its HTML page) to every call carrying the
-    tag of segment "Quarantine". The connector does not stop (that 403 is not Omnisend's): the
-    one record entering it never finishes, its partition shows how long, is paused alone once
-    100 records finished behind it, and reads nothing more; the other partitions commit to
-    their ends."""
-    blocked = Faults(blocked_values=frozenset({"Quarantine"}))
+    tag of segment "Quarantine", and to every batch carrying one contact's email. The connector
+    does not stop (that 403 is not Omnisend's): the other contacts of those batches sync, the
+    two records are isolated (retried alone, never dropped) and never finish, their partition
+    shows how long, is paused alone once 100 records finished behind them, and reads nothing
+    more; the other partitions commit to their ends."""
+    poison = "poison@example.com"
+    blocked = Faults(blocked_values=frozenset({"Quarantine", poison}))
     with SimulatorServer(SimulatorConfig(time_scale=0.1, faults=blocked)) as sim:
         stuck = event("stuck@example.com", segment_name="Quarantine", profile_id="p-stuck")
         produce_events(broker.bootstrap, topic, [stuck])
         (first,) = read_all(broker.bootstrap, topic, 1)
         held = first.partition()
         others = [p for p in range(3) if p != held]
-        _produce_to(broker.bootstrap, topic, held, _fine(f"h{held}-", 150))
+        poisoned = [event(poison, segment_name="Fine", profile_id="p-poison")]
+        _produce_to(broker.bootstrap, topic, held, poisoned + _fine(f"h{held}-", 150))
         for p in others:
             _produce_to(broker.bootstrap, topic, p, _fine(f"o{p}-", 50))
         env = connector_env(broker, topic, sim, MAX_IN_FLIGHT_RECORDS="100")
@@ -163,7 +166,10 @@ def test_a_tag_call_a_firewall_always_refuses_holds_back_its_partition_alone(
         def blocked_s(partition: int) -> float:
             return gauge("partition_blocked_seconds", topic=topic, partition=str(partition))
 
-        deadline = time.monotonic() + 60
+        def isolated(request: str) -> float:
+            return gauge("omnisend_isolated_contacts", connection="default", request=request)
+
+        deadline = time.monotonic() + 90
         phase: list[float] = []  # when more records went to the held-back partition
 
         def watched(pipeline: Pipeline) -> bool:
@@ -175,58 +181,26 @@ def test_a_tag_call_a_firewall_always_refuses_holds_back_its_partition_alone(
                     _produce_to(broker.bootstrap, topic, held, _fine(f"late{held}-", 200))
                     phase.append(time.monotonic())
                 return False
-            if time.monotonic() - phase[0] < 3:
+            if time.monotonic() - phase[0] < 3 or isolated("tag_call") + isolated("batch") < 2:
                 return False
             seen.update({str(p): blocked_s(p) for p in range(3)})
             seen["consumed"] = pipeline.stats["consumed"]
+            seen["dead_lettered"] = pipeline.stats["dead_lettered"]
             seen["committed"] = committed.get((topic, held), 0)
+            seen["batch"], seen["tag_call"] = isolated("batch"), isolated("tag_call")
             return True
 
         seen: dict[str, float] = {}
         with running(settings, kafka, registry=registry) as parts:
             exit_code = parts.pipeline.run(threading.Event(), until=watched)
-        assert exit_code == 0, parts.pipeline.fatal
-        assert seen["consumed"] == 1 + 150 + 2 * 50  # nothing of the late 200 was read
-        assert seen["committed"] == 0
-        assert all(seen[str(p)] == 0 for p in others)
-        assert seen[str(held)] > 3
-        assert sim_stats(sim)["answerFaults"].get("blocked", 0) > 0
-
-
-def test_a_contact_a_firewall_always_refuses_is_isolated_and_the_others_sync(
-    broker: Broker, topic: str
-) -> None:
-    """Every batch carrying one contact's email is refused with a firewall's 403 page: the
-    others of its batches sync all the same, and that one is retried alone, never dropped."""
-    poison = "poison@example.com"
-    blocked = Faults(blocked_values=frozenset({poison}))
-    events = [event(f"c{i}@example.com", profile_id=f"p{i}") for i in range(300)]
-    events.insert(150, event(poison, profile_id="p-poison"))
-    produce_events(broker.bootstrap, topic, events)
-    with SimulatorServer(SimulatorConfig(time_scale=0.1, faults=blocked)) as sim:
-        env = connector_env(broker, topic, sim, SHUTDOWN_TIMEOUT_S="1")
-        settings, kafka = load_settings(env)
-        registry = CollectorRegistry()
-        deadline = time.monotonic() + 60
-        seen: dict[str, float] = {}
-
-        def isolated() -> float:
-            name = "omnisend_connector_omnisend_isolated_contacts"
-            labels = {"connection": "default", "request": "batch"}
-            return registry.get_sample_value(name, labels) or 0.0
-
-        def synced(pipeline: Pipeline) -> bool:
-            assert time.monotonic() < deadline, "the others were not synced in time"
-            if pipeline.stats["done"] < 300 or isolated() != 1:
-                return False
-            seen["done"], seen["in_flight"] = pipeline.stats["done"], pipeline.in_flight
-            return True
-
-        with running(settings, kafka, registry=registry) as parts:
-            exit_code = parts.pipeline.run(threading.Event(), until=synced)
         contacts = httpx.get(f"{sim.url}/_sim/state").json()["brands"]["brand-1"]["contacts"]
-        stats = sim_stats(sim)
-    assert exit_code == 0
-    assert seen == {"done": 300, "in_flight": 1}  # nothing dead-lettered, one unfinished
-    assert {c["email"] for c in contacts} == {e["profile"]["email"] for e in events} - {poison}
-    assert stats["answerFaults"]["blocked"] >= 3
+    assert exit_code == 0, parts.pipeline.fatal
+    assert seen["consumed"] == 2 + 150 + 2 * 50  # nothing of the late 200 was read
+    assert seen["dead_lettered"] == 0
+    assert seen["committed"] == 0
+    assert (seen["batch"], seen["tag_call"]) == (1, 1)
+    assert all(seen[str(p)] == 0 for p in others)
+    assert seen[str(held)] > 3
+    emails = {c["email"] for c in contacts}
+    assert poison not in emails
+    assert len(emails) == 1 + 150 + 2 * 50  # stuck@ is upserted; only its tag call is refused
