@@ -191,9 +191,8 @@ class Dispatcher:
             )
 
     def _apart(self, now: float) -> bool:
-        """Send the batches set apart and the isolated contacts that are due (a contact with a
-        newer change waiting goes back to the line instead: the newer one goes); False if no
-        room is left for the queue's batches."""
+        """Send the batches set apart and the isolated contacts that are due (each with its
+        newest change, still alone); False if no room is left for the queue's batches."""
         apart, coalescer = self._state.upserts_apart, self._state.coalescer
         while apart.waiting and self._batch_room():
             if not self._may_send(now, BATCH):
@@ -219,7 +218,7 @@ class Dispatcher:
             if not self._may_send(now, TAGS):
                 return False
             group = apart.take()
-            group.items = newest_tags(self._state.coalescer, group.items, now)
+            group.items = newest_tags(coalescer, group.items, now)
             if not group.items:
                 apart.answered()
                 continue
@@ -228,15 +227,13 @@ class Dispatcher:
         for key, (add, tag), isolated in apart.due(now):
             if not self._sender.room(tag_call=True) or not self._may_send(now, TAGS):
                 return False
-            newer = coalescer.tags_take_newer(key)  # the same call, with the newer's records
-            if newer is None and key in coalescer.tagging.tags:
-                # The opposite change waits: it goes in line, after its settle wait.
-                coalescer.tags_retry([apart.release(key)], now)
+            newest = newest_tags(coalescer, [isolated], now)
+            if not newest:  # its opposite change went in line instead
+                apart.release(key)
                 self._exchanges.isolation.count()
                 continue
-            intent = newer or isolated
-            apart.sending(key, (add, tag), intent)
-            call = self._exchanges.change_tags(add, tag, [intent], alone=True)
+            apart.sending(key, (add, tag), newest[0])
+            call = self._exchanges.change_tags(add, tag, newest, alone=True)
             self._sender.spawn(call, now, TAGS)
         self.wake_by(apart.next_try())
         return True
